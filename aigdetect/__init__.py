@@ -1,0 +1,3 @@
+"""aigdetect: tell camera photographs from AI-generated images."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,129 @@
+"""Checkpoints that are safe to load.
+
+A checkpoint is a ``torch.save`` dictionary holding only tensors, numbers and
+one JSON string of metadata (configuration, vocabularies, training state), and
+is always read with ``torch.load(weights_only=True)``: a file a user hands us
+is never unpickled into arbitrary objects. Writes go to a temporary file that
+is renamed into place, so an interrupted run never leaves a broken checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .exif import ORDINAL_TAGS, Vocabulary
+from .network import ExifPretextModel, ExtractorConfig
+
+FORMAT = "aigdetect.exif-extractor"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A file that is not a usable aigdetect checkpoint; the message says why."""
+
+
+@dataclass
+class ModelMeta:
+    """Everything needed to rebuild the model, plus how it was trained."""
+
+    config: ExtractorConfig
+    vocabularies: dict[str, Vocabulary]
+    ordinal_tags: list[str] = field(default_factory=lambda: list(ORDINAL_TAGS))
+    epoch: int = 0
+    step: int = 0
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "vocabularies": {t: v.classes for t, v in self.vocabularies.items()},
+            "ordinal_tags": self.ordinal_tags,
+            "epoch": self.epoch,
+            "step": self.step,
+            "training": self.training,
+            "metrics": self.metrics,
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMeta:
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise CheckpointError("not an aigdetect extractor checkpoint")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise CheckpointError("checkpoint written by a newer aigdetect; upgrade to read it")
+        return cls(
+            config=ExtractorConfig(**data["config"]),
+            vocabularies={t: Vocabulary(c) for t, c in data["vocabularies"].items()},
+            ordinal_tags=list(data["ordinal_tags"]),
+            epoch=data.get("epoch", 0),
+            step=data.get("step", 0),
+            training=data.get("training", {}),
+            metrics=data.get("metrics", {}),
+        )
+
+    def build_model(self) -> ExifPretextModel:
+        counts = {tag: len(vocab) for tag, vocab in self.vocabularies.items()}
+        return ExifPretextModel(self.config, counts, self.ordinal_tags)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: ExifPretextModel,
+    meta: ModelMeta,
+    training_state: dict[str, Any] | None = None,
+) -> None:
+    """Atomically write model weights, metadata and (optionally) optimiser state."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta.to_json(), "model": model.state_dict()}
+    if training_state:
+        payload["training_state"] = training_state
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
+    """Read a checkpoint safely; returns its metadata and the raw payload."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
+    if not isinstance(payload, dict) or "meta" not in payload or "model" not in payload:
+        raise CheckpointError(f"{path}: not an aigdetect checkpoint")
+    return ModelMeta.from_json(payload["meta"]), payload
+
+
+def load_model(path: str | Path) -> tuple[ExifPretextModel, ModelMeta]:
+    """Rebuild the pretext model (extractor + heads) from a checkpoint, on the CPU."""
+    meta, payload = read_checkpoint(path)
+    model = meta.build_model()
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{path}: weights do not match their configuration: {error}"
+        ) from None
+    model.eval()
+    return model, meta
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (identifies weights and evidence)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,184 @@
+"""Training data for the EXIF pretext: labels parsed once, split by camera, served as patches."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, ExifLabels, Vocabulary, read_labels
+from .patches import ImageReadError, grid_tiles, load_image, random_crops
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One training photo and its normalised EXIF labels."""
+
+    path: str
+    labels: ExifLabels
+
+
+def _signature(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _opens_as_image(path: Path) -> bool:
+    """Cheap header check so unreadable files are skipped once, not every epoch."""
+    try:
+        with open(path, "rb") as handle, Image.open(handle) as image:
+            return image.size[0] > 0 and image.size[1] > 0
+    except Exception:
+        return False
+
+
+def load_labels(
+    paths: Sequence[Path],
+    cache_file: Path | None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Photo], list[str]]:
+    """Parse the EXIF labels of ``paths``, reusing a JSON cache keyed by path,
+    size and modification time, so a large photo set is parsed once.
+
+    Returns the usable photos and the paths of unreadable files (skipped).
+    """
+    cache: dict[str, dict] = {}
+    if cache_file is not None and cache_file.exists():
+        try:
+            stored = json.loads(cache_file.read_text())
+            if stored.get("version") == CACHE_VERSION:
+                cache = stored["entries"]
+        except (OSError, ValueError, KeyError):
+            cache = {}
+    photos, unreadable, changed = [], [], False
+    for number, path in enumerate(paths, 1):
+        key = str(path.resolve())
+        try:
+            signature = _signature(path)
+        except OSError:
+            unreadable.append(str(path))
+            continue
+        entry = cache.get(key)
+        if entry is None or entry["signature"] != signature:
+            readable = _opens_as_image(path)
+            labels = read_labels(path).to_dict() if readable else None
+            entry = cache[key] = {"signature": signature, "readable": readable, "labels": labels}
+            changed = True
+        if entry["readable"]:
+            photos.append(Photo(str(path), ExifLabels.from_dict(entry["labels"])))
+        else:
+            unreadable.append(str(path))
+        if on_progress is not None:
+            on_progress(number, len(paths))
+    if changed and cache_file is not None:
+        write_json_atomic(cache_file, {"version": CACHE_VERSION, "entries": cache})
+    return photos, unreadable
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to a temporary file then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(data))
+    os.replace(temporary, path)
+
+
+def split_by_camera(
+    photos: Sequence[Photo], val_fraction: float, seed: int
+) -> tuple[list[Photo], list[Photo]]:
+    """Hold out whole cameras (make + model) for validation, so no camera is on
+    both sides and validation measures what transfers to unseen cameras.
+    Photos without a camera model are their own group."""
+    if val_fraction <= 0:
+        return list(photos), []
+    groups: dict[str, list[Photo]] = {}
+    for photo in photos:
+        groups.setdefault(photo.labels.camera or f"file:{photo.path}", []).append(photo)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    target = max(1, round(val_fraction * len(photos)))
+    val_keys: set[str] = set()
+    held = 0
+    for key in keys:  # take whole cameras while they fit in the target share
+        if held + len(groups[key]) <= target and len(val_keys) < len(keys) - 1:
+            val_keys.add(key)
+            held += len(groups[key])
+    if not val_keys and len(keys) > 1:  # every camera is larger than the share: take the smallest
+        val_keys.add(min(keys, key=lambda k: len(groups[k])))
+    train = [p for p in photos if (p.labels.camera or f"file:{p.path}") not in val_keys]
+    val = [p for p in photos if (p.labels.camera or f"file:{p.path}") in val_keys]
+    return train, val
+
+
+def encode_targets(
+    labels: ExifLabels, vocabularies: dict[str, Vocabulary]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class indices (-1 unknown) and ordinal values (NaN unknown) of one photo."""
+    classes = torch.tensor(
+        [vocabularies[tag].index(getattr(labels, tag)) for tag in CATEGORICAL_TAGS],
+        dtype=torch.long,
+    )
+    values = [getattr(labels, tag) for tag in ORDINAL_TAGS]
+    ordinal = torch.tensor([float("nan") if v is None else v for v in values])
+    return classes, ordinal
+
+
+class PretextDataset(Dataset):
+    """Patches of a photo with its EXIF targets.
+
+    Training draws ``patches`` random crops per photo, seeded by (seed, epoch,
+    index) so a run is reproducible whatever the worker count; evaluation takes
+    a fixed, evenly spread grid of tiles. A file that fails to decode mid-run is
+    replaced by another photo and counted, rather than ending the run.
+    """
+
+    def __init__(
+        self,
+        photos: Sequence[Photo],
+        vocabularies: dict[str, Vocabulary],
+        patches: int,
+        patch_size: int,
+        train: bool,
+        seed: int = 0,
+    ) -> None:
+        self.photos = list(photos)
+        self.vocabularies = vocabularies
+        self.patches = patches
+        self.patch_size = patch_size
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.photos)
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.photos)):
+            photo = self.photos[(index + attempt) % len(self.photos)]
+            try:
+                pixels = load_image(photo.path).pixels
+            except ImageReadError:
+                continue
+            if self.train:
+                rng = np.random.default_rng([self.seed, self.epoch, index])
+                crops = random_crops(pixels, self.patches, self.patch_size, rng)
+            else:
+                crops = grid_tiles(pixels, self.patch_size, self.patches)
+                if len(crops) < self.patches:  # small image: repeat tiles to fill the batch
+                    crops = np.resize(crops, (self.patches, *crops.shape[1:]))
+            classes, ordinal = encode_targets(photo.labels, self.vocabularies)
+            return torch.from_numpy(crops), classes, ordinal, attempt
+        raise RuntimeError("no photo in the training set could be decoded")

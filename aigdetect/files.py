@@ -1,0 +1,109 @@
+"""Finding image files: folders (recursive), single files, globs and stdin.
+
+Problems met on the way (a missing path, an unreadable folder, a symlink loop)
+are reported through a callback and never stop the walk: a batch over evidence
+must account for every path it was given.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+#: Extensions scanned by default (lower case, without the dot).
+IMAGE_EXTENSIONS = (
+    "jpg", "jpeg", "jpe", "png", "webp", "tif", "tiff", "bmp", "gif", "mpo", "heic", "avif",
+)
+
+Problem = Callable[[str, str], None]
+
+
+def _ignore(path: str, message: str) -> None:
+    """Default problem handler: drop it (callers who care pass their own)."""
+
+
+def parse_extensions(text: str | None) -> tuple[str, ...]:
+    """``"jpg,.PNG"`` -> ``("jpg", "png")``; ``None`` gives the defaults."""
+    if not text:
+        return IMAGE_EXTENSIONS
+    return tuple(e.strip().lower().lstrip(".") for e in text.split(",") if e.strip())
+
+
+def has_extension(path: str | Path, extensions: Iterable[str]) -> bool:
+    return Path(path).suffix.lower().lstrip(".") in set(extensions)
+
+
+def walk_folder(
+    folder: str | Path, extensions: Iterable[str], on_problem: Problem = _ignore
+) -> Iterator[Path]:
+    """Image files below ``folder`` in a stable (sorted) order, following
+    symlinks but visiting each real folder once, so a link loop ends."""
+    extensions = set(extensions)
+    seen: set[str] = set()
+
+    def report(error: OSError) -> None:
+        on_problem(str(error.filename or folder), f"cannot read folder: {error.strerror}")
+
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=report):
+        real = os.path.realpath(root)
+        if real in seen:
+            on_problem(root, "symlink loop: folder already visited, skipped")
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(names):
+            if Path(name).suffix.lower().lstrip(".") in extensions:
+                yield Path(root) / name
+
+
+def iter_inputs(
+    inputs: Iterable[str],
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    on_problem: Problem = _ignore,
+    stdin: Iterable[str] | None = None,
+) -> Iterator[Path]:
+    """Expand command-line inputs into image paths, each once.
+
+    A file named explicitly is taken whatever its extension (the user asked for
+    it); folders and globs are filtered by ``extensions``. ``-`` reads one path
+    per line from standard input.
+    """
+    extensions = tuple(extensions)
+    emitted: set[str] = set()
+    for item in inputs:
+        for path in _expand(item, extensions, on_problem, stdin):
+            key = os.path.abspath(path)
+            if key not in emitted:
+                emitted.add(key)
+                yield path
+
+
+def _expand(
+    item: str, extensions: tuple[str, ...], on_problem: Problem, stdin: Iterable[str] | None
+) -> Iterator[Path]:
+    if item == "-":
+        for line in stdin if stdin is not None else sys.stdin:
+            line = line.rstrip("\r\n")
+            if line:
+                yield from _expand(line, extensions, on_problem, None)
+        return
+    path = Path(item)
+    if path.is_dir():
+        yield from walk_folder(path, extensions, on_problem)
+    elif path.exists() or path.is_symlink():
+        yield path
+    elif glob.has_magic(item):
+        matches = sorted(glob.glob(item, recursive=True))
+        if not matches:
+            on_problem(item, "no file matches this pattern")
+        for match in matches:
+            if Path(match).is_dir():
+                yield from walk_folder(match, extensions, on_problem)
+            elif has_extension(match, extensions):
+                yield Path(match)
+    else:
+        on_problem(item, "no such file or folder")
