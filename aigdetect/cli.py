@@ -5,16 +5,45 @@ Results go to stdout; progress, warnings and errors go to stderr.
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from . import __version__
 from .checkpoint import CheckpointError
+from .density import DensityError
+from .evaluation import AI, REAL, LabelledSet, evaluate_groups, plot_roc, read_label_csv
+from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, walk_folder
+from .oneclass import fit_detector
+from .patches import DEFAULT_MAX_PIXELS
+from .report import FORMATS, summary, write_evaluation, write_jsonl_record, write_scan
+from .runtime import pick_device
+from .scanning import (
+    EXTRACTOR_FILE,
+    MAX_TILES,
+    Detector,
+    ScanRecord,
+    default_model_dir,
+    scan,
+)
 from .training import TrainConfig, TrainingError, train
 
+EXIT_CLEAN = 0
+EXIT_FLAGGED = 1
 EXIT_USAGE = 2
+EXIT_UNREADABLE = 3
+EXIT_FLAGGED_AND_UNREADABLE = 4
 
 app = typer.Typer(
     name="aigdetect",
@@ -114,23 +143,299 @@ def train_command(
         fail(str(error))
 
 
-def _later(command: str) -> None:
-    fail(f"'aigdetect {command}' arrives in a later release")
+# ---------------------------------------------------------------------------
+# Options shared by the commands that score images
+# ---------------------------------------------------------------------------
 
+MODEL_OPTION = typer.Option(
+    None, "--model", help="Detector folder written by 'aigdetect fit-gmm' (extractor.pt + "
+    "density.npz). Default: the weights shipped with aigdetect.")
+PATCHES_OPTION = typer.Option(
+    None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
+    f"(slowest) scan, up to {MAX_TILES}. Default: as many as the detector was fitted with.")
+DEVICE_OPTION = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")
+WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = decode in the "
+                              "main process).")
+BATCH_OPTION = typer.Option(256, min=1, help="Tiles per forward pass (memory, not results).")
+MAX_PIXELS_OPTION = typer.Option(
+    DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
+    help="Refuse images larger than this many megapixels (decompression-bomb guard).")
+
+
+def parse_patches(text: str | None) -> int | None:
+    """``None`` keeps the detector's setting, ``all`` is 0 (every tile), else a count."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 1:
+        fail(f"--patches {text!r} is neither a positive number nor 'all'", "e.g. --patches 64")
+    return count
+
+
+def load_detector(model: Path | None, device: str, patches: str | None, batch_size: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS // 1_000_000,
+                  match_crop: int | None = None) -> Detector:
+    try:
+        return Detector.load(model, pick_device(device), parse_patches(patches),
+                             max_pixels * 1_000_000, batch_size, match_crop)
+    except (DensityError, CheckpointError, ValueError) as error:
+        fail(str(error))
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------
+# fit-gmm
+# ---------------------------------------------------------------------------
 
 @app.command("fit-gmm")
-def fit_gmm_command() -> None:
-    """Fit the one-class density model of real-photo features (arrives in a later release)."""
-    _later("fit-gmm")
+def fit_gmm_command(
+    real: Path = typer.Argument(..., exists=True, file_okay=False,
+                                help="Folder of real camera photos (searched recursively)."),
+    output: Path = typer.Option(Path("detector"), "-o", "--output",
+                                help="Detector folder to write (extractor.pt + density.npz)."),
+    extractor: Path | None = typer.Option(
+        None, help="Extractor checkpoint from 'aigdetect train'. Default: the shipped one."),
+    components: str = typer.Option("auto", help="Gaussian components, or 'auto' to choose "
+                                   "by BIC among 1-8."),
+    covariance: str = typer.Option("full", help="Covariance type: full, diag, tied, spherical."),
+    pca_dim: int = typer.Option(32, min=1, help="Features are whitened to this many principal "
+                                "components first (a full covariance of 528 dimensions needs "
+                                "far more photos than most sets have)."),
+    reg_covar: float = typer.Option(1e-3, help="Added to covariance diagonals (regularisation)."),
+    fpr: float = typer.Option(0.02, help="Target false-positive rate on held-out real photos; "
+                              "sets the threshold."),
+    calibration_fraction: float = typer.Option(
+        0.25, min=0.05, max=0.9, help="Share of photos held out (by camera) to calibrate."),
+    patches: int = typer.Option(32, min=1, help="Tiles per image (scan uses the same)."),
+    seed: int = typer.Option(0, help="Random seed (split, k-means++ initialisation)."),
+    device: str = DEVICE_OPTION,
+    workers: int = WORKERS_OPTION,
+    cache_dir: Path | None = typer.Option(
+        Path.home() / ".cache" / "aigdetect", help="Feature cache (plain .npz), so a refit "
+        "with other GMM settings skips the network. Pass '' to disable."),
+    include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
+) -> None:
+    """Fit the one-class density model of real-photo features, and calibrate its threshold.
+
+    Features of the real photos are whitened and modelled by a Gaussian mixture; part of
+    the photos (whole cameras) is held out to set the threshold at the --fpr false-positive
+    rate. Writes a detector folder for [bold]aigdetect scan --model[/].
+    """
+    extractor = extractor or default_model_dir() / EXTRACTOR_FILE
+    if components != "auto" and not components.isdigit():
+        fail(f"--components {components!r} is neither a number nor 'auto'")
+    if covariance not in ("full", "diag", "tied", "spherical"):
+        fail(f"--covariance {covariance!r} is not one of full, diag, tied, spherical")
+    if not 0 < fpr < 1:
+        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.02 for 2 %")
+    paths = list(walk_folder(real, parse_extensions(include)))
+    if not paths:
+        fail(f"no images found under {real}")
+    with progress_bar(len(paths), "features") as advance:
+        try:
+            density, folder = fit_detector(
+                paths, extractor, output, patches=patches,
+                components=components if components == "auto" else int(components),
+                covariance_type=covariance, pca_dim=pca_dim, reg_covar=reg_covar, fpr=fpr,
+                calibration_fraction=calibration_fraction, seed=seed, device=device,
+                workers=workers, cache_dir=cache_dir if str(cache_dir) else None,
+                on_image=advance,
+            )
+        except (DensityError, CheckpointError, ValueError) as error:
+            fail(str(error))
+    for path, error in list(folder.errors.items())[:5]:
+        err.print(f"[yellow]skipped[/] {path}: {error}")
+    info = density.info
+    err.print(
+        f"Fitted {info['components']} components on {info['n_train']} photos "
+        f"(PCA {info['pca_dim']} dims, {info['explained_variance']:.0%} of variance); "
+        f"threshold {density.threshold:.2f} = {fpr:.1%} of "
+        f"{len(density.calibration_scores)} held-out photos; "
+        f"{len(folder.errors)} unreadable. Wrote {output}/")
+
+
+# ---------------------------------------------------------------------------
+# scan
+# ---------------------------------------------------------------------------
+
+def exit_code(records: list[ScanRecord]) -> int:
+    """0 clean, 1 flagged, 3 unreadable files (none flagged), 4 flagged and unreadable."""
+    flagged = any(r.verdict == "ai" for r in records)
+    unreadable = any(r.verdict == "error" for r in records)
+    if unreadable:
+        return EXIT_FLAGGED_AND_UNREADABLE if flagged else EXIT_UNREADABLE
+    return EXIT_FLAGGED if flagged else EXIT_CLEAN
 
 
 @app.command("scan")
-def scan_command() -> None:
-    """Score images: how likely each is AI-generated (arrives in a later release)."""
-    _later("scan")
+def scan_command(
+    paths: list[str] = typer.Argument(
+        ..., help="Files, folders (recursive), globs ('shots/**/*.jpg'), or '-' to read "
+        "paths from stdin, one per line."),
+    output_format: str = typer.Option("table", "--format", "-f",
+                                      help="table (for people), json, jsonl (streamed), csv."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Write results to this file instead of stdout."),
+    include: str | None = typer.Option(
+        None, help="Extensions to take from folders and globs, e.g. 'jpg,png' "
+        f"(default: {','.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
+    threshold: float | None = typer.Option(
+        None, help="Decision threshold on the log-likelihood (overrides the calibrated one)."),
+    fpr: float | None = typer.Option(
+        None, help="Re-set the threshold to this false-positive rate on the detector's "
+        "held-out real photos, e.g. 0.01."),
+    patches: str | None = PATCHES_OPTION,
+    model: Path | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    batch_size: int = BATCH_OPTION,
+    workers: int = WORKERS_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on "
+                               "stderr."),
+) -> None:
+    """Score images: how likely each is AI-generated.
 
+    [bold]score[/] is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
+    logistic of how far the image's log-likelihood under the real-photo model falls below
+    the threshold, in units of the real photos' spread. [bold]verdict[/] is ai, real,
+    uncertain (within half a spread of the threshold) or error (unreadable).
+    [bold]real pct[/] is the share of held-out real photos that look less camera-like.
+
+    Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
+    3 some files could not be read (none flagged); 4 flagged and some unreadable.
+    """
+    if output_format not in FORMATS:
+        fail(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
+    if fpr is not None and threshold is not None:
+        fail("give --threshold or --fpr, not both")
+    detector = load_detector(model, device, patches, batch_size, max_pixels)
+    if fpr is not None:
+        if not 0 < fpr < 1:
+            fail(f"--fpr {fpr} must be between 0 and 1")
+        detector.density.set_fpr(fpr)
+    problems: list[ScanRecord] = []
+
+    def on_problem(path: str, message: str) -> None:
+        problems.append(ScanRecord(path=path, error=message, model=detector.identity))
+
+    files = list(iter_inputs(paths, parse_extensions(include), on_problem))
+    records: list[ScanRecord] = list(problems)
+    stream = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    try:
+        if output_format == "jsonl":
+            for record in problems:
+                write_jsonl_record(record, stream)
+        with progress_bar(len(files), "scanning", disable=quiet) as advance:
+            for record in scan(files, detector, workers, threshold):
+                records.append(record)
+                if output_format == "jsonl":
+                    write_jsonl_record(record, stream)
+                advance(1)
+        if output_format != "jsonl":
+            write_scan(records, output_format, stream)
+    finally:
+        if output:
+            stream.close()
+    code = exit_code(records)
+    if not quiet and output_format != "table":  # the table prints its own summary
+        counts = summary(records)
+        err.print(f"[dim]{counts['files']} files: {counts['ai']} ai, {counts['uncertain']} "
+                  f"uncertain, {counts['real']} real, {counts['error']} unreadable; "
+                  f"exit code {code}[/]")
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------
+
+@app.command("evaluate")
+def evaluate_command(
+    real: list[Path] = typer.Option([], "--real", help="Folder of real photos; repeatable."),
+    fake: list[Path] = typer.Option([], "--fake", help="Folder of AI-generated images; "
+                                    "repeatable (each is reported on its own)."),
+    labels: Path | None = typer.Option(None, "--csv", help="CSV of path,label (real/ai or "
+                                       "0/1) instead of, or besides, folders."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
+    plot: Path | None = typer.Option(None, help="Draw ROC curves to this image (PNG, SVG...)."),
+    matched: bool = typer.Option(
+        False, "--matched-processing", help="Centre-crop every image to 512 px (no "
+        "resampling) and re-encode it as JPEG q90 before scoring, so that file format and "
+        "size cannot decide the result."),
+    patches: str | None = PATCHES_OPTION,
+    model: Path | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    batch_size: int = BATCH_OPTION,
+    workers: int = WORKERS_OPTION,
+    include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
+) -> None:
+    """Measure the detector on labelled images: AUC, average precision, accuracy, FPR, TPR.
+
+    AI-generated is the positive class. Each --fake folder is measured against all real
+    images; 'overall' pools everything. Accuracy, FPR and TPR use the detector's threshold.
+    """
+    if output_format not in ("table", "json"):
+        fail(f"--format {output_format!r} is not table or json")
+    groups = [LabelledSet(str(d), REAL, list(walk_folder(d, parse_extensions(include))))
+              for d in real]
+    groups += [LabelledSet(str(d), AI, list(walk_folder(d, parse_extensions(include))))
+               for d in fake]
+    if labels is not None:
+        try:
+            groups += read_label_csv(labels)
+        except (OSError, ValueError) as error:
+            fail(f"--csv: {error}")
+    for group in groups:
+        if not group.paths:
+            fail(f"no images found in {group.name}")
+    if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
+        fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
+    detector = load_detector(model, device, patches, batch_size,
+                             match_crop=512 if matched else None)
+    results: dict[str, tuple[str, list[ScanRecord]]] = {}
+    with progress_bar(sum(len(g.paths) for g in groups), "evaluating", disable=quiet) as advance:
+        for group in groups:
+            records = []
+            for record in scan(group.paths, detector, workers):
+                records.append(record)
+                advance(1)
+            results[group.name] = (group.label, records)
+    rows = evaluate_groups(results)
+    note = (f"threshold {detector.density.threshold:.2f} = {detector.density.fpr:.1%} FPR "
+            "on held-out real photos" + ("; matched processing" if matched else "; as-is"))
+    write_evaluation(rows, output_format, sys.stdout, note, {
+        "threshold": detector.density.threshold, "matched_processing": matched,
+        "model": detector.identity,
+    })
+    if plot is not None:
+        try:
+            plot_roc(results, plot)
+        except RuntimeError as error:
+            fail(str(error))
+        err.print(f"ROC curves written to {plot}")
+
+
+# ---------------------------------------------------------------------------
+# explain
+# ---------------------------------------------------------------------------
 
 @app.command("explain")
 def explain_command() -> None:
     """Show why an image was scored as it was (arrives in a later release)."""
-    _later("explain")
+    fail("'aigdetect explain' arrives in a later release")
+
+
+@contextmanager
+def progress_bar(total: int, label: str, disable: bool = False):
+    """A progress bar on stderr; yields a function that advances it."""
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=disable, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n=1: progress.advance(task, n)

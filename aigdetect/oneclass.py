@@ -1,0 +1,134 @@
+"""Building a one-class detector: features of real photos -> fitted, calibrated density.
+
+``aigdetect fit-gmm`` runs :func:`fit_detector`. Part of the real photos is
+held out (whole cameras, where EXIF names them) to calibrate the threshold, so
+the promised false-positive rate is measured on photos the density never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import file_sha256, load_model, save_checkpoint
+from .dataset import Photo, split_by_camera
+from .density import DensityError, RealPhotoDensity
+from .exif import read_labels
+from .features import FeatureExtractor, TileSettings, prepare_stream
+from .runtime import pick_device
+from .scanning import DENSITY_FILE, EXTRACTOR_FILE
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class FolderFeatures:
+    """Features of the readable files of a folder, and what could not be read."""
+
+    paths: list[str]
+    features: np.ndarray
+    errors: dict[str, str]
+
+
+def _cache_key(paths: Sequence[Path], extractor_sha: str, tiles: TileSettings) -> str:
+    digest = hashlib.sha256(json.dumps([extractor_sha, repr(tiles)]).encode())
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def extract_features(
+    paths: Sequence[Path],
+    extractor: FeatureExtractor,
+    extractor_sha: str,
+    tiles: TileSettings,
+    workers: int,
+    cache_dir: Path | None = None,
+    on_image: Progress | None = None,
+) -> FolderFeatures:
+    """Features of ``paths``; reuses a cache (plain ``.npz``, no pickle) keyed by the
+    files' paths, sizes and times, the extractor's hash and the tile settings."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = cache_dir / f"features-{_cache_key(paths, extractor_sha, tiles)}.npz"
+        if cache_file.exists():
+            with np.load(cache_file, allow_pickle=False) as data:
+                errors = json.loads(str(data["errors"]))
+                return FolderFeatures(list(data["paths"]), data["features"], errors)
+    kept, features, errors = [], [], {}
+    for prepared in prepare_stream(paths, tiles, workers):
+        if prepared.tiles is None:
+            errors[prepared.path] = prepared.error or "unreadable"
+        else:
+            kept.append(prepared.path)
+            features.append(extractor(prepared.tiles))
+        if on_image is not None:
+            on_image(1)
+    stacked = np.stack(features) if features else np.zeros((0, 0), dtype=np.float32)
+    result = FolderFeatures(kept, stacked, errors)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache_file, paths=np.array(kept, dtype=str), features=stacked,
+                 errors=np.array(json.dumps(errors)))
+    return result
+
+
+def fit_detector(
+    real_paths: Sequence[Path],
+    extractor_path: Path,
+    output_dir: Path,
+    *,
+    patches: int = 32,
+    components: int | str = "auto",
+    covariance_type: str = "full",
+    pca_dim: int = 32,
+    reg_covar: float = 1e-3,
+    fpr: float = 0.02,
+    calibration_fraction: float = 0.25,
+    seed: int = 0,
+    device: str = "auto",
+    workers: int = 2,
+    cache_dir: Path | None = None,
+    on_image: Progress | None = None,
+) -> tuple[RealPhotoDensity, FolderFeatures]:
+    """Fit and calibrate a density of real-photo features; write a detector folder
+    (``extractor.pt`` + ``density.npz``) that ``aigdetect scan --model`` loads."""
+    model, meta = load_model(extractor_path)
+    tiles = TileSettings(patch_size=meta.config.patch_size, max_tiles=patches)
+    extractor = FeatureExtractor(model.extractor, pick_device(device))
+    folder = extract_features(real_paths, extractor, file_sha256(extractor_path), tiles,
+                              workers, cache_dir, on_image)
+    if len(folder.paths) < 4:
+        raise DensityError(f"only {len(folder.paths)} readable photos: a density needs more "
+                           "(hundreds for a trustworthy threshold)")
+    photos = [Photo(path, read_labels(path)) for path in folder.paths]
+    fit_photos, calibration_photos = split_by_camera(photos, calibration_fraction, seed)
+    index = {path: i for i, path in enumerate(folder.paths)}
+    fit_rows = [index[p.path] for p in fit_photos]
+    calibration_rows = [index[p.path] for p in calibration_photos]
+
+    density = RealPhotoDensity(components=components, covariance_type=covariance_type,
+                               pca_dim=pca_dim, reg_covar=reg_covar, seed=seed)
+    density.fit(folder.features[fit_rows])
+    density.calibrate(folder.features[calibration_rows], fpr)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shipped_extractor = output_dir / EXTRACTOR_FILE
+    if shipped_extractor.resolve() != extractor_path.resolve():
+        save_checkpoint(shipped_extractor, model, meta)  # weights only, no optimiser state
+    density.provenance = {
+        "extractor_sha256": file_sha256(shipped_extractor),
+        "patches": patches,
+        "patch_size": meta.config.patch_size,
+        "fit_photos": len(fit_rows),
+        "calibration_photos": len(calibration_rows),
+        "unreadable": len(folder.errors),
+    }
+    density.save(output_dir / DENSITY_FILE)
+    return density, folder

@@ -1,0 +1,137 @@
+"""Output: rich tables for people, JSON / JSONL / CSV for machines.
+
+Only results go to the stream given here (stdout by default); the CLI keeps
+progress and logs on stderr, so ``aigdetect scan ... --format json | jq`` works.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .evaluation import GroupMetrics
+from .scanning import ScanRecord
+
+SCHEMA_VERSION = 1
+FORMATS = ("table", "json", "jsonl", "csv")
+CSV_COLUMNS = (
+    "path", "sha256", "format", "width", "height", "score", "log_likelihood", "threshold",
+    "verdict", "percentile", "patches", "elapsed_ms", "detector", "model_name", "model_version",
+    "extractor_sha256", "density_sha256", "notes", "error",
+)
+_VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta"}
+
+
+def ranked(records: Sequence[ScanRecord]) -> list[ScanRecord]:
+    """Most suspicious first (lowest log-likelihood); unreadable files last, by path."""
+    scored = sorted((r for r in records if r.log_likelihood is not None),
+                    key=lambda r: (r.log_likelihood, r.path))
+    failed = sorted((r for r in records if r.log_likelihood is None), key=lambda r: r.path)
+    return scored + failed
+
+
+def summary(records: Sequence[ScanRecord]) -> dict[str, Any]:
+    counts = Counter(r.verdict for r in records)
+    return {"files": len(records), **{v: counts.get(v, 0) for v in _VERDICT_STYLE}}
+
+
+def _size(record: ScanRecord) -> str:
+    return f"{record.width}x{record.height}" if record.width else "-"
+
+
+def scan_table(records: Sequence[ScanRecord]) -> Table:
+    table = Table(title="aigdetect scan (most suspicious first)", title_justify="left")
+    table.add_column("path", overflow="fold")
+    table.add_column("score", justify="right")
+    table.add_column("verdict")
+    table.add_column("real pct", justify="right")
+    table.add_column("size", justify="right")
+    table.add_column("note", overflow="fold")
+    for r in ranked(records):
+        verdict = Text(r.verdict, style=_VERDICT_STYLE.get(r.verdict, ""))
+        score = f"{r.score:.3f}" if r.score is not None else "-"
+        percentile = f"{r.percentile:.1f}" if r.percentile is not None else "-"
+        note = r.error or "; ".join(r.notes)
+        table.add_row(r.path, score, verdict, percentile, _size(r), note)
+    return table
+
+
+def _csv_row(record: ScanRecord) -> dict[str, Any]:
+    data = record.to_dict()
+    model = data.pop("model") or {}
+    data.update(model_name=model.get("name"), model_version=model.get("version"),
+                extractor_sha256=model.get("extractor_sha256"),
+                density_sha256=model.get("density_sha256"),
+                notes="; ".join(record.notes))
+    return {column: data.get(column) for column in CSV_COLUMNS}
+
+
+def write_jsonl_record(record: ScanRecord, stream: IO[str]) -> None:
+    """One record per line, written as soon as it is scored (streaming)."""
+    stream.write(json.dumps(record.to_dict()) + "\n")
+    stream.flush()
+
+
+def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
+               console: Console | None = None) -> None:
+    """Write all records in one of the non-streaming formats, ranked."""
+    if fmt == "table":
+        # a pipe or file gets wide rows rather than folded paths
+        console = console or Console(file=stream, width=None if stream.isatty() else 200)
+        console.print(scan_table(records))
+        s = summary(records)
+        console.print(f"{s['files']} files: {s['ai']} ai, {s['uncertain']} uncertain, "
+                      f"{s['real']} real, {s['error']} unreadable")
+    elif fmt == "json":
+        document = {"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
+                    "summary": summary(records),
+                    "results": [r.to_dict() for r in ranked(records)]}
+        json.dump(document, stream, indent=2)
+        stream.write("\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for record in ranked(records):
+            writer.writerow(_csv_row(record))
+    elif fmt == "jsonl":
+        for record in records:
+            write_jsonl_record(record, stream)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def evaluation_table(rows: Sequence[GroupMetrics], threshold_note: str) -> Table:
+    table = Table(title=f"aigdetect evaluate (AI = positive class; {threshold_note})",
+                  title_justify="left")
+    for column in ("group", "label", "real", "ai", "errors", "AUC", "AP", "accuracy",
+                   "FPR", "TPR"):
+        table.add_column(column, justify="left" if column in ("group", "label") else "right")
+    for row in rows:
+        table.add_row(row.name, row.label, str(row.n_real), str(row.n_ai), str(row.errors),
+                      _fmt(row.auc), _fmt(row.average_precision), _fmt(row.accuracy),
+                      _fmt(row.fpr), _fmt(row.tpr), end_section=row.name == rows[-2].name
+                      if len(rows) > 1 else False)
+    return table
+
+
+def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
+                     threshold_note: str, extra: dict[str, Any]) -> None:
+    if fmt == "json":
+        json.dump({"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
+                   "positive_class": "ai", **extra,
+                   "groups": [row.to_dict() for row in rows]}, stream, indent=2)
+        stream.write("\n")
+    else:
+        Console(file=stream).print(evaluation_table(rows, threshold_note))
