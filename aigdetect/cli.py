@@ -53,7 +53,7 @@ app = typer.Typer(
         "EXIF tags from pixels), then flags images whose traces do not look like any camera's."
     ),
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 err = Console(stderr=True)
@@ -119,7 +119,7 @@ def train_command(
     Each photo's own EXIF is the label: the network classifies make, model, flash,
     metering, white balance... and ranks aperture, exposure time, ISO and focal length
     between photos. Validation holds out whole camera models. For several GPUs or
-    machines run the same command under [bold]torchrun[/].
+    machines run the same command under **torchrun**.
     """
     if patch_size % 8:
         fail(f"--patch-size {patch_size} is not a multiple of 8", "try 64 (the default)")
@@ -156,7 +156,8 @@ PATCHES_OPTION = typer.Option(
 DEVICE_OPTION = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")
 WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = decode in the "
                               "main process).")
-BATCH_OPTION = typer.Option(256, min=1, help="Tiles per forward pass (memory, not results).")
+BATCH_OPTION = typer.Option(256, min=1, help="Tiles per forward pass: memory and speed "
+                            "(scores move only by float rounding).")
 MAX_PIXELS_OPTION = typer.Option(
     DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
     help="Refuse images larger than this many megapixels (decompression-bomb guard).")
@@ -215,16 +216,18 @@ def fit_gmm_command(
     seed: int = typer.Option(0, help="Random seed (split, k-means++ initialisation)."),
     device: str = DEVICE_OPTION,
     workers: int = WORKERS_OPTION,
-    cache_dir: Path | None = typer.Option(
+    cache_dir: Path = typer.Option(
         Path.home() / ".cache" / "aigdetect", help="Feature cache (plain .npz), so a refit "
-        "with other GMM settings skips the network. Pass '' to disable."),
+        "with other GMM settings skips the network."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the "
+                                  "feature cache."),
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
 ) -> None:
     """Fit the one-class density model of real-photo features, and calibrate its threshold.
 
     Features of the real photos are whitened and modelled by a Gaussian mixture; part of
     the photos (whole cameras) is held out to set the threshold at the --fpr false-positive
-    rate. Writes a detector folder for [bold]aigdetect scan --model[/].
+    rate. Writes a detector folder for **aigdetect scan --model**.
     """
     extractor = extractor or default_model_dir() / EXTRACTOR_FILE
     if components != "auto" and not components.isdigit():
@@ -243,7 +246,7 @@ def fit_gmm_command(
                 components=components if components == "auto" else int(components),
                 covariance_type=covariance, pca_dim=pca_dim, reg_covar=reg_covar, fpr=fpr,
                 calibration_fraction=calibration_fraction, seed=seed, device=device,
-                workers=workers, cache_dir=cache_dir if str(cache_dir) else None,
+                workers=workers, cache_dir=None if no_cache else cache_dir,
                 on_image=advance,
             )
         except (DensityError, CheckpointError, ValueError) as error:
@@ -300,14 +303,17 @@ def scan_command(
 ) -> None:
     """Score images: how likely each is AI-generated.
 
-    [bold]score[/] is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
+    **score** is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
     logistic of how far the image's log-likelihood under the real-photo model falls below
-    the threshold, in units of the real photos' spread. [bold]verdict[/] is ai, real,
+    the threshold, in units of the real photos' spread. **verdict** is ai, real,
     uncertain (within half a spread of the threshold) or error (unreadable).
-    [bold]real pct[/] is the share of held-out real photos that look less camera-like.
+    **real pct** is the share of held-out real photos that look less camera-like.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable.
+
+    Examples: `aigdetect scan evidence/` ·
+    `find /cases -name '*.jpg' | aigdetect scan - -f jsonl`
     """
     if output_format not in FORMATS:
         fail(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
