@@ -331,7 +331,10 @@ def scan_command(
 
     files = list(iter_inputs(paths, parse_extensions(include), on_problem))
     records: list[ScanRecord] = list(problems)
-    stream = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    try:
+        stream = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
+    except OSError as error:
+        fail(f"cannot write --output {output}: {error.strerror}")
     try:
         if output_format == "jsonl":
             for record in problems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,10 @@ def _signature(path: Path) -> list[int]:
 def _opens_as_image(path: Path) -> bool:
     """Cheap header check so unreadable files are skipped once, not every epoch."""
     try:
-        with open(path, "rb") as handle, Image.open(handle) as image:
-            return image.size[0] > 0 and image.size[1] > 0
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(handle) as image:
+                return image.size[0] > 0 and image.size[1] > 0
     except Exception:
         return False
 

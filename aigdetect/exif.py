@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -150,13 +151,22 @@ def read_raw_exif(path: str | Path) -> dict[str, Any]:
     damaged APP1 segments). The file is only ever opened for reading.
     """
     try:
-        return _read_with_piexif(path)
+        raw = _read_with_piexif(path)
     except Exception:
-        pass
+        raw = None
     try:
-        return _read_with_pillow(path)
+        pillow = _read_with_pillow(path)
     except Exception:
-        return {}
+        pillow = {}
+    if raw is None:
+        return pillow
+    # piexif assumes every ASCII value ends in NUL and drops the last byte, so a
+    # camera that writes "HTC" without one would read as "HT": take text from Pillow.
+    raw.update({k: v for k, v in pillow.items() if k in _TEXT_TAGS and isinstance(v, str)})
+    return raw
+
+
+_TEXT_TAGS = ("Make", "Model")
 
 
 def _read_with_piexif(path: str | Path) -> dict[str, Any]:
@@ -173,11 +183,13 @@ def _read_with_piexif(path: str | Path) -> dict[str, Any]:
 
 
 def _read_with_pillow(path: str | Path) -> dict[str, Any]:
-    with open(path, "rb") as handle, Image.open(handle) as image:
-        exif = image.getexif()
-        raw: dict[str, Any] = {ExifTags.TAGS.get(t, str(t)): v for t, v in exif.items()}
-        sub = exif.get_ifd(ExifTags.IFD.Exif)
-        raw.update({ExifTags.TAGS.get(t, str(t)): v for t, v in sub.items()})
+    with open(path, "rb") as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns on damaged EXIF; we mask what it misses
+        with Image.open(handle) as image:
+            exif = image.getexif()
+            raw: dict[str, Any] = {ExifTags.TAGS.get(t, str(t)): v for t, v in exif.items()}
+            sub = exif.get_ifd(ExifTags.IFD.Exif)
+            raw.update({ExifTags.TAGS.get(t, str(t)): v for t, v in sub.items()})
     return raw
 
 
@@ -226,7 +238,8 @@ def to_text(value: Any) -> str | None:
         value = value.decode("utf-8", "ignore")
     if not isinstance(value, str):
         return None
-    text = " ".join(value.replace("\x00", " ").split())
+    value = value.split("\x00", 1)[0]  # a value ends at its NUL; what follows is junk
+    text = " ".join("".join(c for c in value if c.isprintable()).split())
     return text or None
 
 
@@ -268,6 +281,8 @@ def _flash(value: Any) -> str | None:
 def labels_from_raw(raw: Mapping[str, Any]) -> ExifLabels:
     """Normalise raw tags (as :func:`read_raw_exif` returns them) to labels."""
     iso = raw.get("ISOSpeedRatings", raw.get("PhotographicSensitivity"))
+    if isinstance(iso, (tuple, list)) and iso and isinstance(iso[0], int):
+        iso = iso[0]  # the tag may hold several values (SHORT count > 1), not a ratio
     return ExifLabels(
         make=normalise_make(raw.get("Make")),
         model=normalise_model(raw.get("Model")),
@@ -302,7 +317,8 @@ OTHER = "other"
 @dataclass
 class Vocabulary:
     """Classes of one categorical tag. Rare values fold into ``"other"`` so the
-    heads do not chase classes seen once; unseen values at test time do too."""
+    heads do not chase classes seen once; values unseen in training (a new
+    camera at validation or test time) map to ``"other"`` too."""
 
     classes: list[str]
 
@@ -313,8 +329,7 @@ class Vocabulary:
     def build(cls, values: Iterable[str | None], min_count: int) -> Vocabulary:
         counts = Counter(v for v in values if v is not None)
         frequent = sorted(v for v, n in counts.items() if n >= min_count and v != OTHER)
-        has_rare = any(n < min_count for n in counts.values()) or OTHER in counts
-        return cls(frequent + ([OTHER] if has_rare or not frequent else []))
+        return cls([*frequent, OTHER])
 
     def index(self, value: str | None) -> int:
         """Class index, ``-1`` for unknown (masked out of the loss)."""

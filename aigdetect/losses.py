@@ -43,7 +43,7 @@ def fidelity_ranking_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.
     if p.numel() == 0:
         return scores.sum() * 0.0
     loss = 1.0 - torch.sqrt(p * g + _EPS) - torch.sqrt((1.0 - p) * (1.0 - g) + _EPS)
-    return loss.mean()
+    return loss.clamp_min(0.0).mean()  # the epsilon can push a perfect pair a hair below 0
 
 
 def bce_ranking_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

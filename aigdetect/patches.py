@@ -65,8 +65,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageReadError(
-                        f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP "
-                        f"exceeds the {max_pixels / 1e6:.0f} MP guard (raise it with --max-pixels)"
+                        f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
+                        f"exceeds the {max_pixels / 1e6:.1f} MP guard (raise it with --max-pixels)"
                     )
                 notes = []
                 if getattr(image, "n_frames", 1) > 1:

@@ -158,8 +158,9 @@ def validate(
     metrics: dict[str, dict[str, float]] = {}
     for i, tag in enumerate(CATEGORICAL_TAGS):
         known = classes[:, i] >= 0
-        if tag not in all_logits or not bool(known.any()):
-            continue
+        single_class = model.heads.categorical[tag].out_features < 2
+        if tag not in all_logits or not bool(known.any()) or single_class:
+            continue  # nothing to measure: no labels, or a head with a single class
         predicted = torch.cat(all_logits[tag]).argmax(1)[known]
         truth = classes[known, i]
         metrics[tag] = {
@@ -200,7 +201,7 @@ def metrics_table(metrics: dict[str, dict[str, float]], losses: dict[str, float]
         kind = "accuracy" if tag in CATEGORICAL_TAGS else "concordance"
         value = f"{m[kind]:.3f} {kind[:4]}" if kind in m else "-"
         chance = f"{m['chance']:.3f}" if "chance" in m else "-"
-        table.add_row(tag, f"{config.weight(tag):g}", f"{losses[tag]:.4f}", value, chance,
+        table.add_row(tag, f"{config.weight(tag):g}", f"{losses[tag] + 0.0:.4f}", value, chance,
                       str(m.get("n", "-")))
     return table
 
@@ -308,6 +309,9 @@ def _train(config: TrainConfig, console: Console, dist: Distributed,
             sums: Counter = Counter()
             batches = 0
             for patches, classes, ordinal, attempts in train_loader:
+                if config.max_steps is not None and step >= config.max_steps:
+                    stop = True  # e.g. --resume of a run that already reached --max-steps
+                    break
                 skipped += int((attempts > 0).sum())
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     output = network(patches.to(device, non_blocking=True))
@@ -329,6 +333,8 @@ def _train(config: TrainConfig, console: Console, dist: Distributed,
                 if (config.max_steps is not None and step >= config.max_steps) or out_of_time:
                     stop = True
                     break
+            if batches == 0:
+                break  # nothing was trained (the step budget was already spent)
             finished_epoch = epoch + 1 if not stop or batches == steps_per_epoch else epoch
             mean_losses = {tag: value / max(1, batches) for tag, value in sums.items()}
             if dist.is_main:
@@ -341,7 +347,7 @@ def _train(config: TrainConfig, console: Console, dist: Distributed,
                 _append_log(config.log_file, {
                     "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                     "seconds": round(time.monotonic() - started, 1), "train_loss": mean_losses,
-                    "head_weights": {t: config.weight(t) for t in losses},
+                    "head_weights": {t: config.weight(t) for t in mean_losses if t != "total"},
                     "validation": metrics, "skipped_unreadable": skipped,
                 })
                 progress.console.print(metrics_table(

@@ -1,0 +1,237 @@
+"""Image decoding (read-only, every failure an ImageReadError) and native-resolution patches."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aigdetect.patches import (
+    DecodedImage,
+    ImageReadError,
+    ensure_min_size,
+    grid_tiles,
+    load_image,
+    random_crops,
+    tile_count,
+)
+
+
+def digest(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def positional_pixels(height: int, width: int) -> np.ndarray:
+    """Pixels that encode their own position: R = row, G = column, B = row + column."""
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([ys % 256, xs % 256, (ys + xs) % 256], axis=2).astype(np.uint8)
+
+
+def random_rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# load_image
+# ---------------------------------------------------------------------------
+
+def test_rgb_jpeg(tmp_path, make_jpeg):
+    path = make_jpeg(tmp_path / "a.jpg", size=(96, 72))
+    decoded = load_image(path)
+    assert isinstance(decoded, DecodedImage)
+    assert decoded.pixels.shape == (72, 96, 3)
+    assert decoded.pixels.dtype == np.uint8
+    assert (decoded.width, decoded.height, decoded.format) == (96, 72, "JPEG")
+    assert decoded.notes == []
+    with Image.open(path) as image:  # no resampling: the stored pixels, exactly
+        np.testing.assert_array_equal(decoded.pixels, np.asarray(image.convert("RGB")))
+
+
+def test_lossless_png_pixels_are_exact(tmp_path):
+    pixels = random_rgb(33, 47)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "a.png").pixels, pixels)
+
+
+def test_palette_png(tmp_path):
+    image = Image.fromarray(random_rgb(40, 50)).convert("P")
+    image.save(tmp_path / "p.png")
+    decoded = load_image(tmp_path / "p.png")
+    assert decoded.pixels.shape == (40, 50, 3)
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(image.convert("RGB")))
+
+
+def test_greyscale_png(tmp_path):
+    grey = random_rgb(40, 50)[:, :, 0]
+    Image.fromarray(grey).save(tmp_path / "l.png")
+    decoded = load_image(tmp_path / "l.png")
+    assert decoded.pixels.shape == (40, 50, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded.pixels[:, :, channel], grey)
+
+
+def test_rgba_png_drops_alpha_with_a_note(tmp_path):
+    rgb = random_rgb(40, 50)
+    alpha = np.full((40, 50, 1), 7, dtype=np.uint8)
+    Image.fromarray(np.concatenate([rgb, alpha], axis=2), "RGBA").save(tmp_path / "a.png")
+    decoded = load_image(tmp_path / "a.png")
+    np.testing.assert_array_equal(decoded.pixels, rgb)
+    assert any("alpha" in note for note in decoded.notes)
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.fromarray(random_rgb(40, 50)).convert("CMYK").save(tmp_path / "c.jpg")
+    with Image.open(tmp_path / "c.jpg") as image:
+        assert image.mode == "CMYK"
+    decoded = load_image(tmp_path / "c.jpg")
+    assert decoded.pixels.shape == (40, 50, 3)
+    assert decoded.pixels.dtype == np.uint8
+    assert any("CMYK" in note for note in decoded.notes)
+
+
+def test_16_bit_png_reduced_to_8_bits(tmp_path):
+    values = (np.arange(40 * 50, dtype=np.uint32).reshape(40, 50) * 32).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode == "I;16"
+    decoded = load_image(tmp_path / "deep.png")
+    expected = np.round(values / 65535.0 * 255.0).astype(np.uint8)
+    assert decoded.pixels.shape == (40, 50, 3)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], expected)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 2], expected)
+    assert decoded.pixels.max() > 200  # the full 16-bit range maps to the full 8-bit range
+    assert any("8 bits" in note for note in decoded.notes)
+
+
+def test_animated_gif_gives_first_frame_with_a_note(tmp_path):
+    frames = [Image.fromarray(np.full((30, 40, 3), value, dtype=np.uint8)).convert("P")
+              for value in (10, 120, 250)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    decoded = load_image(tmp_path / "anim.gif")
+    assert decoded.pixels.shape == (30, 40, 3)
+    np.testing.assert_array_equal(decoded.pixels, np.asarray(frames[0].convert("RGB")))
+    assert any("first frame" in note and "3 frames" in note for note in decoded.notes)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty file"):
+        load_image(tmp_path / "empty.jpg")
+
+
+def test_truncated_jpeg(tmp_path, make_jpeg):
+    whole = make_jpeg(tmp_path / "whole.jpg", size=(96, 96)).read_bytes()
+    path = tmp_path / "half.jpg"
+    path.write_bytes(whole[: len(whole) // 2])
+    before = digest(path)
+    with pytest.raises(ImageReadError, match="truncated"):
+        load_image(path)
+    assert digest(path) == before
+
+
+def test_text_file_is_not_an_image(tmp_path):
+    (tmp_path / "notes.jpg").write_text("this is not an image\n")
+    with pytest.raises(ImageReadError, match="not an image"):
+        load_image(tmp_path / "notes.jpg")
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        load_image(tmp_path / "missing.jpg")
+    with pytest.raises(ImageReadError, match="directory"):
+        load_image(tmp_path)
+
+
+def test_oversized_image_refused_before_decoding(tmp_path, make_jpeg):
+    path = make_jpeg(tmp_path / "big.jpg", size=(100, 80))
+    with pytest.raises(ImageReadError, match="too large") as caught:
+        load_image(path, max_pixels=100 * 80 - 1)
+    assert "100x80" in str(caught.value)
+    assert "--max-pixels" in str(caught.value)
+    assert load_image(path, max_pixels=100 * 80).pixels.shape == (80, 100, 3)
+
+
+def test_loading_is_read_only(tmp_path, make_jpeg):
+    path = make_jpeg(tmp_path / "evidence.jpg", size=(64, 64), exif={"Make": "Canon"})
+    path.chmod(0o444)  # a write-protected evidence file still loads
+    before = digest(path)
+    load_image(path)
+    assert digest(path) == before
+
+
+# ---------------------------------------------------------------------------
+# Crops and tiles
+# ---------------------------------------------------------------------------
+
+def test_random_crops_shape_dtype_and_content():
+    pixels = positional_pixels(130, 200)
+    crops = random_crops(pixels, 5, 64, np.random.default_rng(3))
+    assert crops.shape == (5, 3, 64, 64)
+    assert crops.dtype == np.uint8
+    assert crops.flags["C_CONTIGUOUS"]
+    for crop in crops:  # every crop is an unresampled window of the image
+        top, left = int(crop[0, 0, 0]), int(crop[1, 0, 0])
+        np.testing.assert_array_equal(
+            crop, pixels[top : top + 64, left : left + 64].transpose(2, 0, 1)
+        )
+
+
+def test_random_crops_deterministic_given_seed():
+    pixels = random_rgb(130, 200)
+    first = random_crops(pixels, 4, 32, np.random.default_rng(42))
+    second = random_crops(pixels, 4, 32, np.random.default_rng(42))
+    other = random_crops(pixels, 4, 32, np.random.default_rng(43))
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+
+
+def test_random_crops_of_exact_size_image():
+    pixels = random_rgb(64, 64)
+    crops = random_crops(pixels, 2, 64, np.random.default_rng(0))
+    np.testing.assert_array_equal(crops[0], pixels.transpose(2, 0, 1))
+
+
+def test_grid_tiles_count_and_centre_crop():
+    pixels = positional_pixels(130, 200)  # H=130, W=200
+    tiles = grid_tiles(pixels, 64)
+    assert tile_count(130, 200, 64) == 6
+    assert tiles.shape == (6, 3, 64, 64)
+    assert tiles.dtype == np.uint8
+    top, left = (130 - 128) // 2, (200 - 192) // 2  # centred: 1 px and 4 px margins
+    for index, tile in enumerate(tiles):  # row-major order
+        row, col = divmod(index, 3)
+        y, x = top + row * 64, left + col * 64
+        np.testing.assert_array_equal(tile, pixels[y : y + 64, x : x + 64].transpose(2, 0, 1))
+
+
+def test_grid_tiles_subset_is_spread_and_deterministic():
+    pixels = random_rgb(130, 200)
+    full = grid_tiles(pixels, 64)
+    subset = grid_tiles(pixels, 64, max_tiles=4)
+    assert subset.shape == (4, 3, 64, 64)
+    np.testing.assert_array_equal(subset, grid_tiles(pixels, 64, max_tiles=4))
+    positions = [next(i for i, t in enumerate(full) if np.array_equal(t, s)) for s in subset]
+    assert positions == sorted(set(positions))  # distinct, in order
+    assert positions[0] == 0 and positions[-1] == len(full) - 1  # spread over the grid
+    np.testing.assert_array_equal(grid_tiles(pixels, 64, max_tiles=10), full)
+
+
+def test_tiny_image_upscaled_to_one_tile():
+    pixels = random_rgb(30, 20)  # 20 wide, 30 high
+    notes: list[str] = []
+    bigger = ensure_min_size(pixels, 64, notes)
+    assert min(bigger.shape[:2]) == 64
+    assert bigger.shape[0] > bigger.shape[1]  # aspect kept
+    assert notes and "upscaled" in notes[0]
+    tiles = grid_tiles(pixels, 64)
+    assert tiles.shape == (1, 3, 64, 64)
+    assert tile_count(30, 20, 64) == 1
+    assert random_crops(pixels, 3, 64, np.random.default_rng(0)).shape == (3, 3, 64, 64)
+
+
+def test_ensure_min_size_leaves_large_images_alone():
+    pixels = random_rgb(64, 80)
+    assert ensure_min_size(pixels, 64) is pixels

@@ -1,0 +1,387 @@
+"""The ``aigdetect`` command end to end: help, ``train`` (and ``--resume``), the
+checkpoint it writes, and how bad inputs are refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from aigdetect.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    ModelMeta,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+from aigdetect.cli import app
+from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, Vocabulary
+from aigdetect.network import ExtractorConfig
+
+COMMANDS = ("train", "fit-gmm", "scan", "explain")
+
+#: Fast settings: 2 steps of 4 photos x 2 patches on the CPU, no worker processes.
+FAST = ["--max-steps", "2", "--epochs", "2", "--batch-size", "4", "--patches", "2",
+        "--workers", "0", "--val-fraction", "0.25", "--device", "cpu"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def text(result) -> str:
+    """Everything the command printed, with rich's line wrapping and boxes undone."""
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def train_args(photos: Path, output: Path, *extra: str) -> list[str]:
+    return ["train", str(photos), "-o", str(output), *extra]
+
+
+# ---------------------------------------------------------------------------
+# Help and version
+# ---------------------------------------------------------------------------
+
+def test_help_lists_every_command():
+    result = run("--help")
+    assert result.exit_code == 0, result.output
+    for command in COMMANDS:
+        assert command in text(result)
+
+
+def test_no_arguments_shows_help():
+    result = run()
+    assert "train" in text(result) and "Usage" in text(result)
+
+
+def test_train_help_documents_its_options():
+    result = run("train", "--help")
+    assert result.exit_code == 0
+    for option in ("--max-steps", "--resume", "--patch-size", "--val-fraction", "--head-weight"):
+        assert option in text(result)
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == "aigdetect 0.1.0"
+
+
+def test_python_m_aigdetect_help_in_a_subprocess(subprocess_env):
+    completed = subprocess.run(
+        [sys.executable, "-m", "aigdetect", "--help"],
+        capture_output=True, text=True, timeout=120, env=subprocess_env,
+    )
+    assert completed.returncode == 0, completed.stderr
+    for command in COMMANDS:
+        assert command in completed.stdout
+
+
+# ---------------------------------------------------------------------------
+# One training run shared by the tests below
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(session_photo_folder, tmp_path_factory):
+    """Train 2 steps on the 12 synthetic photos plus a garbage file and a photo
+    without EXIF (both skipped); returns (result, checkpoint path)."""
+    root = tmp_path_factory.mktemp("train")
+    photos = root / "photos"
+    shutil.copytree(session_photo_folder, photos)
+    (photos / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+    Image.new("RGB", (160, 128), (90, 120, 150)).save(photos / "no_exif.jpg")
+    output = root / "run" / "model.pt"
+    result = run(*train_args(photos, output, *FAST, "--head-weight", "model=0.5"))
+    return result, output
+
+
+def test_train_succeeds_and_reports(trained):
+    result, output = trained
+    assert result.exit_code == 0, result.output
+    assert output.is_file()
+    assert not list(output.parent.glob(".*.tmp"))  # atomic write left nothing behind
+    assert "9 photos" in text(result) and "3 photos" in text(result)
+    assert "skipped 1 unreadable" in text(result)
+    assert "without any usable EXIF" in text(result)
+    assert "Saved" in text(result) and "after 2 steps" in text(result)
+
+
+def test_checkpoint_loads_into_a_working_model(trained):
+    _, output = trained
+    model, meta = load_model(output)
+    assert not model.training
+    assert (meta.epoch, meta.step) == (1, 2)  # 9 training photos / batch 4 = 2 steps = 1 epoch
+    assert meta.config == ExtractorConfig(patch_size=64)
+    assert set(meta.vocabularies) == set(CATEGORICAL_TAGS)
+    assert meta.ordinal_tags == list(ORDINAL_TAGS)
+    assert meta.training["train_photos"] == 9 and meta.training["val_photos"] == 3
+    assert meta.training["max_steps"] == 2 and meta.training["head_weights"] == {"model": 0.5}
+    patches = torch.randint(0, 256, (2, 2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        logits, scores = model(patches)
+    for tag, vocabulary in meta.vocabularies.items():
+        assert logits[tag].shape == (2, len(vocabulary))
+    assert set(scores) == set(ORDINAL_TAGS)
+
+
+def test_checkpoint_is_safe_to_load(trained):
+    _, output = trained
+    payload = torch.load(output, map_location="cpu", weights_only=True)
+    assert set(payload) == {"meta", "model", "training_state"}
+    assert isinstance(payload["meta"], str)
+    assert json.loads(payload["meta"])["format"] == FORMAT
+    assert all(isinstance(v, torch.Tensor) for v in payload["model"].values())
+    assert {"optimizer", "scheduler"} <= set(payload["training_state"])
+
+
+def test_log_has_per_head_losses_and_validation(trained):
+    _, output = trained
+    log = output.with_name("model.pt.log.jsonl")
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 1
+    record = records[0]
+    assert (record["epoch"], record["step"]) == (1, 2)
+    losses = record["train_loss"]
+    assert set(losses) == {*CATEGORICAL_TAGS, *ORDINAL_TAGS, "total"}
+    assert all(math.isfinite(v) for v in losses.values())
+    assert losses["make"] > 0 and losses["iso"] > 0
+    assert record["head_weights"]["model"] == 0.5 and record["head_weights"]["make"] == 1.0
+    validation = record["validation"]
+    assert any("concordance" in m for m in validation.values())
+    for metrics in validation.values():
+        value = metrics.get("accuracy", metrics.get("concordance"))
+        assert 0.0 <= value <= 1.0 and metrics["n"] > 0
+    assert output.with_name("model.pt.labels.json").is_file()
+
+
+def test_resume_continues_the_run(trained, tmp_path):
+    _, first = trained
+    output = tmp_path / "model.pt"
+    shutil.copy(first, output)
+    photos = Path(load_model(first)[1].training["photos"])
+    before = torch.load(output, weights_only=True)["model"]
+    resume = ["--epochs", "2", "--batch-size", "4", "--patches", "2", "--workers", "0",
+              "--val-fraction", "0.25", "--device", "cpu"]  # no step limit
+    result = run(*train_args(photos, output, *resume, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert "Resuming from" in text(result) and "epoch 1, step 2" in text(result)
+    _, meta = load_model(output)
+    assert (meta.epoch, meta.step) == (2, 4)
+    payload = torch.load(output, weights_only=True)
+    optimizer_state = payload["training_state"]["optimizer"]["state"]
+    adam_steps = {float(s["step"]) for s in optimizer_state.values()}
+    assert adam_steps == {4.0}  # the optimiser state was restored, not restarted
+    changed = [k for k, v in payload["model"].items() if not torch.equal(v, before[k])]
+    assert changed  # it did train
+
+    again = run(*train_args(photos, output, *resume, "--resume"))  # already at --epochs
+    assert again.exit_code == 0, again.output
+    assert load_model(output)[1].step == 4
+
+
+def test_resume_at_max_steps_takes_no_further_step(trained, tmp_path):
+    _, first = trained
+    output = tmp_path / "model.pt"
+    shutil.copy(first, output)
+    photos = Path(load_model(first)[1].training["photos"])
+    result = run(*train_args(photos, output, *FAST, "--resume"))  # same --max-steps 2
+    assert result.exit_code == 0, result.output
+    assert load_model(output)[1].step == 2
+
+
+def test_resume_without_a_checkpoint_starts_fresh(session_photo_folder, tmp_path):
+    output = tmp_path / "new.pt"
+    fast_one = [*FAST]
+    fast_one[fast_one.index("--max-steps") + 1] = "1"
+    result = run(*train_args(session_photo_folder, output, *fast_one, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert "does not exist yet" in text(result)
+    assert load_model(output)[1].step == 1
+
+
+# ---------------------------------------------------------------------------
+# Refused inputs
+# ---------------------------------------------------------------------------
+
+def test_empty_folder_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run(*train_args(empty, tmp_path / "m.pt", *FAST))
+    assert result.exit_code == 2
+    assert "no images found" in text(result)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_folder_with_one_usable_photo_is_refused(tmp_path, make_jpeg):
+    make_jpeg(tmp_path / "photos" / "a.jpg", exif={"Make": "Canon", "Model": "EOS"})
+    make_jpeg(tmp_path / "photos" / "b.jpg", exif=None)
+    result = run(*train_args(tmp_path / "photos", tmp_path / "m.pt", *FAST))
+    assert result.exit_code == 2
+    assert "fewer than 2 photos" in text(result)
+
+
+def test_patch_size_not_a_multiple_of_8_is_refused(session_photo_folder, tmp_path):
+    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--patch-size", "30"))
+    assert result.exit_code == 2
+    assert "multiple of 8" in text(result)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_bad_head_weight_is_refused(session_photo_folder, tmp_path):
+    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--head-weight", "model"))
+    assert result.exit_code == 2
+    assert "TAG=NUMBER" in text(result)
+
+
+def test_unknown_ranking_loss_is_refused(session_photo_folder, tmp_path):
+    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--ranking-loss", "hinge"))
+    assert result.exit_code == 2
+    assert "unknown ranking loss" in text(result)
+
+
+def test_missing_photo_folder_is_refused(tmp_path):
+    result = run(*train_args(tmp_path / "nowhere", tmp_path / "m.pt"))
+    assert result.exit_code == 2
+    assert "does not exist" in text(result)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(session_photo_folder, tmp_path):
+    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--device", "cuda"))
+    assert result.exit_code == 2
+    assert "CUDA" in text(result)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+def small_meta() -> ModelMeta:
+    vocabularies = {tag: Vocabulary(["a", "b", "other"]) for tag in CATEGORICAL_TAGS}
+    return ModelMeta(config=ExtractorConfig(width=8, patch_size=32), vocabularies=vocabularies,
+                     epoch=3, step=30, metrics={"iso": {"concordance": 0.7}})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    meta = small_meta()
+    model = meta.build_model()
+    save_checkpoint(tmp_path / "m.pt", model, meta)
+    loaded, loaded_meta = load_model(tmp_path / "m.pt")
+    assert loaded_meta.config == meta.config
+    assert {t: v.classes for t, v in loaded_meta.vocabularies.items()} == {
+        t: v.classes for t, v in meta.vocabularies.items()}
+    assert (loaded_meta.epoch, loaded_meta.step) == (3, 30)
+    assert loaded_meta.metrics == meta.metrics
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
+    assert "training_state" not in read_checkpoint(tmp_path / "m.pt")[1]
+
+
+def test_garbage_checkpoint_raises(tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_model(garbage)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_foreign_torch_files_raise(tmp_path):
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="not an aigdetect checkpoint"):
+        load_model(tmp_path / "list.pt")
+    torch.save({"meta": json.dumps({"format": "something else"}), "model": {}},
+               tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an aigdetect extractor checkpoint"):
+        load_model(tmp_path / "other.pt")
+
+
+def test_newer_checkpoint_format_is_refused(tmp_path):
+    meta = small_meta()
+    data = json.loads(meta.to_json())
+    data["format_version"] = 999
+    torch.save({"meta": json.dumps(data), "model": meta.build_model().state_dict()},
+               tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="newer"):
+        load_model(tmp_path / "new.pt")
+
+
+class _Sneaky:
+    """Unpickling this would run code; a safe loader must refuse the file."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_pickled_objects_are_refused(tmp_path, capsys):
+    torch.save({"meta": small_meta().to_json(), "model": _Sneaky()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "evil.pt")
+    assert "unpickled!" not in capsys.readouterr().out
+
+
+def test_weights_not_matching_their_config_raise(tmp_path):
+    meta = small_meta()
+    state = meta.build_model().state_dict()
+    key = next(k for k in state if k.startswith("heads.categorical"))
+    state[key] = torch.zeros(7, 7)
+    torch.save({"meta": meta.to_json(), "model": state}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------------------
+# Validation metrics
+# ---------------------------------------------------------------------------
+
+def test_single_class_head_does_not_beat_chance(session_photo_folder):
+    from aigdetect.dataset import PretextDataset, load_labels
+    from aigdetect.exif import build_vocabularies
+    from aigdetect.training import majority_classes, validate
+
+    photos, _ = load_labels(sorted(session_photo_folder.rglob("*.jpg")), None)
+    train = [p for p in photos if p.labels.white_balance is None]  # no white balance known
+    val = [p for p in photos if p.labels.white_balance is not None][:2]
+    assert len(val) == 2
+    meta = ModelMeta(config=ExtractorConfig(width=8, patch_size=32),
+                     vocabularies=build_vocabularies([p.labels for p in train], 3))
+    assert meta.vocabularies["white_balance"].classes == ["other"]
+    model = meta.build_model()
+    train_set = PretextDataset(train, meta.vocabularies, 1, 32, train=True)
+    val_set = PretextDataset(val, meta.vocabularies, 1, 32, train=False)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=2)
+    metrics = validate(model, loader, torch.device("cpu"), majority_classes(train_set))
+    white_balance = metrics.get("white_balance")
+    assert white_balance is None or white_balance["accuracy"] <= white_balance["chance"]
+
+
+# ---------------------------------------------------------------------------
+# Real photos (shared corpus; skipped when absent)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_one_step_on_real_photos(shared_photos, tmp_path):
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for number, path in enumerate(shared_photos):
+        (folder / f"{number:02d}{path.suffix.lower()}").symlink_to(path)
+    output = tmp_path / "real.pt"
+    result = run(*train_args(folder, output, "--max-steps", "1", "--epochs", "1",
+                             "--batch-size", "2", "--patches", "2", "--workers", "0",
+                             "--val-fraction", "0.2", "--device", "cpu"))
+    assert result.exit_code == 0, result.output
+    _, meta = load_model(output)
+    assert meta.step == 1
+    assert meta.training["train_photos"] + meta.training["val_photos"] >= 2
+    assert meta.training["train_photos"] >= 2
+    for path in shared_photos:  # evidence untouched: the links still point at real files
+        assert path.is_file()
