@@ -236,6 +236,8 @@ def fit_gmm_command(
         fail(f"--covariance {covariance!r} is not one of full, diag, tied, spherical")
     if not 0 < fpr < 1:
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.02 for 2 %")
+    if output.exists() and not output.is_dir():
+        fail(f"--output {output} is a file; fit-gmm writes a detector folder")
     paths = list(walk_folder(real, parse_extensions(include)))
     if not paths:
         fail(f"no images found under {real}")
@@ -249,7 +251,7 @@ def fit_gmm_command(
                 workers=workers, cache_dir=None if no_cache else cache_dir,
                 on_image=advance,
             )
-        except (DensityError, CheckpointError, ValueError) as error:
+        except (DensityError, CheckpointError, ValueError, OSError) as error:
             fail(str(error))
     for path, error in list(folder.errors.items())[:5]:
         err.print(f"[yellow]skipped[/] {path}: {error}")
@@ -403,6 +405,8 @@ def evaluate_command(
     for group in groups:
         if not group.paths:
             fail(f"no images found in {group.name}")
+    if plot is not None and not plot.parent.is_dir():
+        fail(f"--plot {plot}: folder {plot.parent} does not exist")
     if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
         fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
     detector = load_detector(model, device, patches, batch_size,
@@ -425,8 +429,8 @@ def evaluate_command(
     if plot is not None:
         try:
             plot_roc(results, plot)
-        except RuntimeError as error:
-            fail(str(error))
+        except (RuntimeError, OSError, ValueError) as error:
+            fail(f"--plot {plot}: {error}")
         err.print(f"ROC curves written to {plot}")
 
 

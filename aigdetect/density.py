@@ -178,6 +178,15 @@ class RealPhotoDensity:
             raise DensityError(f"{path}: not an aigdetect density file") from None
         if header.get("format") != FORMAT:
             raise DensityError(f"{path}: not an aigdetect density file")
+        if header.get("format_version", 0) > FORMAT_VERSION:
+            raise DensityError(f"{path}: written by a newer aigdetect; upgrade to read it")
+        try:
+            return cls._from_arrays(header, arrays)
+        except (KeyError, ValueError, TypeError, IndexError) as error:
+            raise DensityError(f"{path}: incomplete or damaged density file ({error})") from None
+
+    @classmethod
+    def _from_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]):
         density = cls(covariance_type=header["covariance_type"], reg_covar=header["reg_covar"],
                       seed=header["seed"], threshold=header["threshold"], fpr=header["fpr"],
                       info=header.get("info", {}), provenance=header.get("provenance", {}))

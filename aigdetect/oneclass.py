@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,33 @@ class FolderFeatures:
 
 
 def _cache_key(paths: Sequence[Path], extractor_sha: str, tiles: TileSettings) -> str:
+    """Paths as given (they are stored in the cache), their real targets, sizes and
+    times, the extractor and the tile settings: any change is a cache miss."""
     digest = hashlib.sha256(json.dumps([extractor_sha, repr(tiles)]).encode())
     for path in paths:
         stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
+
+
+def _read_cache(cache_file: Path) -> FolderFeatures | None:
+    """A cached result, or None when absent or damaged (then it is recomputed)."""
+    try:
+        with np.load(cache_file, allow_pickle=False) as data:
+            errors = json.loads(str(data["errors"]))
+            return FolderFeatures(list(data["paths"]), data["features"], errors)
+    except Exception:
+        return None
+
+
+def _write_cache(cache_file: Path, result: FolderFeatures) -> None:
+    """Write then rename, so an interrupted run never leaves a truncated cache."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+    with open(temporary, "wb") as handle:
+        np.savez(handle, paths=np.array(result.paths, dtype=str), features=result.features,
+                 errors=np.array(json.dumps(result.errors)))
+    os.replace(temporary, cache_file)
 
 
 def extract_features(
@@ -57,10 +80,9 @@ def extract_features(
     cache_file = None
     if cache_dir is not None:
         cache_file = cache_dir / f"features-{_cache_key(paths, extractor_sha, tiles)}.npz"
-        if cache_file.exists():
-            with np.load(cache_file, allow_pickle=False) as data:
-                errors = json.loads(str(data["errors"]))
-                return FolderFeatures(list(data["paths"]), data["features"], errors)
+        cached = _read_cache(cache_file) if cache_file.exists() else None
+        if cached is not None:
+            return cached
     kept, features, errors = [], [], {}
     for prepared in prepare_stream(paths, tiles, workers):
         if prepared.tiles is None:
@@ -73,9 +95,7 @@ def extract_features(
     stacked = np.stack(features) if features else np.zeros((0, 0), dtype=np.float32)
     result = FolderFeatures(kept, stacked, errors)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache_file, paths=np.array(kept, dtype=str), features=stacked,
-                 errors=np.array(json.dumps(errors)))
+        _write_cache(cache_file, result)
     return result
 
 

@@ -117,7 +117,8 @@ def evaluation_table(rows: Sequence[GroupMetrics], threshold_note: str) -> Table
                   title_justify="left")
     for column in ("group", "label", "real", "ai", "errors", "AUC", "AP", "accuracy",
                    "FPR", "TPR"):
-        table.add_column(column, justify="left" if column in ("group", "label") else "right")
+        table.add_column(column, justify="left" if column in ("group", "label") else "right",
+                         overflow="fold")
     for row in rows:
         table.add_row(row.name, row.label, str(row.n_real), str(row.n_ai), str(row.errors),
                       _fmt(row.auc), _fmt(row.average_precision), _fmt(row.accuracy),
@@ -134,4 +135,5 @@ def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
                    "groups": [row.to_dict() for row in rows]}, stream, indent=2)
         stream.write("\n")
     else:
-        Console(file=stream).print(evaluation_table(rows, threshold_note))
+        console = Console(file=stream, width=None if stream.isatty() else 200)
+        console.print(evaluation_table(rows, threshold_note))

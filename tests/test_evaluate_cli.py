@@ -1,0 +1,306 @@
+"""``aigdetect evaluate`` end to end, and the metrics of aigdetect.evaluation on
+hand-made records (where the right answers are known exactly)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers_images import noise_jpeg, smooth_png
+from sklearn.metrics import roc_auc_score
+from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
+
+from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
+from aigdetect.density import RealPhotoDensity
+from aigdetect.evaluation import (
+    AI,
+    REAL,
+    evaluate_groups,
+    group_metrics,
+    read_label_csv,
+)
+from aigdetect.scanning import DENSITY_FILE, ScanRecord, default_model_dir
+
+FAST = ["--workers", "0", "--patches", "4"]
+GROUP_KEYS = {"name", "label", "n_real", "n_ai", "errors", "auc", "average_precision",
+              "accuracy", "fpr", "tpr"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, args: list[Any], **kwargs: Any):
+    """Run the CLI in-process; an uncaught exception (a traceback) fails the test."""
+    result = runner.invoke(app, [str(a) for a in args], **kwargs)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {result.exception!r}\n{result.stderr}") \
+            from result.exception
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """real/ = 3 noisy JPEGs + 1 empty file; fake/ = 3 smooth PNGs."""
+    root = tmp_path_factory.mktemp("evaluate")
+    real, fake = root / "real", root / "fake"
+    for i in range(3):
+        noise_jpeg(real / f"r{i}.jpg", seed=100 + i)
+        smooth_png(fake / f"f{i}.png", seed=200 + i)
+    (real / "broken.jpg").write_bytes(b"")
+    return {"root": root, "real": real, "fake": fake}
+
+
+@pytest.fixture(scope="module")
+def evaluation(runner: CliRunner, sets: dict[str, Path]) -> dict[str, Any]:
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--format", "json", *FAST])
+    return {"result": result, "document": json.loads(result.stdout)}
+
+
+def test_json_document(evaluation: dict[str, Any], sets: dict[str, Path]) -> None:
+    result, document = evaluation["result"], evaluation["document"]
+    assert result.exit_code == EXIT_CLEAN, result.stderr
+    assert document["positive_class"] == "ai"
+    assert document["matched_processing"] is False
+    assert isinstance(document["schema_version"], int)
+    assert set(document["model"]) >= {"name", "extractor_sha256", "density_sha256"}
+    density = RealPhotoDensity.load(default_model_dir() / DENSITY_FILE)
+    assert document["threshold"] == pytest.approx(density.threshold)
+    groups = {g["name"]: g for g in document["groups"]}
+    assert list(groups) == [str(sets["real"]), str(sets["fake"]), "overall"]
+    assert all(set(g) >= GROUP_KEYS for g in groups.values())
+
+    real, fake, overall = groups[str(sets["real"])], groups[str(sets["fake"])], groups["overall"]
+    assert (real["label"], fake["label"], overall["label"]) == ("real", "ai", "all")
+    assert (real["n_real"], real["n_ai"], real["errors"]) == (3, 0, 1)
+    assert real["auc"] is None and real["tpr"] is None
+    assert 0.0 <= real["fpr"] <= 1.0
+    # each fake folder is measured against all real images
+    assert (fake["n_real"], fake["n_ai"], fake["errors"]) == (3, 3, 1)
+    assert (overall["n_real"], overall["n_ai"], overall["errors"]) == (3, 3, 1)
+    for row in (fake, overall):
+        for key in ("auc", "average_precision", "accuracy", "fpr", "tpr"):
+            assert 0.0 <= row[key] <= 1.0, key
+    assert fake["auc"] == overall["auc"]
+
+
+def test_metrics_agree_with_scan(runner: CliRunner, evaluation: dict[str, Any],
+                                 sets: dict[str, Path]) -> None:
+    """The AUC, FPR and TPR of evaluate are those of scan's log-likelihoods."""
+    lls = {}
+    threshold = None
+    for kind in ("real", "fake"):
+        scanned = invoke(runner, ["scan", sets[kind], "-f", "json", *FAST])
+        records = [r for r in json.loads(scanned.stdout)["results"] if r["verdict"] != "error"]
+        lls[kind] = np.array([r["log_likelihood"] for r in records])
+        threshold = records[0]["threshold"]
+    labels = np.array([0] * len(lls["real"]) + [1] * len(lls["fake"]))
+    expected_auc = roc_auc_score(labels, -np.concatenate([lls["real"], lls["fake"]]))
+    overall = evaluation["document"]["groups"][-1]
+    assert overall["auc"] == pytest.approx(expected_auc)
+    assert overall["fpr"] == pytest.approx(float(np.mean(lls["real"] < threshold)))
+    assert overall["tpr"] == pytest.approx(float(np.mean(lls["fake"] < threshold)))
+
+
+def test_table(runner: CliRunner, sets: dict[str, Path]) -> None:
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--quiet", *FAST])
+    assert result.exit_code == EXIT_CLEAN, result.stderr
+    for column in ("AUC", "AP", "FPR", "TPR", "errors"):
+        assert column in result.stdout
+    assert "AI = positive" in result.stdout
+    assert result.stderr == ""
+
+
+def test_table_shows_group_names_in_full(runner: CliRunner, sets: dict[str, Path],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--quiet", *FAST])
+    assert result.exit_code == EXIT_CLEAN
+    for name in (str(sets["real"]), str(sets["fake"]), "overall", "accuracy"):
+        assert name in result.stdout, name
+
+
+def test_label_csv(runner: CliRunner, sets: dict[str, Path]) -> None:
+    labels = sets["root"] / "labels.csv"
+    rows = ["path,label"]
+    rows += [f"real/r{i}.jpg,0" for i in range(3)]  # relative to the CSV's folder
+    rows += [f"{sets['fake'] / f'f{i}.png'},ai" for i in range(2)]
+    labels.write_text("\n".join(rows) + "\n")
+    result = invoke(runner, ["evaluate", "--csv", labels, "-f", "json", "-q", *FAST])
+    assert result.exit_code == EXIT_CLEAN, result.stderr
+    groups = {g["name"]: g for g in json.loads(result.stdout)["groups"]}
+    assert set(groups) == {"labels.csv:real", "labels.csv:ai", "overall"}
+    assert groups["overall"]["n_real"] == 3
+    assert groups["overall"]["n_ai"] == 2
+    assert groups["overall"]["errors"] == 0
+    assert 0.0 <= groups["overall"]["auc"] <= 1.0
+
+    # a CSV can complete folders
+    mixed = invoke(runner, ["evaluate", "--real", sets["real"], "--csv", labels, "-f", "json",
+                            "-q", *FAST])
+    assert mixed.exit_code == EXIT_CLEAN
+    overall = json.loads(mixed.stdout)["groups"][-1]
+    assert (overall["n_real"], overall["n_ai"], overall["errors"]) == (6, 2, 1)
+
+
+def test_plot(runner: CliRunner, sets: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "roc.png"
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--plot", plot, "-f", "json", *FAST])
+    assert result.exit_code == EXIT_CLEAN, result.stderr
+    json.loads(result.stdout)  # the plot message goes to stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ROC" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["no-such-folder/roc.png", "roc.unknown-format"])
+def test_bad_plot_path_is_usage_error(runner: CliRunner, sets: dict[str, Path],
+                                      tmp_path: Path, name: str) -> None:
+    pytest.importorskip("matplotlib")
+    result = runner.invoke(app, ["evaluate", "--real", str(sets["real"]), "--fake",
+                                 str(sets["fake"]), "--plot", str(tmp_path / name), "-q",
+                                 *FAST])
+    assert not isinstance(result.exception, Exception), repr(result.exception)
+    assert result.exit_code == EXIT_USAGE
+    assert "error" in result.stderr
+
+
+def test_matched_processing(runner: CliRunner, sets: dict[str, Path]) -> None:
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--matched-processing", "-f", "json", "-q", *FAST])
+    assert result.exit_code == EXIT_CLEAN, result.stderr
+    document = json.loads(result.stdout)
+    assert document["matched_processing"] is True
+    overall = document["groups"][-1]
+    assert overall["name"] == "overall"
+    assert (overall["n_real"], overall["n_ai"]) == (3, 3)
+    assert 0.0 <= overall["auc"] <= 1.0
+
+
+@pytest.mark.parametrize("case", ["missing_fake", "only_real", "empty_fake", "bad_format",
+                                  "bad_csv_label", "missing_csv"])
+def test_usage_errors(runner: CliRunner, sets: dict[str, Path], tmp_path: Path,
+                      case: str) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text(f"{sets['real'] / 'r0.jpg'},maybe\n")
+    args = {
+        "missing_fake": ["--real", sets["real"], "--fake", tmp_path / "no-such-folder"],
+        "only_real": ["--real", sets["real"]],
+        "empty_fake": ["--real", sets["real"], "--fake", empty],
+        "bad_format": ["--real", sets["real"], "--fake", sets["fake"], "--format", "csv"],
+        "bad_csv_label": ["--real", sets["real"], "--csv", bad_csv],
+        "missing_csv": ["--real", sets["real"], "--csv", tmp_path / "nope.csv"],
+    }[case]
+    result = invoke(runner, ["evaluate", *args, *FAST])
+    assert result.exit_code == EXIT_USAGE, result.stderr
+    assert result.stdout == ""
+    assert "error" in result.stderr
+
+
+# ---------------------------------------------------------------------------
+# metrics on hand-made records
+# ---------------------------------------------------------------------------
+
+def rec(log_likelihood: float | None, threshold: float = -5.0) -> ScanRecord:
+    if log_likelihood is None:
+        return ScanRecord(path="broken.jpg", error="empty file (0 bytes)")
+    return ScanRecord(path=f"{log_likelihood}.jpg", log_likelihood=log_likelihood,
+                      threshold=threshold, verdict="real")
+
+
+def test_group_metrics_perfect_separation() -> None:
+    real = [rec(-1.0), rec(-2.0), rec(-3.0)]
+    ai = [rec(-10.0), rec(-11.0)]
+    metrics = group_metrics("fakes", AI, real, ai)
+    assert metrics.auc == 1.0
+    assert metrics.average_precision == 1.0
+    assert metrics.accuracy == 1.0
+    assert metrics.fpr == 0.0
+    assert metrics.tpr == 1.0
+    assert (metrics.n_real, metrics.n_ai, metrics.errors) == (3, 2, 0)
+
+
+def test_group_metrics_reversed() -> None:
+    real = [rec(-10.0), rec(-11.0)]
+    ai = [rec(-1.0), rec(-2.0), rec(-3.0)]
+    metrics = group_metrics("fakes", AI, real, ai)
+    assert metrics.auc == 0.0
+    assert metrics.fpr == 1.0
+    assert metrics.tpr == 0.0
+    assert metrics.accuracy == 0.0
+
+
+def test_group_metrics_rates_at_threshold_and_errors() -> None:
+    real = [rec(-1.0), rec(-2.0), rec(-6.0), rec(None)]   # one of 3 below -5: FPR 1/3
+    ai = [rec(-10.0), rec(-4.0), rec(None), rec(None)]     # one of 2 below -5: TPR 1/2
+    metrics = group_metrics("mixed", AI, real, ai)
+    assert metrics.fpr == pytest.approx(1 / 3)
+    assert metrics.tpr == pytest.approx(1 / 2)
+    assert metrics.accuracy == pytest.approx(3 / 5)  # 2 real right + 1 ai right
+    assert (metrics.n_real, metrics.n_ai, metrics.errors) == (3, 2, 3)
+    # AUC: share of (ai, real) pairs where the AI image is less likely than the real one:
+    # -10 is below all 3 real, -4 below -1 and -2 only
+    assert metrics.auc == pytest.approx(5 / 6)
+    # the threshold is each record's own (a --threshold scan carries its value)
+    strict = group_metrics("strict", AI, [rec(-1.0, threshold=0.0)], [rec(-4.0, threshold=-3.0)])
+    assert (strict.fpr, strict.tpr) == (1.0, 1.0)
+
+
+def test_group_metrics_one_sided() -> None:
+    only_real = group_metrics("reals", REAL, [rec(-1.0), rec(-9.0)], [])
+    assert only_real.auc is None and only_real.average_precision is None
+    assert only_real.tpr is None
+    assert only_real.fpr == 0.5
+    nothing = group_metrics("none", AI, [rec(None)], [])
+    assert nothing.accuracy is None and nothing.fpr is None and nothing.errors == 1
+
+
+def test_evaluate_groups_rows() -> None:
+    results = {
+        "real-a": (REAL, [rec(-1.0), rec(-2.0)]),
+        "real-b": (REAL, [rec(-3.0), rec(None)]),
+        "fake-x": (AI, [rec(-10.0), rec(-12.0)]),
+        "fake-y": (AI, [rec(-0.5)]),
+    }
+    rows = evaluate_groups(results)
+    assert [r.name for r in rows] == ["real-a", "real-b", "fake-x", "fake-y", "overall"]
+    assert [r.label for r in rows] == ["real", "real", "ai", "ai", "all"]
+    by_name = {r.name: r for r in rows}
+    assert by_name["fake-x"].auc == 1.0  # against all 3 scored real images
+    assert by_name["fake-x"].n_real == 3
+    assert by_name["fake-y"].auc == 0.0
+    assert by_name["real-b"].errors == 1
+    overall = by_name["overall"]
+    assert (overall.n_real, overall.n_ai, overall.errors) == (3, 3, 1)
+    assert overall.auc == pytest.approx(6 / 9)
+
+
+def test_read_label_csv(tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("a.jpg,real\nsub/b.png,1\n/abs/c.jpg,FAKE\n\nd.jpg,0\n")
+    groups = {g.label: g for g in read_label_csv(labels)}
+    assert groups[REAL].paths == [tmp_path / "a.jpg", tmp_path / "d.jpg"]
+    assert groups[AI].paths == [tmp_path / "sub" / "b.png", Path("/abs/c.jpg")]
+    assert groups[REAL].name == "labels.csv:real"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("only-a-path\n")
+    with pytest.raises(ValueError):
+        read_label_csv(bad)

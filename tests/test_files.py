@@ -1,0 +1,186 @@
+"""Finding image files: aigdetect.files (folders, explicit files, globs, stdin, problems)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aigdetect.files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, walk_folder
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """root/{b.jpg, A.JPG, c.Png, notes.txt, sub/{z.jpeg, y.tiff, deeper/x.WEBP}, empty/}"""
+    root = tmp_path / "root"
+    for name in ("b.jpg", "A.JPG", "c.Png", "notes.txt", "sub/z.jpeg", "sub/y.tiff",
+                 "sub/deeper/x.WEBP", "sub/readme.md"):
+        touch(root / name)
+    (root / "empty").mkdir()
+    return root
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def __call__(self, path: str, message: str) -> None:
+        self.items.append((path, message))
+
+
+def rel(paths, root: Path) -> list[str]:
+    return [Path(p).relative_to(root).as_posix() for p in paths]
+
+
+def test_parse_extensions() -> None:
+    assert parse_extensions(None) == IMAGE_EXTENSIONS
+    assert parse_extensions("") == IMAGE_EXTENSIONS
+    assert parse_extensions("jpg, .PNG,,Tif ") == ("jpg", "png", "tif")
+
+
+def test_walk_folder_recursive_sorted_case_insensitive(tree: Path) -> None:
+    found = list(walk_folder(tree, IMAGE_EXTENSIONS))
+    assert all(isinstance(p, Path) for p in found)
+    # files of a folder sorted, then its sub-folders (sorted) in turn
+    assert rel(found, tree) == ["A.JPG", "b.jpg", "c.Png", "sub/y.tiff", "sub/z.jpeg",
+                                "sub/deeper/x.WEBP"]
+    assert list(walk_folder(tree, IMAGE_EXTENSIONS)) == found  # stable
+
+
+def test_walk_folder_extension_filter(tree: Path) -> None:
+    assert rel(walk_folder(tree, parse_extensions("jpg")), tree) == ["A.JPG", "b.jpg"]
+    assert rel(walk_folder(tree, parse_extensions(".PNG,webp")), tree) == [
+        "c.Png", "sub/deeper/x.WEBP"]
+    assert list(walk_folder(tree / "empty", IMAGE_EXTENSIONS)) == []
+
+
+def test_iter_inputs_folder_and_explicit_files(tree: Path) -> None:
+    problems = Problems()
+    found = list(iter_inputs([str(tree / "notes.txt"), str(tree / "sub")],
+                             IMAGE_EXTENSIONS, problems))
+    # an explicitly named file is taken whatever its extension
+    assert rel(found, tree) == ["notes.txt", "sub/y.tiff", "sub/z.jpeg", "sub/deeper/x.WEBP"]
+    assert problems.items == []
+
+
+def test_iter_inputs_globs(tree: Path) -> None:
+    problems = Problems()
+    found = list(iter_inputs([str(tree / "*")], IMAGE_EXTENSIONS, problems))
+    # a glob is filtered by extension; a folder it matches is walked
+    assert rel(found, tree) == ["A.JPG", "b.jpg", "c.Png", "sub/y.tiff", "sub/z.jpeg",
+                                "sub/deeper/x.WEBP"]
+    recursive = list(iter_inputs([str(tree / "**" / "*.jpeg")], IMAGE_EXTENSIONS, problems))
+    assert rel(recursive, tree) == ["sub/z.jpeg"]
+    only_jpg = list(iter_inputs([str(tree / "*")], parse_extensions("jpg"), problems))
+    assert rel(only_jpg, tree) == ["A.JPG", "b.jpg"]
+    assert problems.items == []
+
+
+def test_iter_inputs_glob_without_match_reported(tree: Path) -> None:
+    problems = Problems()
+    pattern = str(tree / "*.nothing")
+    assert list(iter_inputs([pattern], IMAGE_EXTENSIONS, problems)) == []
+    assert len(problems.items) == 1
+    assert problems.items[0][0] == pattern
+    assert "pattern" in problems.items[0][1]
+
+
+def test_iter_inputs_stdin(tree: Path) -> None:
+    problems = Problems()
+    lines = [f"{tree / 'b.jpg'}\n", "\n", f"{tree / 'notes.txt'}\r\n", f"{tree / 'sub'}\n",
+             f"{tree / 'gone.jpg'}\n"]
+    found = list(iter_inputs(["-"], IMAGE_EXTENSIONS, problems, stdin=lines))
+    assert rel(found, tree) == ["b.jpg", "notes.txt", "sub/y.tiff", "sub/z.jpeg",
+                                "sub/deeper/x.WEBP"]
+    assert problems.items == [(str(tree / "gone.jpg"), "no such file or folder")]
+
+
+def test_iter_inputs_duplicates_once(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tree)
+    inputs = ["b.jpg", str(tree / "b.jpg"), "./b.jpg", "sub/../b.jpg", ".", "-"]
+    found = list(iter_inputs(inputs, IMAGE_EXTENSIONS, stdin=["b.jpg\n", "c.Png\n"]))
+    keys = [os.path.abspath(p) for p in found]
+    assert len(keys) == len(set(keys))
+    assert keys[0] == str(tree / "b.jpg")
+    assert sorted(keys) == sorted(str(tree / r) for r in (
+        "A.JPG", "b.jpg", "c.Png", "sub/y.tiff", "sub/z.jpeg", "sub/deeper/x.WEBP"))
+
+
+def test_iter_inputs_missing_path_reported(tree: Path) -> None:
+    problems = Problems()
+    missing = str(tree / "no-such-folder")
+    found = list(iter_inputs([missing, str(tree / "b.jpg")], IMAGE_EXTENSIONS, problems))
+    assert rel(found, tree) == ["b.jpg"]  # the walk goes on
+    assert problems.items == [(missing, "no such file or folder")]
+
+
+def test_iter_inputs_default_problem_handler_is_silent(tree: Path) -> None:
+    assert list(iter_inputs([str(tree / "missing.jpg")])) == []
+
+
+def test_symlink_loop_terminates_and_is_reported(tree: Path) -> None:
+    os.symlink(tree, tree / "sub" / "loop")
+    problems = Problems()
+    found = list(walk_folder(tree, IMAGE_EXTENSIONS, problems))
+    assert rel(found, tree) == ["A.JPG", "b.jpg", "c.Png", "sub/y.tiff", "sub/z.jpeg",
+                                "sub/deeper/x.WEBP"]
+    assert len(problems.items) == 1
+    path, message = problems.items[0]
+    assert Path(path) == tree / "sub" / "loop"
+    assert "loop" in message
+    # the same through iter_inputs
+    problems = Problems()
+    assert len(list(iter_inputs([str(tree)], IMAGE_EXTENSIONS, problems))) == 6
+    assert len(problems.items) == 1
+
+
+def test_symlinked_file_and_folder_followed(tree: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    touch(outside / "o.jpg")
+    os.symlink(outside, tree / "linked")
+    os.symlink(tree / "b.jpg", tree / "alias.jpg")
+    found = rel(walk_folder(tree, IMAGE_EXTENSIONS), tree)
+    assert "linked/o.jpg" in found
+    assert "alias.jpg" in found
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root reads folders whatever their permissions")
+def test_unreadable_folder_reported(tree: Path) -> None:
+    locked = tree / "sub"
+    locked.chmod(0)
+    try:
+        problems = Problems()
+        found = list(iter_inputs([str(tree)], IMAGE_EXTENSIONS, problems))
+    finally:
+        locked.chmod(0o755)
+    assert rel(found, tree) == ["A.JPG", "b.jpg", "c.Png"]
+    assert len(problems.items) == 1
+    assert Path(problems.items[0][0]) == locked
+    assert "cannot read folder" in problems.items[0][1]
+
+
+def test_unreadable_folder_reported_simulated(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same as above, with the permission error simulated (works as root too)."""
+    locked = tree / "sub"
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if os.path.realpath(path) == str(locked.resolve()):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    problems = Problems()
+    found = list(iter_inputs([str(tree)], IMAGE_EXTENSIONS, problems))
+    assert rel(found, tree) == ["A.JPG", "b.jpg", "c.Png"]
+    assert problems.items == [(str(locked), "cannot read folder: Permission denied")]

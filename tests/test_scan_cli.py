@@ -1,0 +1,494 @@
+"""``aigdetect scan`` end to end with the shipped detector.
+
+The default weights may be retrained at any time, so nothing here depends on a
+score value: only on structure, and on the consistency of each record with the
+detector's own threshold, spread and calibration scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers_images import (
+    BAD_NAMES,
+    ODD_NAMES,
+    make_good_folder,
+    make_zoo,
+    parse_json_stdout,
+    smooth_png,
+    snapshot,
+)
+from PIL import Image
+from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
+
+from aigdetect.checkpoint import read_checkpoint
+from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE, app
+from aigdetect.density import RealPhotoDensity
+from aigdetect.patches import tile_count
+from aigdetect.scanning import DENSITY_FILE, EXTRACTOR_FILE, UNCERTAIN_BAND, default_model_dir
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FAST = ["--workers", "0", "--patches", "4"]
+VERDICTS = {"ai", "real", "uncertain"}
+RECORD_KEYS = {
+    "path", "sha256", "format", "width", "height", "score", "log_likelihood", "threshold",
+    "verdict", "percentile", "patches", "elapsed_ms", "detector", "model", "notes", "error",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    # this Typer/Click keeps stdout and stderr apart (result.stdout / result.stderr)
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, args: list[str], **kwargs: Any):
+    """Run the CLI in-process; an uncaught exception (a traceback) fails the test."""
+    result = runner.invoke(app, [str(a) for a in args], **kwargs)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {result.exception!r}\n{result.stderr}") \
+            from result.exception
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+def expected_exit(records: list[dict[str, Any]]) -> int:
+    flagged = any(r["verdict"] == "ai" for r in records)
+    unreadable = any(r["verdict"] == "error" for r in records)
+    if unreadable:
+        return 4 if flagged else 3
+    return EXIT_FLAGGED if flagged else EXIT_CLEAN
+
+
+@pytest.fixture(scope="module")
+def density() -> RealPhotoDensity:
+    """The shipped density model, read directly (to check records against it)."""
+    return RealPhotoDensity.load(default_model_dir() / DENSITY_FILE)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("scan_images")
+    good = make_good_folder(root / "good")
+    zoo = make_zoo(root / "zoo")
+    return {"root": root, "good": good, "zoo": zoo, "all": [*good, *zoo.values()]}
+
+
+@pytest.fixture(scope="module")
+def zoo_scan(runner: CliRunner, images: dict[str, Any]) -> dict[str, Any]:
+    """One JSON scan of the good images plus the bad-input zoo, with snapshots around it."""
+    before = snapshot(images["all"])
+    result = invoke(runner, ["scan", images["root"], "--format", "json", *FAST])
+    after = snapshot(images["all"])
+    document = parse_json_stdout(result.stdout)
+    by_name = {Path(r["path"]).name: r for r in document["results"]}
+    return {"result": result, "document": document, "by_name": by_name,
+            "before": before, "after": after}
+
+
+# ---------------------------------------------------------------------------
+# the zoo: every file accounted for, errors as records, no traceback
+# ---------------------------------------------------------------------------
+
+def test_every_file_gets_exactly_one_record(zoo_scan, images) -> None:
+    results = zoo_scan["document"]["results"]
+    paths = [Path(r["path"]).resolve() for r in results]
+    assert len(paths) == len(set(paths)) == len(images["all"])
+    assert set(paths) == {p.resolve() for p in images["all"]}
+    assert all(set(r) >= RECORD_KEYS for r in results)  # new fields may be added
+
+
+def test_unreadable_files_are_error_records(zoo_scan) -> None:
+    for name in BAD_NAMES:
+        record = zoo_scan["by_name"][name]
+        assert record["verdict"] == "error", name
+        assert isinstance(record["error"], str) and record["error"].strip(), name
+        assert record["score"] is None and record["log_likelihood"] is None, name
+        assert record["patches"] == 0
+    by_name = zoo_scan["by_name"]
+    assert "empty" in by_name["empty.jpg"]["error"]
+    assert "too large" in by_name["bomb.png"]["error"]
+    # the file could be hashed even though it could not be decoded
+    assert by_name["corrupt.jpg"]["sha256"] is not None
+
+
+def test_readable_files_are_scored(zoo_scan, images) -> None:
+    readable = [p.name for p in images["good"]] + list(ODD_NAMES)
+    for name in readable:
+        record = zoo_scan["by_name"][name]
+        assert record["error"] is None, (name, record["error"])
+        assert record["verdict"] in VERDICTS, name
+        assert 0.0 <= record["score"] <= 1.0
+        assert math.isfinite(record["log_likelihood"])
+        assert 0.0 <= record["percentile"] <= 100.0
+        assert 1 <= record["patches"] <= 4
+        assert record["elapsed_ms"] >= 0
+    notes = {name: " ".join(zoo_scan["by_name"][name]["notes"]) for name in ODD_NAMES}
+    assert "CMYK" in notes["cmyk.jpg"]
+    assert "8 bits" in notes["sixteen.png"]
+    assert "frame" in notes["animated.gif"]
+    assert "upscaled" in notes["tiny.png"]
+
+
+def test_record_metadata_matches_files(zoo_scan, images) -> None:
+    for path in images["all"]:
+        record = zoo_scan["by_name"][path.name]
+        # hashed even when it cannot be decoded (evidence is identified either way)
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        if record["verdict"] != "error":
+            with Image.open(path) as image:
+                assert (record["width"], record["height"]) == image.size
+                assert record["format"] == image.format
+
+
+def test_records_consistent_with_detector(zoo_scan, density: RealPhotoDensity) -> None:
+    model_dir = default_model_dir()
+    identity = {
+        "name": "default",
+        "extractor_sha256": hashlib.sha256((model_dir / EXTRACTOR_FILE).read_bytes()).hexdigest(),
+        "density_sha256": hashlib.sha256((model_dir / DENSITY_FILE).read_bytes()).hexdigest(),
+    }
+    spread = density.spread
+    for record in zoo_scan["document"]["results"]:
+        assert record["detector"] == "aigdetect-oneclass"
+        assert {k: record["model"][k] for k in identity} == identity
+        assert record["model"]["version"]
+        if record["verdict"] == "error":
+            continue
+        assert record["threshold"] == pytest.approx(density.threshold, abs=1e-4)
+        margin = (record["threshold"] - record["log_likelihood"]) / spread
+        assert record["score"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-4)
+        assert (record["score"] > 0.5) == (record["log_likelihood"] < record["threshold"]) or \
+            abs(margin) < 1e-3
+        if margin > UNCERTAIN_BAND + 1e-3:
+            assert record["verdict"] == "ai"
+        elif margin < -UNCERTAIN_BAND - 1e-3:
+            assert record["verdict"] == "real"
+        elif abs(margin) < UNCERTAIN_BAND - 1e-3:
+            assert record["verdict"] == "uncertain"
+        expected_pct = 100.0 * np.searchsorted(
+            density.calibration_scores, record["log_likelihood"], side="right"
+        ) / len(density.calibration_scores)
+        assert record["percentile"] == pytest.approx(expected_pct, abs=0.01 + 1e-9) or \
+            abs(record["log_likelihood"] - density.calibration_scores).min() < 1e-3
+
+
+def test_results_ranked_by_log_likelihood(zoo_scan) -> None:
+    results = zoo_scan["document"]["results"]
+    scored = [r["log_likelihood"] for r in results if r["verdict"] != "error"]
+    assert scored == sorted(scored)
+    verdicts = [r["verdict"] for r in results]
+    first_error = verdicts.index("error")
+    assert all(v == "error" for v in verdicts[first_error:])
+    assert zoo_scan["document"]["summary"]["files"] == len(results)
+    assert zoo_scan["document"]["summary"]["error"] == len(BAD_NAMES)
+
+
+def test_exit_code_with_unreadable_files(zoo_scan) -> None:
+    result = zoo_scan["result"]
+    results = zoo_scan["document"]["results"]
+    assert result.exit_code in (3, 4)
+    assert result.exit_code == expected_exit(results)
+    # progress and summary on stderr, never on stdout
+    assert f"exit code {result.exit_code}" in result.stderr
+    assert f"{len(BAD_NAMES)} unreadable" in result.stderr
+
+
+def test_files_unchanged_by_scan(zoo_scan) -> None:
+    assert zoo_scan["after"] == zoo_scan["before"]
+
+
+# ---------------------------------------------------------------------------
+# exit codes and options
+# ---------------------------------------------------------------------------
+
+def test_all_readable_exit_code_and_table(runner, images) -> None:
+    result = invoke(runner, ["scan", images["root"] / "good", *FAST])
+    assert result.exit_code in (EXIT_CLEAN, EXIT_FLAGGED)
+    # the table says how many were flagged: the exit code must agree
+    summary_line = next(line for line in result.stdout.splitlines() if " files: " in line)
+    flagged = int(summary_line.split("files: ")[1].split(" ai")[0])
+    assert summary_line.startswith(f"{len(images['good'])} files: ")
+    assert result.exit_code == (EXIT_FLAGGED if flagged else EXIT_CLEAN)
+    assert "aigdetect scan" in result.stdout
+    for path in images["good"]:
+        assert path.name in result.stdout
+
+
+def test_missing_path_becomes_error_record(runner, images, tmp_path) -> None:
+    missing = tmp_path / "not-there.jpg"
+    result = invoke(runner, ["scan", images["good"][0], missing, "--format", "json", *FAST])
+    document = parse_json_stdout(result.stdout)
+    assert len(document["results"]) == 2
+    record = next(r for r in document["results"] if r["path"] == str(missing))
+    assert record["verdict"] == "error"
+    assert "no such file" in record["error"]
+    assert result.exit_code in (3, 4)
+    assert result.exit_code == expected_exit(document["results"])
+
+
+@pytest.mark.parametrize("bad", [
+    ["--format", "xml"],
+    ["--patches", "zero"],
+    ["--patches", "0"],
+    ["--patches", "-3"],
+    ["--fpr", "2"],
+    ["--fpr", "0"],
+    ["--fpr", "0.1", "--threshold", "-10"],
+    ["--workers", "-1"],
+    ["--model", "does-not-exist"],
+])
+def test_bad_options_exit_2(runner, images, bad: list[str]) -> None:
+    args = ["scan", images["good"][0], *bad]
+    if "--workers" not in bad:
+        args += ["--workers", "0"]
+    result = invoke(runner, args)
+    assert result.exit_code == EXIT_USAGE, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.strip()
+
+
+def test_no_paths_is_usage_error(runner) -> None:
+    result = invoke(runner, ["scan"])
+    assert result.exit_code == EXIT_USAGE
+
+
+def test_output_file(runner, images, tmp_path) -> None:
+    out = tmp_path / "results.json"
+    result = invoke(runner, ["scan", images["root"] / "good", "--format", "json",
+                             "--output", out, *FAST])
+    assert result.stdout == ""
+    document = json.loads(out.read_text())
+    assert len(document["results"]) == len(images["good"])
+    assert result.exit_code == expected_exit(document["results"])
+
+    out_csv = tmp_path / "results.csv"
+    result = invoke(runner, ["scan", images["good"][0], "-f", "csv", "-o", out_csv, *FAST])
+    assert result.stdout == ""
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert [row["path"] for row in rows] == [str(images["good"][0])]
+
+
+def test_output_in_missing_folder_is_usage_error(runner, images, tmp_path) -> None:
+    out = tmp_path / "no-such-folder" / "results.json"
+    result = invoke(runner, ["scan", images["good"][0], "-f", "json", "-o", out, *FAST])
+    # a clean usage error, not a traceback (whose exit code 1 would read as "flagged")
+    assert result.exit_code == EXIT_USAGE
+    assert "error" in result.stderr
+    assert result.stdout == ""
+    assert not out.exists()
+
+
+def test_paths_from_stdin(runner, images) -> None:
+    chosen = [images["good"][0], images["zoo"]["tiny.png"], images["good"][0]]
+    text = "".join(f"{p}\n" for p in chosen) + "\n"
+    result = invoke(runner, ["scan", "-", "--format", "jsonl", *FAST], input=text)
+    lines = result.stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["path"] for r in records] == [str(images["good"][0]),
+                                            str(images["zoo"]["tiny.png"])]
+    assert all(r["verdict"] in VERDICTS for r in records)
+    assert result.exit_code == expected_exit(records)
+
+
+def test_jsonl_includes_problems(runner, images, tmp_path) -> None:
+    missing = tmp_path / "gone"
+    result = invoke(runner, ["scan", missing, images["good"][1], images["zoo"]["empty.jpg"],
+                             "-f", "jsonl", *FAST])
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [Path(r["path"]).name for r in records] == ["gone", "photo_1.jpg", "empty.jpg"]
+    assert [r["verdict"] == "error" for r in records] == [True, False, True]
+    assert result.exit_code == expected_exit(records)
+
+
+def test_threshold_override(runner, images) -> None:
+    readable = [images["good"][0], images["good"][-1], images["zoo"]["palette.png"]]
+    high = invoke(runner, ["scan", *readable, "-f", "json", "--threshold", "1e9", *FAST])
+    records = parse_json_stdout(high.stdout)["results"]
+    assert [r["verdict"] for r in records] == ["ai"] * 3
+    assert all(r["threshold"] == 1e9 and r["score"] == pytest.approx(1.0) for r in records)
+    assert high.exit_code == EXIT_FLAGGED
+
+    low = invoke(runner, ["scan", *readable, "-f", "json", "--threshold", "-1e9", *FAST])
+    records_low = parse_json_stdout(low.stdout)["results"]
+    assert [r["verdict"] for r in records_low] == ["real"] * 3
+    assert all(r["score"] == pytest.approx(0.0) for r in records_low)
+    assert low.exit_code == EXIT_CLEAN
+    # the threshold moves the verdict, never the log-likelihood
+    assert sorted(r["log_likelihood"] for r in records) == \
+        sorted(r["log_likelihood"] for r in records_low)
+
+
+def test_fpr_resets_threshold(runner, images, density: RealPhotoDensity) -> None:
+    for fpr in (0.5, 0.9):
+        result = invoke(runner, ["scan", images["good"][0], "-f", "json", "--fpr", str(fpr),
+                                 *FAST])
+        record = parse_json_stdout(result.stdout)["results"][0]
+        expected = float(np.quantile(density.calibration_scores, fpr))
+        assert record["threshold"] == pytest.approx(expected, abs=1e-4)
+        assert (record["score"] > 0.5) == (record["log_likelihood"] < record["threshold"])
+
+
+def scan_jsonl(runner, paths, *extra) -> list[dict[str, Any]]:
+    result = invoke(runner, ["scan", *paths, "-f", "jsonl", "--patches", "4", *extra])
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_deterministic_across_runs_workers_and_order(runner, images) -> None:
+    paths = [*images["good"], images["zoo"]["corrupt.jpg"], images["zoo"]["cmyk.jpg"]]
+
+    def key(records):
+        return [(r["path"], r["log_likelihood"], r["score"], r["verdict"], r["sha256"],
+                 r["patches"]) for r in records]
+
+    first = scan_jsonl(runner, paths, "--workers", "0")
+    second = scan_jsonl(runner, paths, "--workers", "0")
+    parallel = scan_jsonl(runner, paths, "--workers", "2")
+    assert [r["path"] for r in first] == [str(p) for p in paths]  # input order
+    assert key(first) == key(second) == key(parallel)
+    # same image, same score: whatever the other files and their order
+    backwards = scan_jsonl(runner, paths[::-1], "--workers", "0")
+    assert sorted(key(backwards)) == sorted(key(first))
+    alone = scan_jsonl(runner, [paths[2]], "--workers", "0")
+    assert key(alone) == [key(first)[2]]
+
+
+def test_patches_all_and_counts(runner, images) -> None:
+    photo = images["good"][0]  # 256 x 192: a 4 x 3 grid of 64 px tiles
+    meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
+    grid = tile_count(192, 256, meta.config.patch_size)
+    counts = {}
+    for patches in ("all", "ALL", "4", "1", "500"):
+        result = invoke(runner, ["scan", photo, "-f", "json", "--workers", "0",
+                                 "--patches", patches])
+        record = parse_json_stdout(result.stdout)["results"][0]
+        assert record["verdict"] in VERDICTS
+        counts[patches] = record["patches"]
+    assert counts == {"all": grid, "ALL": grid, "4": min(4, grid), "1": 1, "500": grid}
+
+
+def test_default_patches_come_from_detector(runner, images, density) -> None:
+    meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
+    grid = tile_count(192, 256, meta.config.patch_size)
+    result = invoke(runner, ["scan", images["good"][0], "-f", "json", "--workers", "0"])
+    record = parse_json_stdout(result.stdout)["results"][0]
+    assert record["patches"] == min(grid, density.provenance.get("patches", 32))
+
+
+def test_max_pixels_guard(runner, tmp_path) -> None:
+    big = smooth_png(tmp_path / "big.png", size=(1100, 1000))  # 1.1 MP, compresses well
+    guarded = invoke(runner, ["scan", big, "-f", "json", "--max-pixels", "1", *FAST])
+    record = parse_json_stdout(guarded.stdout)["results"][0]
+    assert record["verdict"] == "error"
+    assert "too large" in record["error"]
+    assert guarded.exit_code in (3, 4)
+    allowed = invoke(runner, ["scan", big, "-f", "json", "--max-pixels", "2", *FAST])
+    assert parse_json_stdout(allowed.stdout)["results"][0]["verdict"] in VERDICTS
+
+
+def test_quiet_leaves_stderr_empty(runner, images) -> None:
+    loud = invoke(runner, ["scan", images["good"][0], "-f", "json", *FAST])
+    assert "files:" in loud.stderr
+    quiet = invoke(runner, ["scan", images["good"][0], "-f", "json", "--quiet", *FAST])
+    assert quiet.stderr == ""
+    parse_json_stdout(quiet.stdout)
+    assert quiet.exit_code == loud.exit_code
+
+
+def test_include_filters_folders_only(runner, images) -> None:
+    result = invoke(runner, ["scan", images["root"] / "good", images["zoo"]["tiny.png"],
+                             "--include", "png", "-f", "json", *FAST])
+    names = sorted(Path(r["path"]).name for r in parse_json_stdout(result.stdout)["results"])
+    assert names == ["render.png", "tiny.png"]
+
+
+# ---------------------------------------------------------------------------
+# a real process: stdout carries JSON only, stderr the summary
+# ---------------------------------------------------------------------------
+
+def test_subprocess_stdout_is_pure_json(images, subprocess_env) -> None:
+    args = [sys.executable, "-m", "aigdetect", "scan", str(images["root"] / "good"),
+            str(images["zoo"]["text.png"]), "--format", "json", *FAST]
+    done = subprocess.run(args, capture_output=True, text=True, env=subprocess_env,
+                          timeout=300, check=False)
+    document = json.loads(done.stdout)  # the whole of stdout is one JSON document
+    records = document["results"]
+    assert len(records) == len(images["good"]) + 1
+    assert done.returncode == expected_exit(records)
+    assert done.returncode in (3, 4)
+    assert "files:" in done.stderr and f"exit code {done.returncode}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# the shared corpus (skipped when absent)
+# ---------------------------------------------------------------------------
+
+def _manifest_rows() -> list[dict[str, str]]:
+    manifest = SHARED_DATA / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"shared data not available ({manifest} missing)")
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        return [row for row in csv.DictReader(handle) if (SHARED_DATA / row["path"]).is_file()]
+
+
+def _smallest(rows: list[dict[str, str]], prefix: str, count: int) -> list[dict[str, str]]:
+    chosen = sorted((r for r in rows if r["path"].startswith(prefix)),
+                    key=lambda r: ((SHARED_DATA / r["path"]).stat().st_size, r["path"]))
+    if len(chosen) < count:
+        pytest.skip(f"shared data has fewer than {count} files under {prefix}")
+    return chosen[:count]
+
+
+def test_shared_photos_and_ai_faces(runner, tmp_path) -> None:
+    rows = _manifest_rows()
+    chosen = _smallest(rows, "photos/", 3) + _smallest(rows, "faces/ai/", 3)
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    for number, row in enumerate(chosen):
+        source = SHARED_DATA / row["path"]
+        os.symlink(source, folder / f"{number:02d}_{source.name}")
+    result = invoke(runner, ["scan", folder, "-f", "json", *FAST])
+    records = parse_json_stdout(result.stdout)["results"]
+    assert len(records) == len(chosen)
+    assert result.exit_code == expected_exit(records)
+    by_number = {int(Path(r["path"]).name[:2]): r for r in records}
+    for number, row in enumerate(chosen):
+        record = by_number[number]
+        assert record["verdict"] in VERDICTS, (row["path"], record["error"])
+        assert 0.0 <= record["score"] <= 1.0
+        assert record["sha256"] == row["sha256"]
+        width, height = (int(v) for v in row["size"].lower().split("x"))
+        assert (record["width"], record["height"]) == (width, height)
+
+
+def test_symlink_loop_reported_once(runner, images, tmp_path) -> None:
+    folder = tmp_path / "looped"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(images["good"][0].read_bytes())
+    os.symlink(folder, folder / "loop")
+    result = invoke(runner, ["scan", folder, "-f", "json", *FAST])
+    records = parse_json_stdout(result.stdout)["results"]
+    assert sorted(Path(r["path"]).name for r in records) == ["a.jpg", "loop"]
+    loop = next(r for r in records if Path(r["path"]).name == "loop")
+    assert loop["verdict"] == "error" and "loop" in loop["error"]
+    assert result.exit_code == expected_exit(records)
+    assert result.exit_code in (3, 4)
