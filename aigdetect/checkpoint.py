@@ -9,7 +9,6 @@ is renamed into place, so an interrupted run never leaves a broken checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -118,12 +117,3 @@ def load_model(path: str | Path) -> tuple[ExifPretextModel, ModelMeta]:
         ) from None
     model.eval()
     return model, meta
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (identifies weights and evidence)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

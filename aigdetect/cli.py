@@ -152,7 +152,9 @@ MODEL_OPTION = typer.Option(
     "density.npz). Default: the weights shipped with aigdetect.")
 PATCHES_OPTION = typer.Option(
     None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
-    f"(slowest) scan, up to {MAX_TILES}. Default: as many as the detector was fitted with.")
+    f"(slowest) scan, up to {MAX_TILES}. Default: as many as the detector was fitted with; "
+    "other counts shift the log-likelihoods a little (refit with fit-gmm --patches N to "
+    "calibrate for them).")
 DEVICE_OPTION = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")
 WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = decode in the "
                               "main process).")

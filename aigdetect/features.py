@@ -7,7 +7,6 @@ bounded whatever the number of files, and results come back in input order.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import file_sha256
 from .network import ExifExtractor
 from .patches import (
     DEFAULT_MAX_PIXELS,
@@ -60,20 +60,12 @@ class TileSettings:
     match_quality: int = 90
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
     """Hash, decode and tile one file; never raises (errors go in the record)."""
     started = time.perf_counter()
     record = PreparedImage(path=str(path))
     try:
-        record.sha256 = sha256_of(path)
+        record.sha256 = file_sha256(path)
         image = load_image(path, settings.max_pixels)
         record.format, record.width, record.height = image.format, image.width, image.height
         record.notes = list(image.notes)

@@ -8,6 +8,7 @@ must account for every path it was given.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -107,3 +108,12 @@ def _expand(
                 yield Path(match)
     else:
         on_problem(item, "no such file or folder")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks: identifies evidence and weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import file_sha256, load_model, save_checkpoint
+from .checkpoint import load_model, save_checkpoint
 from .dataset import Photo, split_by_camera
 from .density import DensityError, RealPhotoDensity
 from .exif import read_labels
 from .features import FeatureExtractor, TileSettings, prepare_stream
+from .files import file_sha256
 from .runtime import pick_device
 from .scanning import DENSITY_FILE, EXTRACTOR_FILE
 

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from . import __version__
-from .checkpoint import CheckpointError, file_sha256, load_model
+from .checkpoint import CheckpointError, load_model
 from .density import DensityError, RealPhotoDensity
 from .features import FeatureExtractor, PreparedImage, TileSettings, prepare_stream
+from .files import file_sha256
 
 EXTRACTOR_FILE = "extractor.pt"
 DENSITY_FILE = "density.npz"

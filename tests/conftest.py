@@ -25,6 +25,8 @@ import numpy as np
 import piexif
 import pytest
 from PIL import Image
+from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
 
 #: Corpus of real photos and AI images shared between projects on this machine.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -243,3 +245,16 @@ def shared_photos(shared_manifest: list[dict[str, str]]) -> list[Path]:
     if len(chosen) < 2:
         pytest.skip("shared data has too few photos with a camera model")
     return [SHARED_DATA / r["path"] for r in chosen]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread():
+    """Keep scikit-learn's BLAS to one thread too (the CPU is shared)."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    """In-process CLI runner; this Click keeps stdout and stderr apart."""
+    return CliRunner()

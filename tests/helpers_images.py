@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from typer.testing import CliRunner
+
+from aigdetect.cli import app
 
 #: Default size of the generated images (width, height): a 4 x 3 grid of 64 px tiles.
 SIZE = (256, 192)
@@ -130,3 +133,13 @@ def snapshot(paths: list[Path]) -> dict[str, tuple[bytes, int]]:
 def parse_json_stdout(text: str) -> dict[str, Any]:
     """The whole of stdout must be one JSON document (no progress, no log lines)."""
     return json.loads(text)
+
+
+def invoke(runner: CliRunner, args: list[Any], **kwargs: Any):
+    """Run the CLI in-process; an uncaught exception (a traceback) fails the test."""
+    result = runner.invoke(app, [str(a) for a in args], **kwargs)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"uncaught {result.exception!r}\n{result.stderr}") \
+            from result.exception
+    assert "Traceback" not in result.stdout + result.stderr
+    return result

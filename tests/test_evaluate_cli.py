@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers_images import noise_jpeg, smooth_png
+from helpers_images import invoke, noise_jpeg, smooth_png
 from sklearn.metrics import roc_auc_score
-from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
@@ -28,27 +27,6 @@ from aigdetect.scanning import DENSITY_FILE, ScanRecord, default_model_dir
 FAST = ["--workers", "0", "--patches", "4"]
 GROUP_KEYS = {"name", "label", "n_real", "n_ai", "errors", "auc", "average_precision",
               "accuracy", "fpr", "tpr"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def invoke(runner: CliRunner, args: list[Any], **kwargs: Any):
-    """Run the CLI in-process; an uncaught exception (a traceback) fails the test."""
-    result = runner.invoke(app, [str(a) for a in args], **kwargs)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\n{result.stderr}") \
-            from result.exception
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers_images import noise_jpeg
+from helpers_images import invoke, noise_jpeg
 from PIL import Image
-from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from aigdetect import weights as shipped_weights
@@ -25,27 +24,6 @@ from aigdetect.scanning import DENSITY_FILE, EXTRACTOR_FILE
 
 EXTRACTOR = Path(shipped_weights.__file__).parent / EXTRACTOR_FILE
 FIT_FAST = ["--patches", "4", "--components", "1", "--pca-dim", "4", "--workers", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    return CliRunner()
-
-
-def invoke(runner: CliRunner, args: list[Any], **kwargs: Any):
-    """Run the CLI in-process; an uncaught exception (a traceback) fails the test."""
-    result = runner.invoke(app, [str(a) for a in args], **kwargs)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\n{result.stderr}") \
-            from result.exception
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
 
 
 def sha256(path: Path) -> str:

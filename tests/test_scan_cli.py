@@ -23,6 +23,7 @@ import pytest
 from helpers_images import (
     BAD_NAMES,
     ODD_NAMES,
+    invoke,
     make_good_folder,
     make_zoo,
     parse_json_stdout,
@@ -30,11 +31,10 @@ from helpers_images import (
     snapshot,
 )
 from PIL import Image
-from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
 from aigdetect.checkpoint import read_checkpoint
-from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE, app
+from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE
 from aigdetect.density import RealPhotoDensity
 from aigdetect.patches import tile_count
 from aigdetect.scanning import DENSITY_FILE, EXTRACTOR_FILE, UNCERTAIN_BAND, default_model_dir
@@ -46,28 +46,6 @@ RECORD_KEYS = {
     "path", "sha256", "format", "width", "height", "score", "log_likelihood", "threshold",
     "verdict", "percentile", "patches", "elapsed_ms", "detector", "model", "notes", "error",
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def runner() -> CliRunner:
-    # this Typer/Click keeps stdout and stderr apart (result.stdout / result.stderr)
-    return CliRunner()
-
-
-def invoke(runner: CliRunner, args: list[str], **kwargs: Any):
-    """Run the CLI in-process; an uncaught exception (a traceback) fails the test."""
-    result = runner.invoke(app, [str(a) for a in args], **kwargs)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"uncaught {result.exception!r}\n{result.stderr}") \
-            from result.exception
-    assert "Traceback" not in result.stdout + result.stderr
-    return result
 
 
 def expected_exit(records: list[dict[str, Any]]) -> int:
