@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -59,7 +60,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 
-def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> None:
+def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
     """Print an error (and what to do about it) to stderr and exit."""
     err.print(f"[bold red]error:[/] {message}")
     if hint:
@@ -188,7 +189,6 @@ def load_detector(model: Path | None, device: str, patches: str | None, batch_si
                              max_pixels * 1_000_000, batch_size, match_crop)
     except (DensityError, CheckpointError, ValueError) as error:
         fail(str(error))
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------
