@@ -6,6 +6,7 @@ Results go to stdout; progress, warnings and errors go to stderr.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -28,7 +29,7 @@ from .evaluation import AI, REAL, LabelledSet, evaluate_groups, plot_roc, read_l
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, walk_folder
 from .oneclass import fit_detector
 from .patches import DEFAULT_MAX_PIXELS
-from .report import FORMATS, summary, write_evaluation, write_jsonl_record, write_scan
+from .report import FORMATS, write_evaluation, write_jsonl_record, write_scan
 from .runtime import pick_device
 from .scanning import (
     EXTRACTOR_FILE,
@@ -270,10 +271,9 @@ def fit_gmm_command(
 # scan
 # ---------------------------------------------------------------------------
 
-def exit_code(records: list[ScanRecord]) -> int:
+def exit_code(verdicts: Counter) -> int:
     """0 clean, 1 flagged, 3 unreadable files (none flagged), 4 flagged and unreadable."""
-    flagged = any(r.verdict == "ai" for r in records)
-    unreadable = any(r.verdict == "error" for r in records)
+    flagged, unreadable = verdicts["ai"] > 0, verdicts["error"] > 0
     if unreadable:
         return EXIT_FLAGGED_AND_UNREADABLE if flagged else EXIT_UNREADABLE
     return EXIT_FLAGGED if flagged else EXIT_CLEAN
@@ -334,32 +334,35 @@ def scan_command(
         problems.append(ScanRecord(path=path, error=message, model=detector.identity))
 
     files = list(iter_inputs(paths, parse_extensions(include), on_problem))
-    records: list[ScanRecord] = list(problems)
+    streaming = output_format == "jsonl"  # records are written, not kept: memory stays flat
+    records: list[ScanRecord] = [] if streaming else list(problems)
+    verdicts = Counter(r.verdict for r in problems)
     try:
         stream = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
     except OSError as error:
         fail(f"cannot write --output {output}: {error.strerror}")
     try:
-        if output_format == "jsonl":
+        if streaming:
             for record in problems:
                 write_jsonl_record(record, stream)
         with progress_bar(len(files), "scanning", disable=quiet) as advance:
             for record in scan(files, detector, workers, threshold):
-                records.append(record)
-                if output_format == "jsonl":
+                verdicts[record.verdict] += 1
+                if streaming:
                     write_jsonl_record(record, stream)
+                else:
+                    records.append(record)
                 advance(1)
-        if output_format != "jsonl":
+        if not streaming:
             write_scan(records, output_format, stream)
     finally:
         if output:
             stream.close()
-    code = exit_code(records)
+    code = exit_code(verdicts)
     if not quiet and output_format != "table":  # the table prints its own summary
-        counts = summary(records)
-        err.print(f"[dim]{counts['files']} files: {counts['ai']} ai, {counts['uncertain']} "
-                  f"uncertain, {counts['real']} real, {counts['error']} unreadable; "
-                  f"exit code {code}[/]")
+        err.print(f"[dim]{verdicts.total()} files: {verdicts['ai']} ai, "
+                  f"{verdicts['uncertain']} uncertain, {verdicts['real']} real, "
+                  f"{verdicts['error']} unreadable; exit code {code}[/]")
     raise typer.Exit(code)
 
 
