@@ -160,8 +160,8 @@ PATCHES_OPTION = typer.Option(
 DEVICE_OPTION = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")
 WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = decode in the "
                               "main process).")
-BATCH_OPTION = typer.Option(256, min=1, help="Tiles per forward pass: memory and speed "
-                            "(scores move only by float rounding).")
+BATCH_OPTION = typer.Option(256, min=8, help="Tiles per forward pass: memory and speed, "
+                            "not scores.")
 MAX_PIXELS_OPTION = typer.Option(
     DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
     help="Refuse images larger than this many megapixels (decompression-bomb guard).")

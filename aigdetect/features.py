@@ -28,6 +28,11 @@ from .patches import (
     matched_processing,
 )
 
+#: Smallest conv batch. oneDNN picks other kernels for batches of 1 or 3 tiles,
+#: whose float rounding differs; padding every chunk to at least this many tiles
+#: makes a tile's result independent of ``batch_size`` and of its neighbours.
+MIN_CHUNK = 8
+
 #: Images decoded ahead per worker: enough to keep the network busy, few enough
 #: to bound memory (a 12 MP image is 36 MB while decoded, its tiles far less).
 PREFETCH_PER_WORKER = 2
@@ -140,7 +145,10 @@ class FeatureExtractor:
         tensor = torch.from_numpy(tiles)
         vectors = []
         for start in range(0, len(tensor), self.batch_size):
-            part = tensor[start : start + self.batch_size].to(self.device)[None]
-            vectors.append(self.model.patch_vectors(part)[0])
+            part = tensor[start : start + self.batch_size]
+            count = len(part)
+            if count < MIN_CHUNK:  # pad: tiny batches take other kernels, other roundings
+                part = torch.cat([part, part.new_zeros((MIN_CHUNK - count, *part.shape[1:]))])
+            vectors.append(self.model.patch_vectors(part.to(self.device)[None])[0][:, :count])
         feature = self.model.set_transformer(torch.cat(vectors, dim=1))
         return feature[0].float().cpu().numpy()

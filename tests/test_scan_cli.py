@@ -349,6 +349,19 @@ def test_deterministic_across_runs_workers_and_order(runner, images) -> None:
     assert key(alone) == [key(first)[2]]
 
 
+def test_deterministic_across_batch_sizes(runner, images) -> None:
+    """--batch-size changes how tiles are grouped, never the scores."""
+    paths = images["good"][:2]
+    results = [
+        [(r["path"], r["log_likelihood"], r["score"])
+         for r in scan_jsonl(runner, paths, "--workers", "0", "--patches", "12",
+                             "--batch-size", size)]
+        for size in ("8", "9", "256")
+    ]
+    assert results[0] == results[1] == results[2]
+    assert all(value is not None for _, value, _ in results[0])
+
+
 def test_patches_all_and_counts(runner, images) -> None:
     photo = images["good"][0]  # 256 x 192: a 4 x 3 grid of 64 px tiles
     meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
