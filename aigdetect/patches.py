@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg
 
 #: Default decompression-bomb guard: 250 megapixels (the largest phone sensors
 #: are about 200 MP); more is refused before a single pixel is decoded.
@@ -104,6 +103,9 @@ def _decode_jpeg_fast(handle, image: Image.Image) -> np.ndarray | None:
     """
     if image.mode not in ("RGB", "L"):
         return None
+    # imported here: torchvision's package import costs seconds that --help should not pay
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     try:
         handle.seek(0)
         data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
