@@ -215,7 +215,8 @@ def fit_gmm_command(
                               "sets the threshold."),
     calibration_fraction: float = typer.Option(
         0.25, min=0.05, max=0.9, help="Share of photos held out (by camera) to calibrate."),
-    patches: int = typer.Option(32, min=1, help="Tiles per image (scan uses the same)."),
+    patches: int = typer.Option(16, min=1, help="Tiles per image; scan uses the same. More "
+                                "is steadier and slower."),
     seed: int = typer.Option(0, help="Random seed (split, k-means++ initialisation)."),
     device: str = DEVICE_OPTION,
     workers: int = WORKERS_OPTION,

@@ -58,7 +58,7 @@ class TileSettings:
     """How tiles are taken from an image; fit and scan must use the same."""
 
     patch_size: int = 64
-    max_tiles: int | None = 32  # None = every tile of the grid
+    max_tiles: int | None = 16  # None = every tile of the grid
     max_pixels: int = DEFAULT_MAX_PIXELS
     #: evaluation only: centre-crop to this size and re-encode as JPEG first
     match_crop: int | None = None

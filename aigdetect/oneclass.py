@@ -105,7 +105,7 @@ def fit_detector(
     extractor_path: Path,
     output_dir: Path,
     *,
-    patches: int = 32,
+    patches: int = 16,
     components: int | str = "auto",
     covariance_type: str = "full",
     pca_dim: int = 32,

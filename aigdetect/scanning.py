@@ -69,7 +69,7 @@ class Detector:
             raise DensityError(f"{density_path.name} was fitted on another extractor than "
                                f"{extractor_path.name}; refit with 'aigdetect fit-gmm'")
         model, meta = load_model(extractor_path)
-        fitted_tiles = density.provenance.get("patches", 32)
+        fitted_tiles = density.provenance.get("patches", 16)
         if patches is None:
             patches = fitted_tiles
         tiles = TileSettings(
