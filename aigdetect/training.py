@@ -66,6 +66,11 @@ class TrainConfig:
         return self.output.with_name(self.output.name + ".labels.json")
 
     @property
+    def best_output(self) -> Path:
+        """Where the epoch with the best validation score is kept (``model.best.pt``)."""
+        return self.output.with_name(f"{self.output.stem}.best{self.output.suffix}")
+
+    @property
     def log_file(self) -> Path:
         return self.output.with_name(self.output.name + ".log.jsonl")
 
@@ -176,6 +181,14 @@ def validate(
             metrics[tag] = {"concordance": concordance, "chance": 0.5, "n": pairs}
     model.train()
     return metrics
+
+
+def validation_score(metrics: dict[str, dict[str, float]]) -> float | None:
+    """One number to pick the best epoch: the mean margin over chance across tags
+    (concordance - 0.5 for ordinal tags, accuracy - majority rate for categorical)."""
+    margins = [m.get("concordance", m.get("accuracy", 0.0)) - m["chance"]
+               for m in metrics.values()]
+    return sum(margins) / len(margins) if margins else None
 
 
 def majority_classes(dataset: PretextDataset) -> dict[str, int]:
@@ -291,6 +304,7 @@ def _train(config: TrainConfig, console: Console, dist: Distributed,
             f"{config.patch_size}px per photo, {dist.world_size} process(es)")
     started = time.monotonic()
     step, metrics, stop = meta.step, dict(meta.metrics), False
+    best_score = resume_state.get("best_score")
     skipped = 0
     progress = Progress(
         TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -341,8 +355,15 @@ def _train(config: TrainConfig, console: Console, dist: Distributed,
                 if val_photos:
                     metrics = validate(model, val_loader, device, majority)
                 meta.epoch, meta.step, meta.metrics = finished_epoch, step, metrics
+                score = validation_score(metrics) if val_photos else None
+                if score is not None and (best_score is None or score > best_score):
+                    best_score = score
+                    save_checkpoint(config.best_output, model, meta)
+                    progress.console.print(f"new best validation score {score:+.4f} "
+                                           f"(mean margin over chance) -> {config.best_output}")
                 save_checkpoint(config.output, model, meta, {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "best_score": best_score,
                 })
                 _append_log(config.log_file, {
                     "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],

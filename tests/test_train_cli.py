@@ -26,6 +26,7 @@ from aigdetect.checkpoint import (
 from aigdetect.cli import app
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, Vocabulary
 from aigdetect.network import ExtractorConfig
+from aigdetect.training import validation_score
 
 COMMANDS = ("train", "fit-gmm", "scan", "explain")
 
@@ -113,6 +114,27 @@ def test_train_succeeds_and_reports(trained):
     assert "skipped 1 unreadable" in text(result)
     assert "without any usable EXIF" in text(result)
     assert "Saved" in text(result) and "after 2 steps" in text(result)
+
+
+def test_best_epoch_is_kept_beside_the_last(trained):
+    _, output = trained
+    best = output.with_name("model.best.pt")
+    assert best.is_file()
+    _, best_meta = load_model(best)
+    _, last_meta = load_model(output)
+    assert best_meta.metrics == last_meta.metrics  # one epoch: the last is the best
+    _, payload = read_checkpoint(best)
+    assert "training_state" not in payload  # weights only, ready to ship
+    assert validation_score(best_meta.metrics) is not None
+
+
+def test_validation_score_is_mean_margin_over_chance():
+    metrics = {
+        "iso": {"concordance": 0.70, "chance": 0.5, "n": 10},
+        "flash": {"accuracy": 0.80, "chance": 0.90, "n": 10},
+    }
+    assert validation_score(metrics) == pytest.approx((0.20 - 0.10) / 2)
+    assert validation_score({}) is None
 
 
 def test_checkpoint_loads_into_a_working_model(trained):
