@@ -70,6 +70,8 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
     started = time.perf_counter()
     record = PreparedImage(path=str(path))
     try:
+        if Path(path).exists() and not Path(path).is_file():
+            raise ImageReadError("not a regular file (a folder, pipe or device)")
         record.sha256 = file_sha256(path)
         image = load_image(path, settings.max_pixels)
         record.format, record.width, record.height = image.format, image.width, image.height

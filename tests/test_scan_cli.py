@@ -34,7 +34,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aigdetect.checkpoint import read_checkpoint
-from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_USAGE
+from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, EXIT_USAGE
 from aigdetect.density import RealPhotoDensity
 from aigdetect.patches import tile_count
 from aigdetect.scanning import DENSITY_FILE, EXTRACTOR_FILE, UNCERTAIN_BAND, default_model_dir
@@ -483,3 +483,13 @@ def test_symlink_loop_reported_once(runner, images, tmp_path) -> None:
     assert loop["verdict"] == "error" and "loop" in loop["error"]
     assert result.exit_code == expected_exit(records)
     assert result.exit_code in (3, 4)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_named_pipe_is_an_error_record_not_a_hang(runner, tmp_path) -> None:
+    pipe = tmp_path / "evidence.jpg"
+    os.mkfifo(pipe)  # reading it would block forever
+    result = invoke(runner, ["scan", pipe, "-f", "json", "--workers", "0"])
+    assert result.exit_code == EXIT_UNREADABLE
+    (record,) = parse_json_stdout(result.stdout)["results"]
+    assert record["verdict"] == "error" and "not a regular file" in record["error"]
