@@ -197,10 +197,12 @@ def grid_tiles(pixels: np.ndarray, size: int, max_tiles: int | None = None) -> n
     height, width = pixels.shape[:2]
     rows, cols = height // size, width // size
     top, left = (height - rows * size) // 2, (width - cols * size) // 2
-    grid = pixels[top : top + rows * size, left : left + cols * size]
-    tiles = grid.reshape(rows, size, cols, size, 3).transpose(0, 2, 4, 1, 3)
-    tiles = tiles.reshape(rows * cols, 3, size, size)
-    if max_tiles is not None and len(tiles) > max_tiles:
-        keep = np.linspace(0, len(tiles) - 1, max_tiles).round().astype(int)
-        tiles = tiles[keep]
-    return np.ascontiguousarray(tiles)
+    keep = np.arange(rows * cols)
+    if max_tiles is not None and len(keep) > max_tiles:
+        keep = np.linspace(0, len(keep) - 1, max_tiles).round().astype(int)
+    # copy only the kept tiles: a 12 MP grid holds ~3000, a scan typically keeps 16
+    tiles = np.empty((len(keep), 3, size, size), dtype=np.uint8)
+    for out, index in enumerate(keep):
+        y, x = top + (index // cols) * size, left + (index % cols) * size
+        tiles[out] = pixels[y : y + size, x : x + size].transpose(2, 0, 1)
+    return tiles
