@@ -380,6 +380,10 @@ def _train(config: TrainConfig, console: Console, dist: Distributed,
         if skipped:
             console.print(f"[yellow]warning:[/] {skipped} samples failed to decode and were "
                           "replaced by other photos")
+        if best_score is not None and best_score <= 0:
+            console.print("[yellow]warning:[/] no epoch beat chance on held-out cameras: the "
+                          "extractor has not learned camera traces that transfer. Train on more "
+                          "photos and cameras (the method was published at ~900,000 photos).")
     return metrics
 
 
