@@ -10,7 +10,6 @@ is renamed into place, so an interrupted run never leaves a broken checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from .exif import ORDINAL_TAGS, Vocabulary
+from .files import atomic_write
 from .network import ExifPretextModel, ExtractorConfig
 
 FORMAT = "aigdetect.exif-extractor"
@@ -82,14 +82,11 @@ def save_checkpoint(
     training_state: dict[str, Any] | None = None,
 ) -> None:
     """Atomically write model weights, metadata and (optionally) optimiser state."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta.to_json(), "model": model.state_dict()}
     if training_state:
         payload["training_state"] = training_state
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, ExifLabels, Vocabulary, read_labels
+from .files import atomic_write
 from .patches import ImageReadError, grid_tiles, load_image, random_crops
 
 CACHE_VERSION = 1
@@ -84,16 +84,9 @@ def load_labels(
         if on_progress is not None:
             on_progress(number, len(paths))
     if changed and cache_file is not None:
-        write_json_atomic(cache_file, {"version": CACHE_VERSION, "entries": cache})
+        with atomic_write(cache_file) as temporary:
+            temporary.write_text(json.dumps({"version": CACHE_VERSION, "entries": cache}))
     return photos, unreadable
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to a temporary file then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data))
-    os.replace(temporary, path)
 
 
 def split_by_camera(

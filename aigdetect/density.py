@@ -24,6 +24,8 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
+from .files import atomic_write
+
 FORMAT = "aigdetect.density"
 FORMAT_VERSION = 1
 #: Candidate component counts for ``components="auto"`` (chosen by BIC).
@@ -142,7 +144,7 @@ class RealPhotoDensity:
 
     # -- persistence --------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write plain arrays + a JSON header to one ``.npz`` (no pickle)."""
+        """Write plain arrays + a JSON header to one ``.npz`` (no pickle), atomically."""
         self._check_fitted()
         m, p = self.mixture, self.pca
         header = {
@@ -151,9 +153,7 @@ class RealPhotoDensity:
             "seed": self.seed, "threshold": self.threshold, "fpr": self.fpr,
             "info": self.info, "provenance": self.provenance,
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
+        with atomic_write(path) as temporary, open(temporary, "wb") as handle:
             np.savez(
                 handle, header=np.array(json.dumps(header)),
                 pca_mean=p.mean_, pca_components=p.components_,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from .dataset import Photo, split_by_camera
 from .density import DensityError, RealPhotoDensity
 from .exif import read_labels
 from .features import FeatureExtractor, TileSettings, prepare_stream
-from .files import file_sha256
+from .files import atomic_write, file_sha256
 from .runtime import pick_device
 from .scanning import DENSITY_FILE, EXTRACTOR_FILE
 
@@ -59,12 +58,9 @@ def _read_cache(cache_file: Path) -> FolderFeatures | None:
 
 def _write_cache(cache_file: Path, result: FolderFeatures) -> None:
     """Write then rename, so an interrupted run never leaves a truncated cache."""
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
+    with atomic_write(cache_file) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, paths=np.array(result.paths, dtype=str), features=result.features,
                  errors=np.array(json.dumps(result.errors)))
-    os.replace(temporary, cache_file)
 
 
 def extract_features(

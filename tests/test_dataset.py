@@ -19,9 +19,9 @@ from aigdetect.dataset import (
     encode_targets,
     load_labels,
     split_by_camera,
-    write_json_atomic,
 )
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, ExifLabels, build_vocabularies
+from aigdetect.files import atomic_write
 
 
 def image_paths(folder: Path) -> list[Path]:
@@ -130,12 +130,23 @@ def test_load_labels_without_cache(photo_folder):
     assert len(photos) == 2 and unreadable == []
 
 
-def test_write_json_atomic(tmp_path):
+def test_atomic_write(tmp_path):
     target = tmp_path / "deep" / "out.json"
-    write_json_atomic(target, {"a": [1, 2]})
-    write_json_atomic(target, {"a": [3]})
+    for data in ({"a": [1, 2]}, {"a": [3]}):
+        with atomic_write(target) as temporary:
+            temporary.write_text(json.dumps(data))
     assert json.loads(target.read_text()) == {"a": [3]}
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
 # ---------------------------------------------------------------------------
