@@ -81,10 +81,9 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
             pixels = matched_processing(pixels, settings.match_crop, settings.match_quality)
             record.notes.append(f"matched processing: {settings.match_crop}px crop, "
                                 f"JPEG q{settings.match_quality}")
-        record.tiles = grid_tiles(pixels, settings.patch_size, settings.max_tiles)
-        if min(image.width, image.height) < settings.patch_size:
-            record.notes.append(f"smaller than one {settings.patch_size}px tile: upscaled")
-        elif settings.max_tiles and len(record.tiles) < settings.max_tiles:
+        upscaled = min(pixels.shape[:2]) < settings.patch_size
+        record.tiles = grid_tiles(pixels, settings.patch_size, settings.max_tiles, record.notes)
+        if settings.max_tiles and not upscaled and len(record.tiles) < settings.max_tiles:
             record.notes.append(f"only {len(record.tiles)} tiles (fewer than {settings.max_tiles})")
     except ImageReadError as error:
         record.error = str(error)

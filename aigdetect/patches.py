@@ -187,13 +187,16 @@ def tile_count(height: int, width: int, size: int) -> int:
     return max(1, height // size) * max(1, width // size)
 
 
-def grid_tiles(pixels: np.ndarray, size: int, max_tiles: int | None = None) -> np.ndarray:
+def grid_tiles(
+    pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None
+) -> np.ndarray:
     """Non-overlapping tiles of the centre crop, as (n, 3, size, size) uint8.
 
     When the grid holds more than ``max_tiles``, an evenly spread, deterministic
     subset is kept, so the same image always gives the same tiles and score.
+    An upscaled tiny image is noted in ``notes``.
     """
-    pixels = ensure_min_size(pixels, size)
+    pixels = ensure_min_size(pixels, size, notes)
     height, width = pixels.shape[:2]
     rows, cols = height // size, width // size
     top, left = (height - rows * size) // 2, (width - cols * size) // 2
