@@ -18,10 +18,13 @@ import torch
 
 from .exif import ORDINAL_TAGS, Vocabulary
 from .files import atomic_write
-from .network import ExifPretextModel, ExtractorConfig
+from .network import BinaryClassifier, ExifPretextModel, ExtractorConfig
 
 FORMAT = "aigdetect.exif-extractor"
 FORMAT_VERSION = 1
+#: What a checkpoint's network was trained for; both carry an ``extractor``.
+PRETEXT, BINARY = "pretext", "binary"
+TASKS = (PRETEXT, BINARY)
 
 
 class CheckpointError(Exception):
@@ -33,7 +36,8 @@ class ModelMeta:
     """Everything needed to rebuild the model, plus how it was trained."""
 
     config: ExtractorConfig
-    vocabularies: dict[str, Vocabulary]
+    vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
+    task: str = PRETEXT
     ordinal_tags: list[str] = field(default_factory=lambda: list(ORDINAL_TAGS))
     epoch: int = 0
     step: int = 0
@@ -44,6 +48,7 @@ class ModelMeta:
         return json.dumps({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "task": self.task,
             "config": self.config.to_dict(),
             "vocabularies": {t: v.classes for t, v in self.vocabularies.items()},
             "ordinal_tags": self.ordinal_tags,
@@ -60,7 +65,10 @@ class ModelMeta:
             raise CheckpointError("not an aigdetect extractor checkpoint")
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise CheckpointError("checkpoint written by a newer aigdetect; upgrade to read it")
+        if data.get("task", PRETEXT) not in TASKS:
+            raise CheckpointError(f"unknown checkpoint task {data.get('task')!r}")
         return cls(
+            task=data.get("task", PRETEXT),
             config=ExtractorConfig(**data["config"]),
             vocabularies={t: Vocabulary(c) for t, c in data["vocabularies"].items()},
             ordinal_tags=list(data["ordinal_tags"]),
@@ -70,14 +78,16 @@ class ModelMeta:
             metrics=data.get("metrics", {}),
         )
 
-    def build_model(self) -> ExifPretextModel:
+    def build_model(self) -> ExifPretextModel | BinaryClassifier:
+        if self.task == BINARY:
+            return BinaryClassifier(self.config)
         counts = {tag: len(vocab) for tag, vocab in self.vocabularies.items()}
         return ExifPretextModel(self.config, counts, self.ordinal_tags)
 
 
 def save_checkpoint(
     path: str | Path,
-    model: ExifPretextModel,
+    model: ExifPretextModel | BinaryClassifier,
     meta: ModelMeta,
     training_state: dict[str, Any] | None = None,
 ) -> None:
@@ -102,9 +112,14 @@ def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
     return ModelMeta.from_json(payload["meta"]), payload
 
 
-def load_model(path: str | Path) -> tuple[ExifPretextModel, ModelMeta]:
-    """Rebuild the pretext model (extractor + heads) from a checkpoint, on the CPU."""
+def load_model(
+    path: str | Path, task: str | None = None
+) -> tuple[ExifPretextModel | BinaryClassifier, ModelMeta]:
+    """Rebuild a model (extractor + its heads) from a checkpoint, on the CPU;
+    ``task`` refuses a checkpoint trained for another task."""
     meta, payload = read_checkpoint(path)
+    if task is not None and meta.task != task:
+        raise CheckpointError(f"{path}: a {meta.task} checkpoint, where a {task} one is needed")
     model = meta.build_model()
     try:
         model.load_state_dict(payload["model"])

@@ -80,3 +80,19 @@ def pairwise_concordance(scores: torch.Tensor, targets: torch.Tensor) -> tuple[f
     guess = torch.sign(scores[i] - scores[j])[untied]
     correct = (guess == truth[untied]).float() + 0.5 * (guess == 0).float()
     return float(correct.mean()), int(untied.sum())
+
+
+def feature_distillation_loss(
+    student: list[torch.Tensor], teacher: list[torch.Tensor]
+) -> torch.Tensor:
+    """Sum over stages (f1..f5) of the mean squared difference between the binary
+    detector's features and the frozen EXIF-trained extractor's.
+
+    A regulariser: it keeps the binary detector close to features that describe
+    cameras, so it cannot drift to whatever shortcut separates the training
+    generators from real photos. Zero when both networks are the same.
+    """
+    if len(student) != len(teacher):
+        raise ValueError(f"{len(student)} student stages against {len(teacher)} teacher stages")
+    return sum(F.mse_loss(s.float(), t.float().detach()) for s, t in zip(student, teacher,
+                                                                          strict=True))

@@ -9,6 +9,7 @@ Data flow for one image given as a set of N native-resolution patches::
       -> PatchSetTransformer  attention over the unordered patch set
       -> mean over patches    one feature per image (528-d)
       -> ExifHeads            categorical logits + one ranking score per ordinal tag
+                              (pretext), or a 2-way AI/real head (binary detector)
 """
 
 from __future__ import annotations
@@ -300,3 +301,26 @@ class ExifPretextModel(nn.Module):
 
     def forward(self, patches: torch.Tensor):
         return self.heads(self.extractor(patches))
+
+
+class BinaryClassifier(nn.Module):
+    """The binary detector: an extractor of the same architecture plus a 2-way head.
+
+    ``forward`` returns the logits (real, AI) and the stage features f1..f5 that
+    feature distillation compares with the frozen EXIF-trained extractor.
+    """
+
+    def __init__(self, config: ExtractorConfig) -> None:
+        super().__init__()
+        self.extractor = ExifExtractor(config)
+        self.head = nn.Linear(config.feature_dim, 2)
+
+    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = stage_features(self.extractor, patches)
+        return self.head(self.extractor.set_transformer(features[-1])), features
+
+
+def stage_features(extractor: ExifExtractor, patches: torch.Tensor) -> list[torch.Tensor]:
+    """f1..f4 (encoder maps) and f5 (per-patch covariance vectors) of ``patches``."""
+    vectors, maps = extractor.patch_vectors(patches)
+    return [*maps, vectors]

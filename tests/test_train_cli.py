@@ -176,7 +176,7 @@ def test_log_has_per_head_losses_and_validation(trained):
     assert set(losses) == {*CATEGORICAL_TAGS, *ORDINAL_TAGS, "total"}
     assert all(math.isfinite(v) for v in losses.values())
     assert losses["make"] > 0 and losses["iso"] > 0
-    assert record["head_weights"]["model"] == 0.5 and record["head_weights"]["make"] == 1.0
+    assert record["loss_weights"]["model"] == 0.5 and record["loss_weights"]["make"] == 1.0
     validation = record["validation"]
     assert any("concordance" in m for m in validation.values())
     for metrics in validation.values():

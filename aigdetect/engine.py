@@ -1,0 +1,294 @@
+"""The training engine shared by every training task (EXIF pretext, binary detector).
+
+A *task* knows its data, its model and its losses; the engine knows everything
+else: distributed data parallel under ``torchrun`` (only rank 0 validates, logs
+and writes checkpoints), mixed precision on CUDA, warm-up then cosine schedule,
+stop rules (epochs, ``--max-steps``, ``--max-minutes``), an atomic checkpoint
+every epoch with ``--resume``, the best epoch kept as ``<output>.best.pt``, a
+JSON-lines log and rich progress on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .checkpoint import ModelMeta, load_model, read_checkpoint, save_checkpoint
+from .runtime import Distributed
+
+
+class TrainingError(Exception):
+    """A problem with the training inputs that the user must fix."""
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    """Settings every training task shares (saved in the checkpoint)."""
+
+    output: Path
+    epochs: int = 20
+    batch_size: int = 16
+    patches: int = 16
+    patch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    val_fraction: float = 0.15
+    max_steps: int | None = None
+    max_minutes: float | None = None
+
+    @property
+    def best_output(self) -> Path:
+        """Where the epoch with the best validation score is kept (``model.best.pt``)."""
+        return self.output.with_name(f"{self.output.stem}.best{self.output.suffix}")
+
+    @property
+    def log_file(self) -> Path:
+        return self.output.with_name(self.output.name + ".log.jsonl")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: str(value) if isinstance(value, Path) else value
+                for key, value in asdict(self).items()}
+
+
+class TrainingTask(Protocol):
+    """What a task gives the engine. Batches are tuples whose last element counts,
+    per sample, the files that failed to decode and were replaced."""
+
+    def prepare(self, console: Console, dist: Distributed) -> None:
+        """Find and label the data, split off validation; raise TrainingError if unusable."""
+
+    def new_model(self) -> tuple[nn.Module, ModelMeta]:
+        """A freshly initialised model and its metadata (not called on --resume)."""
+
+    def datasets(self, meta: ModelMeta) -> tuple[Dataset, Dataset | None]:
+        """Training set (with ``set_epoch``) and validation set (None if no split)."""
+
+    def describe(self) -> str:
+        """One line printed when training starts."""
+
+    def losses(self, network: nn.Module, batch: tuple, device: torch.device,
+               amp: torch.autocast) -> dict[str, torch.Tensor]:
+        """Every loss of one batch, by name (logged separately)."""
+
+    def weight(self, name: str) -> float:
+        """Weight of one loss in the optimised sum (logged with it)."""
+
+    def training_info(self) -> dict[str, Any]:
+        """Counts (photos, classes...) saved in the checkpoint beside the settings."""
+
+    def validate(self, model: nn.Module, loader: DataLoader,
+                 device: torch.device) -> dict[str, dict[str, float]]:
+        """Metrics on the validation set."""
+
+    def validation_score(self, metrics: dict[str, dict[str, float]]) -> float | None:
+        """One number, higher is better, to keep the best epoch."""
+
+    def metrics_table(self, metrics: dict[str, dict[str, float]],
+                      losses: dict[str, float], title: str) -> Table:
+        """The per-epoch table printed on stderr."""
+
+    def finish(self, console: Console, best_score: float | None) -> None:
+        """Last words: e.g. a warning when no epoch beat chance."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def cosine_with_warmup(total_steps: int, warmup_fraction: float):
+    warmup = max(1, int(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def run_training(task: TrainingTask, config: EngineConfig,
+                 console: Console | None = None) -> dict[str, Any]:
+    """Train (or resume) ``task``'s model; returns the last validation metrics."""
+    console = console or Console(stderr=True)
+    dist = Distributed.from_environment()
+    device = dist.start(config.device)
+    try:
+        return _run(task, config, console, dist, device)
+    finally:
+        dist.stop()
+
+
+def _start_model(task: TrainingTask, config: EngineConfig, console: Console,
+                 quiet: bool) -> tuple[nn.Module, ModelMeta, dict[str, Any]]:
+    """A new model, or the checkpoint at ``config.output`` with its optimiser state."""
+    if config.resume and config.output.exists():
+        model, meta = load_model(config.output)
+        _, payload = read_checkpoint(config.output)
+        if not quiet:
+            console.print(f"Resuming from {config.output} (epoch {meta.epoch}, step {meta.step})")
+        return model, meta, payload.get("training_state", {})
+    if config.resume and not quiet:
+        console.print(f"[yellow]warning:[/] --resume: {config.output} does not exist yet; "
+                      "starting a new run")
+    model, meta = task.new_model()
+    return model, meta, {}
+
+
+def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distributed,
+         device: torch.device) -> dict[str, Any]:
+    seed_everything(config.seed)
+    quiet = not dist.is_main
+    task.prepare(console, dist)
+    model, meta, resume_state = _start_model(task, config, console, quiet)
+    meta.training = config.to_dict() | task.training_info()
+    model.to(device).train()
+
+    train_set, val_set = task.datasets(meta)
+    sampler = (DistributedSampler(train_set, seed=config.seed, drop_last=True)
+               if dist.enabled else None)
+    per_process_batch = max(2, config.batch_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader = DataLoader(
+        train_set, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
+        num_workers=config.workers,
+        drop_last=len(train_set) // dist.world_size >= per_process_batch,
+        generator=generator, pin_memory=device.type == "cuda",
+    )
+    val_loader = (DataLoader(val_set, batch_size=per_process_batch, num_workers=config.workers)
+                  if val_set is not None and len(val_set) else None)
+
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, config.warmup_fraction))
+    if resume_state:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    device_ids = [device] if device.type == "cuda" else None
+    network = DistributedDataParallel(model, device_ids=device_ids) if dist.enabled else model
+
+    if not quiet:
+        console.print(f"Training on {device}, {dist.world_size} process(es): {task.describe()}")
+    started = time.monotonic()
+    step, metrics, stop = meta.step, dict(meta.metrics), False
+    best_score = resume_state.get("best_score")
+    skipped = 0
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[losses]}"),
+        console=console, disable=quiet, transient=False,
+    )
+    with progress:
+        for epoch in range(meta.epoch, config.epochs):
+            if stop:
+                break
+            train_set.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            bar = progress.add_task("train", total=steps_per_epoch,
+                                    epoch=f"{epoch + 1}/{config.epochs}", losses="")
+            sums: Counter = Counter()
+            batches = 0
+            for batch in train_loader:
+                if config.max_steps is not None and step >= config.max_steps:
+                    stop = True  # e.g. --resume of a run that already reached --max-steps
+                    break
+                skipped += int((batch[-1] > 0).sum())
+                amp = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+                losses = task.losses(network, batch, device, amp)
+                total = sum(task.weight(name) * loss for name, loss in losses.items())
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                step += 1
+                batches += 1
+                sums.update({name: loss.item() for name, loss in losses.items()})
+                sums["total"] += total.item()
+                progress.update(bar, advance=1, losses=_short_losses(sums, batches))
+                out_of_time = (config.max_minutes is not None
+                               and time.monotonic() - started > 60 * config.max_minutes)
+                if (config.max_steps is not None and step >= config.max_steps) or out_of_time:
+                    stop = True
+                    break
+            if batches == 0:
+                break  # nothing was trained (the step budget was already spent)
+            finished_epoch = epoch + 1 if not stop or batches == steps_per_epoch else epoch
+            mean_losses = {name: value / max(1, batches) for name, value in sums.items()}
+            if dist.is_main:
+                model.eval()
+                if val_loader is not None:
+                    metrics = task.validate(model, val_loader, device)
+                model.train()
+                meta.epoch, meta.step, meta.metrics = finished_epoch, step, metrics
+                score = task.validation_score(metrics) if val_loader is not None else None
+                if score is not None and (best_score is None or score > best_score):
+                    best_score = score
+                    save_checkpoint(config.best_output, model, meta)
+                    progress.console.print(f"new best validation score {score:+.4f} "
+                                           f"-> {config.best_output}")
+                save_checkpoint(config.output, model, meta, {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "best_score": best_score,
+                })
+                _append_log(config.log_file, {
+                    "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
+                    "seconds": round(time.monotonic() - started, 1), "train_loss": mean_losses,
+                    "loss_weights": {n: task.weight(n) for n in mean_losses if n != "total"},
+                    "validation": metrics, "validation_score": score,
+                    "skipped_unreadable": skipped,
+                })
+                progress.console.print(task.metrics_table(
+                    metrics, mean_losses, f"epoch {epoch + 1}: validation"))
+            dist.barrier()
+    if not quiet:
+        console.print(f"Saved {config.output} after {step} steps "
+                      f"({time.monotonic() - started:.0f} s)")
+        if skipped:
+            console.print(f"[yellow]warning:[/] {skipped} samples failed to decode and were "
+                          "replaced by other files")
+        task.finish(console, best_score)
+    return metrics
+
+
+def _short_losses(sums: Counter, batches: int) -> str:
+    """Running mean of the total and of every loss, for the progress bar."""
+    parts = " ".join(f"{name[:8]} {value / batches:.2f}"
+                     for name, value in sums.items() if name != "total")
+    return f"loss {sums['total'] / batches:.3f} | {parts}"
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
