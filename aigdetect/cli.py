@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,22 +24,27 @@ from rich.progress import (
 )
 
 from . import __version__
+from .binary_training import BinaryConfig, train_binary
+from .calibrating import calibrate_folder
 from .checkpoint import CheckpointError
 from .density import DensityError
-from .evaluation import AI, REAL, LabelledSet, evaluate_groups, plot_roc, read_label_csv
+from .detectors import (
+    DETECTOR_NAMES,
+    EXTRACTOR_FILE,
+    LOAD_ERRORS,
+    Detector,
+    DetectorFolder,
+    default_model_dir,
+)
+from .evaluation import AI, REAL, evaluate_groups, labelled_sets, pair_metrics, plot_roc
+from .features import TileSettings
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, walk_folder
+from .labelled import files_from_csv, files_from_folders
 from .oneclass import fit_detector
-from .patches import DEFAULT_MAX_PIXELS
+from .patches import CONDITIONS, DEFAULT_MAX_PIXELS
 from .report import FORMATS, write_evaluation, write_jsonl_record, write_scan
 from .runtime import pick_device
-from .scanning import (
-    EXTRACTOR_FILE,
-    MAX_TILES,
-    Detector,
-    ScanRecord,
-    default_model_dir,
-    scan,
-)
+from .scanning import MAX_TILES, ScanRecord, scan
 from .training import TrainConfig, TrainingError, train
 
 EXIT_CLEAN = 0
@@ -85,16 +91,34 @@ def main(
 
 @app.command("train")
 def train_command(
-    photos: Path = typer.Argument(..., help="Folder of real camera photos with EXIF (searched "
-                                  "recursively).", exists=True, file_okay=False),
+    photos: Path | None = typer.Argument(
+        None, help="Folder of real camera photos with EXIF (searched recursively), for the "
+        "EXIF pretext. Not used with --binary.", exists=True, file_okay=False),
     output: Path = typer.Option(Path("model.pt"), "-o", "--output",
                                 help="Checkpoint to write (rewritten atomically every epoch)."),
+    binary: bool = typer.Option(False, "--binary", help="Train the binary detector (real vs "
+                                "AI) instead of the EXIF pretext: needs --real and --fake, or "
+                                "--csv."),
+    real: list[Path] = typer.Option([], "--real", exists=True, file_okay=False, help="--binary: "
+                                    "folder of real photos, repeatable. Put processed photos "
+                                    "(resized, recompressed, edited) here too."),
+    fake: list[Path] = typer.Option([], "--fake", exists=True, file_okay=False, help="--binary: "
+                                    "folder of AI images, repeatable; each folder is a "
+                                    "generator group, balanced against the others."),
+    labels: Path | None = typer.Option(None, "--csv", exists=True, dir_okay=False, help="--binary:"
+                                       " CSV of path,label[,group] (label real/ai) instead of, "
+                                       "or besides, folders."),
+    teacher: Path | None = typer.Option(None, help="--binary: the EXIF-trained extractor that "
+                                        "regularises the detector. Default: the shipped one."),
+    alpha: float = typer.Option(0.05, min=0.0, help="--binary: weight of the feature "
+                                "distillation loss (f1..f5) towards the teacher; 0 turns it off."),
     epochs: int = typer.Option(20, min=1, help="Passes over the training photos."),
     batch_size: int = typer.Option(16, min=2, help="Photos per step and per process; ranking "
                                    "losses compare every pair in a batch."),
     patches: int = typer.Option(16, min=1, help="Random crops per photo per step."),
     patch_size: int = typer.Option(64, min=16, help="Crop side in pixels (native resolution, "
-                                   "never resized). A multiple of 8."),
+                                   "never resized). A multiple of 8. --binary takes the "
+                                   "teacher's."),
     lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW, warm-up then cosine)."),
     weight_decay: float = typer.Option(0.05, help="AdamW weight decay."),
     workers: int = typer.Option(2, min=0, help="Image-decoding worker processes."),
@@ -104,7 +128,8 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from --output's checkpoint "
                                 "(weights, optimiser, schedule, epoch)."),
     val_fraction: float = typer.Option(0.15, min=0.0, max=0.9, help="Share of photos held out "
-                                       "for validation, split by camera model."),
+                                       "for validation: whole camera models; --binary also "
+                                       "holds out that share of every AI group."),
     ranking_loss: str = typer.Option("fidelity", help="Pairwise ranking loss for ordinal tags: "
                                      "fidelity (bounded, robust) or bce."),
     min_class_count: int = typer.Option(3, min=1, help="Categorical values seen fewer times "
@@ -116,33 +141,57 @@ def train_command(
     head_weight: list[str] = typer.Option([], help="Loss weight of one head, TAG=W (e.g. "
                                           "model=0.5); repeatable. Default 1 for every head."),
 ) -> None:
-    """Train the EXIF-pretext feature extractor on a folder of camera photos.
+    """Train the EXIF-pretext feature extractor, or (--binary) the binary detector.
 
-    Each photo's own EXIF is the label: the network classifies make, model, flash,
-    metering, white balance... and ranks aperture, exposure time, ISO and focal length
-    between photos. Validation holds out whole camera models. For several GPUs or
-    machines run the same command under **torchrun**.
+    **Pretext** (default): each photo's own EXIF is the label: the network classifies make,
+    model, flash, metering, white balance... and ranks aperture, exposure time, ISO and
+    focal length between photos. Validation holds out whole camera models.
+
+    **--binary**: a fresh extractor of the same architecture plus a real/AI head, on
+    scrambled native-resolution patches; loss = cross-entropy + alpha x feature distillation
+    towards the frozen EXIF-trained extractor. Both classes are augmented alike (downscale,
+    blur, JPEG q60-100, crops) so format and size cannot decide; AI groups are balanced.
+
+    For several GPUs or machines run the same command under **torchrun**.
+
+    Examples: `aigdetect train photos/ -o extractor.pt` ·
+    `aigdetect train --binary --real photos/ --fake sdxl/ --fake mj/ -o binary.pt`
     """
+    common = {"output": output, "epochs": epochs, "batch_size": batch_size, "patches": patches,
+              "patch_size": patch_size, "lr": lr, "weight_decay": weight_decay,
+              "workers": workers, "seed": seed, "device": device, "resume": resume,
+              "val_fraction": val_fraction, "max_steps": max_steps, "max_minutes": max_minutes}
     if patch_size % 8:
         fail(f"--patch-size {patch_size} is not a multiple of 8", "try 64 (the default)")
+    try:
+        if binary:
+            if photos is not None:
+                fail("--binary takes --real/--fake folders (or --csv), not a PHOTOS argument",
+                     f"aigdetect train --binary --real {photos} --fake generated/")
+            train_binary(BinaryConfig(real=real, fake=fake, labels_csv=labels, alpha=alpha,
+                                      teacher=teacher or default_model_dir() / EXTRACTOR_FILE,
+                                      **common), err)
+        else:
+            if photos is None:
+                fail("give a folder of camera photos to train on",
+                     "aigdetect train photos/ -o extractor.pt   (or --binary --real/--fake)")
+            train(TrainConfig(photos=photos, ranking_loss=ranking_loss,
+                              min_class_count=min_class_count,
+                              head_weights=parse_head_weights(head_weight), **common), err)
+    except (TrainingError, CheckpointError, ValueError) as error:
+        fail(str(error))
+
+
+def parse_head_weights(items: list[str]) -> dict[str, float]:
+    """``["model=0.5"]`` -> ``{"model": 0.5}``."""
     weights: dict[str, float] = {}
-    for item in head_weight:
+    for item in items:
         tag, _, value = item.partition("=")
         try:
             weights[tag.strip()] = float(value)
         except ValueError:
             fail(f"--head-weight {item!r} is not TAG=NUMBER", "e.g. --head-weight model=0.5")
-    config = TrainConfig(
-        photos=photos, output=output, epochs=epochs, batch_size=batch_size, patches=patches,
-        patch_size=patch_size, lr=lr, weight_decay=weight_decay, workers=workers, seed=seed,
-        device=device, resume=resume, val_fraction=val_fraction, ranking_loss=ranking_loss,
-        min_class_count=min_class_count, max_steps=max_steps, max_minutes=max_minutes,
-        head_weights=weights,
-    )
-    try:
-        train(config, err)
-    except (TrainingError, CheckpointError, ValueError) as error:
-        fail(str(error))
+    return weights
 
 
 # ---------------------------------------------------------------------------
@@ -150,13 +199,15 @@ def train_command(
 # ---------------------------------------------------------------------------
 
 MODEL_OPTION = typer.Option(
-    None, "--model", help="Detector folder written by 'aigdetect fit-gmm' (extractor.pt + "
-    "density.npz). Default: the weights shipped with aigdetect.")
+    None, "--model", help="Detector folder (weights, calibration.json, detector.json) from "
+    "'aigdetect fit-gmm' and 'aigdetect calibrate'. Default: the one shipped with aigdetect.")
+DETECTOR_OPTION = typer.Option(
+    None, "--detector", "-d", help="binary, oneclass or fused (both, each standardised on "
+    "real photos, then averaged). Default: the model folder's default.")
 PATCHES_OPTION = typer.Option(
     None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
-    f"(slowest) scan, up to {MAX_TILES}. Default: as many as the detector was fitted with; "
-    "other counts shift the log-likelihoods a little (refit with fit-gmm --patches N to "
-    "calibrate for them).")
+    f"(slowest) scan, up to {MAX_TILES}. Default: the count the detector was calibrated with; "
+    "other counts shift the scores a little (recalibrate to use them).")
 DEVICE_OPTION = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")
 WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = decode in the "
                               "main process).")
@@ -182,13 +233,28 @@ def parse_patches(text: str | None) -> int | None:
     return count
 
 
-def load_detector(model: Path | None, device: str, patches: str | None, batch_size: int,
-                  max_pixels: int = DEFAULT_MAX_PIXELS // 1_000_000,
-                  match_crop: int | None = None) -> Detector:
+@dataclass
+class LoadedDetector:
+    """A ready detector with what every record and report names about it."""
+
+    detector: Detector
+    identity: dict[str, str]
+    tiles: TileSettings
+
+
+def load_detector(model: Path | None, name: str | None, device: str, patches: str | None,
+                  batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS // 1_000_000,
+                  condition: str = "asis") -> LoadedDetector:
+    """Open a detector folder and build one of its detectors; any problem is exit 2."""
+    if name is not None and name not in DETECTOR_NAMES:
+        fail(f"--detector {name!r} is not one of {', '.join(DETECTOR_NAMES)}")
     try:
-        return Detector.load(model, pick_device(device), parse_patches(patches),
-                             max_pixels * 1_000_000, batch_size, match_crop)
-    except (DensityError, CheckpointError, ValueError) as error:
+        folder = DetectorFolder.open(model)
+        detector = folder.build(name, pick_device(device), batch_size)
+        tiles = folder.tiles(parse_patches(patches), max_pixels=max_pixels * 1_000_000,
+                             processing=CONDITIONS[condition])
+        return LoadedDetector(detector, folder.identity(), tiles)
+    except (*LOAD_ERRORS, ValueError, OSError) as error:
         fail(str(error))
 
 
@@ -269,6 +335,57 @@ def fit_gmm_command(
 
 
 # ---------------------------------------------------------------------------
+# calibrate
+# ---------------------------------------------------------------------------
+
+@app.command("calibrate")
+def calibrate_command(
+    folder: Path = typer.Argument(..., exists=True, file_okay=False,
+                                  help="Detector folder from 'aigdetect fit-gmm'."),
+    real: list[Path] = typer.Option(..., "--real", exists=True, file_okay=False,
+                                    help="Folder of held-out real photos (never trained or "
+                                    "fitted on); repeatable. Give camera originals and "
+                                    "processed (web, edited) photos."),
+    binary: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Binary "
+                                       "detector checkpoint from 'aigdetect train --binary' "
+                                       "to add to the folder."),
+    fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos."),
+    default: str | None = typer.Option(None, help="Detector 'scan' uses by default: fused "
+                                       "(when a binary detector is present), binary or "
+                                       "oneclass."),
+    device: str = DEVICE_OPTION,
+    workers: int = WORKERS_OPTION,
+    batch_size: int = BATCH_OPTION,
+    include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
+) -> None:
+    """Set every detector's threshold at one false-positive rate on held-out real photos.
+
+    Scores the photos with the one-class detector, the binary detector (if the folder has
+    one, or --binary adds it) and their fusion, and writes calibration.json and
+    detector.json into the folder. Example:
+    `aigdetect calibrate my-detector/ --binary binary.pt --real held-out/ --real web/`
+    """
+    if not 0 < fpr < 1:
+        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.05 for 5 %")
+    if default is not None and default not in DETECTOR_NAMES:
+        fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
+    paths = [p for d in real for p in walk_folder(d, parse_extensions(include))]
+    if not paths:
+        fail("no images found in the --real folders")
+    with progress_bar(len(paths), "calibrating") as advance:
+        try:
+            written = calibrate_folder(folder, paths, fpr, pick_device(device), binary=binary,
+                                       default=default, workers=workers,
+                                       batch_size=batch_size, on_image=advance)
+        except (*LOAD_ERRORS, ValueError, OSError) as error:
+            fail(str(error))
+    thresholds = ", ".join(f"{n} {t:.3f}" for n, t in written["thresholds"].items())
+    err.print(f"Calibrated on {written['real_photos']} real photos ({written['unreadable']} "
+              f"unreadable) at {fpr:.1%} FPR: thresholds {thresholds}; default detector "
+              f"{written['default']}. Wrote {folder}/calibration.json and detector.json")
+
+
+# ---------------------------------------------------------------------------
 # scan
 # ---------------------------------------------------------------------------
 
@@ -293,10 +410,12 @@ def scan_command(
         None, help="Extensions to take from folders and globs, e.g. 'jpg,png' "
         f"(default: {','.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
     threshold: float | None = typer.Option(
-        None, help="Decision threshold on the log-likelihood (overrides the calibrated one)."),
+        None, help="Decision threshold on the detector's raw score (raw_score; overrides the "
+        "calibrated one)."),
     fpr: float | None = typer.Option(
         None, help="Re-set the threshold to this false-positive rate on the detector's "
         "held-out real photos, e.g. 0.01."),
+    detector_name: str | None = DETECTOR_OPTION,
     patches: str | None = PATCHES_OPTION,
     model: Path | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
@@ -309,30 +428,33 @@ def scan_command(
     """Score images: how likely each is AI-generated.
 
     **score** is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
-    logistic of how far the image's log-likelihood under the real-photo model falls below
-    the threshold, in units of the real photos' spread. **verdict** is ai, real,
-    uncertain (within half a spread of the threshold) or error (unreadable).
-    **real pct** is the share of held-out real photos that look less camera-like.
+    logistic of how far the detector's raw score lies above the threshold, in units of the
+    real photos' spread. **verdict** is ai, real, uncertain (within half a spread of the
+    threshold) or error (unreadable). **real pct** is the share of held-out real photos
+    that score at least as suspicious. The default detector is **fused**: the binary
+    detector and the one-class (camera-trace) detector, each record keeping both scores.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable.
 
     Examples: `aigdetect scan evidence/` ·
-    `find /cases -name '*.jpg' | aigdetect scan - -f jsonl`
+    `find /cases -name '*.jpg' | aigdetect scan - -f jsonl` ·
+    `aigdetect scan shots/ --detector oneclass`
     """
     if output_format not in FORMATS:
         fail(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
     if fpr is not None and threshold is not None:
         fail("give --threshold or --fpr, not both")
-    detector = load_detector(model, device, patches, batch_size, max_pixels)
+    if fpr is not None and not 0 < fpr < 1:
+        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.01 for 1 %")
+    loaded = load_detector(model, detector_name, device, patches, batch_size, max_pixels)
     if fpr is not None:
-        if not 0 < fpr < 1:
-            fail(f"--fpr {fpr} must be between 0 and 1")
-        detector.density.set_fpr(fpr)
+        loaded.detector.calibration.set_fpr(fpr)
     problems: list[ScanRecord] = []
 
     def on_problem(path: str, message: str) -> None:
-        problems.append(ScanRecord(path=path, error=message, model=detector.identity))
+        problems.append(ScanRecord(path=path, error=message, model=loaded.identity,
+                                   detector=loaded.detector.name))
 
     files = list(iter_inputs(paths, parse_extensions(include), on_problem))
     streaming = output_format == "jsonl"  # records are written, not kept: memory stays flat
@@ -347,7 +469,8 @@ def scan_command(
             for record in problems:
                 write_jsonl_record(record, stream)
         with progress_bar(len(files), "scanning", disable=quiet) as advance:
-            for record in scan(files, detector, workers, threshold):
+            for record in scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
+                               threshold):
                 verdicts[record.verdict] += 1
                 if streaming:
                     write_jsonl_record(record, stream)
@@ -373,17 +496,21 @@ def scan_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    real: list[Path] = typer.Option([], "--real", help="Folder of real photos; repeatable."),
+    real: list[Path] = typer.Option([], "--real", help="Folder of real photos; repeatable "
+                                    "(each is reported on its own)."),
     fake: list[Path] = typer.Option([], "--fake", help="Folder of AI-generated images; "
                                     "repeatable (each is reported on its own)."),
-    labels: Path | None = typer.Option(None, "--csv", help="CSV of path,label (real/ai or "
-                                       "0/1) instead of, or besides, folders."),
+    labels: Path | None = typer.Option(None, "--csv", help="CSV of path,label[,group] (label "
+                                       "real/ai or 0/1) instead of, or besides, folders."),
     output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
     plot: Path | None = typer.Option(None, help="Draw ROC curves to this image (PNG, SVG...)."),
-    matched: bool = typer.Option(
-        False, "--matched-processing", help="Centre-crop every image to 512 px (no "
-        "resampling) and re-encode it as JPEG q90 before scoring, so that file format and "
-        "size cannot decide the result."),
+    condition: str = typer.Option(
+        "asis", help="Processing applied alike to every image before scoring: asis; matched "
+        "(256 px centre crop, no resampling, JPEG q90: format and size cannot decide); web "
+        "(short side 512 bicubic, JPEG q75)."),
+    matched: bool = typer.Option(False, "--matched-processing",
+                                 help="Shorthand for --condition matched."),
+    detector_name: str | None = DETECTOR_OPTION,
     patches: str | None = PATCHES_OPTION,
     model: Path | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
@@ -392,45 +519,54 @@ def evaluate_command(
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
 ) -> None:
-    """Measure the detector on labelled images: AUC, average precision, accuracy, FPR, TPR.
+    """Measure a detector on labelled images: AUC, average precision, accuracy, FPR, TPR.
 
-    AI-generated is the positive class. Each --fake folder is measured against all real
-    images; 'overall' pools everything. Accuracy, FPR and TPR use the detector's threshold.
+    AI-generated is the positive class. Each AI group is measured against all real
+    images, each real group reports its false-positive rate, and 'overall' pools
+    everything; the JSON also has the AUC of every (AI group, real group) pair.
+    Accuracy, FPR and TPR use the detector's calibrated threshold.
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
-    groups = [LabelledSet(str(d), REAL, list(walk_folder(d, parse_extensions(include))))
-              for d in real]
-    groups += [LabelledSet(str(d), AI, list(walk_folder(d, parse_extensions(include))))
-               for d in fake]
-    if labels is not None:
-        try:
-            groups += read_label_csv(labels)
-        except (OSError, ValueError) as error:
-            fail(f"--csv: {error}")
-    for group in groups:
-        if not group.paths:
-            fail(f"no images found in {group.name}")
+    condition = "matched" if matched else condition
+    if condition not in CONDITIONS:
+        fail(f"--condition {condition!r} is not one of {', '.join(CONDITIONS)}")
+    try:
+        files = files_from_folders(real, [], parse_extensions(include))
+        files += files_from_folders([], fake, parse_extensions(include))
+        files += files_from_csv(labels) if labels is not None else []
+    except (OSError, ValueError) as error:
+        fail(f"--csv: {error}")
+    groups = labelled_sets(files)
+    for folder in (*real, *fake):
+        if not any(g.name == str(folder) for g in groups):
+            fail(f"no images found in {folder}")
     if plot is not None and not plot.parent.is_dir():
         fail(f"--plot {plot}: folder {plot.parent} does not exist")
     if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
         fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
-    detector = load_detector(model, device, patches, batch_size,
-                             match_crop=512 if matched else None)
+    loaded = load_detector(model, detector_name, device, patches, batch_size,
+                           condition=condition)
     results: dict[str, tuple[str, list[ScanRecord]]] = {}
     with progress_bar(sum(len(g.paths) for g in groups), "evaluating", disable=quiet) as advance:
         for group in groups:
             records = []
-            for record in scan(group.paths, detector, workers):
+            for record in scan(group.paths, loaded.detector, loaded.identity, loaded.tiles,
+                               workers):
                 records.append(record)
                 advance(1)
             results[group.name] = (group.label, records)
     rows = evaluate_groups(results)
-    note = (f"threshold {detector.density.threshold:.2f} = {detector.density.fpr:.1%} FPR "
-            "on held-out real photos" + ("; matched processing" if matched else "; as-is"))
+    calibration = loaded.detector.calibration
+    note = (f"detector {loaded.detector.name}, threshold {calibration.threshold:.3f} = "
+            f"{calibration.fpr:.1%} FPR on held-out real photos; "
+            f"{CONDITIONS[condition].describe()}")
     write_evaluation(rows, output_format, sys.stdout, note, {
-        "threshold": detector.density.threshold, "matched_processing": matched,
-        "model": detector.identity,
+        "detector": loaded.detector.name, "threshold": calibration.threshold,
+        "calibrated_fpr": calibration.fpr, "condition": condition,
+        "processing": CONDITIONS[condition].describe(),
+        "matched_processing": condition == "matched", "model": loaded.identity,
+        "pairs": pair_metrics(results),
     })
     if plot is not None:
         try:

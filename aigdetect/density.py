@@ -7,9 +7,10 @@ AI image is needed to fit it, so it is not tied to the generators of the day.
 
 The decision threshold is calibrated on *held-out* real photos: it is the
 log-likelihood below which the target share (``fpr``) of real photos fall. Those
-held-out scores are kept, so any score can be placed as a percentile among real
-photos. Everything is stored as plain arrays and JSON in one ``.npz`` file,
-read back with ``allow_pickle=False``: never a pickle.
+held-out scores are kept (:attr:`RealPhotoDensity.calibration`), so any score
+can be placed as a percentile among real photos. Everything is stored as plain
+arrays and JSON in one ``.npz`` file, read back with ``allow_pickle=False``:
+never a pickle.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.mixture import GaussianMixture
 
+from .calibration import Calibration
 from .files import atomic_write
 
 FORMAT = "aigdetect.density"
@@ -117,30 +119,12 @@ class RealPhotoDensity:
         return self.mixture.score_samples(self.pca.transform(features))
 
     @property
-    def spread(self) -> float:
-        """Robust scale of real-photo log-likelihoods (IQR / 1.349 ~ one sigma)."""
-        q1, q3 = np.quantile(self.calibration_scores, [0.25, 0.75])
-        return float(max((q3 - q1) / 1.349, 1e-6))
-
-    def margin(self, log_likelihood: np.ndarray | float,
-               threshold: float | None = None) -> np.ndarray:
-        """Distance below the threshold in units of the real photos' spread
-        (positive = flagged), so it means the same across models."""
-        threshold = self.threshold if threshold is None else threshold
-        return (threshold - np.asarray(log_likelihood, dtype=np.float64)) / self.spread
-
-    def suspicion(self, log_likelihood: np.ndarray | float,
-                  threshold: float | None = None) -> np.ndarray:
-        """Score in (0, 1), higher = more likely AI; 0.5 exactly at the threshold:
-        the logistic of :meth:`margin`."""
-        margin = self.margin(log_likelihood, threshold)
-        return 1.0 / (1.0 + np.exp(-np.clip(margin, -500, 500)))
-
-    def percentile(self, log_likelihood: np.ndarray | float) -> np.ndarray:
-        """Share (in %) of held-out real photos scoring at or below this likelihood:
-        a low percentile means the image is less camera-like than almost every real photo."""
-        ranks = np.searchsorted(self.calibration_scores, np.asarray(log_likelihood), side="right")
-        return 100.0 * ranks / len(self.calibration_scores)
+    def calibration(self) -> Calibration:
+        """The held-out calibration as a detector calibration: raw statistic = the
+        negated log-likelihood (higher = more AI-like), same threshold."""
+        if len(self.calibration_scores) == 0:
+            raise DensityError("no calibration scores: calibrate() first")
+        return Calibration(np.sort(-self.calibration_scores), self.fpr, -self.threshold)
 
     # -- persistence --------------------------------------------------------
     def save(self, path: str | Path) -> None:

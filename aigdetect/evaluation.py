@@ -7,7 +7,6 @@ images; each real folder reports its false-positive rate; "overall" pools all.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from .labelled import LABEL_NAMES, LabelledFile
 from .scanning import ScanRecord
 
-REAL, AI = "real", "ai"
+REAL, AI = LABEL_NAMES[0], LABEL_NAMES[1]
 
 
 @dataclass
@@ -46,23 +46,15 @@ class GroupMetrics:
         return asdict(self)
 
 
-def read_label_csv(path: Path) -> list[LabelledSet]:
-    """``path,label`` rows (label ``real``/``ai``, or 0/1 with 1 = AI); header optional."""
-    groups: dict[str, list[Path]] = {REAL: [], AI: []}
-    with open(path, newline="") as handle:
-        for number, row in enumerate(csv.reader(handle), 1):
-            if not row or row[0].strip().lower() == "path":
-                continue
-            if len(row) < 2:
-                raise ValueError(f"{path}:{number}: expected 'path,label'")
-            label = row[1].strip().lower()
-            label = {"0": REAL, "1": AI, "fake": AI, "generated": AI}.get(label, label)
-            if label not in groups:
-                raise ValueError(f"{path}:{number}: label {row[1]!r} is neither real nor ai")
-            file = Path(row[0].strip())
-            groups[label].append(file if file.is_absolute() else path.parent / file)
-    return [LabelledSet(f"{path.name}:{label}", label, files)
-            for label, files in groups.items() if files]
+def labelled_sets(files: Sequence[LabelledFile]) -> list[LabelledSet]:
+    """Group labelled files by (label, group), in order of first appearance."""
+    sets: dict[tuple[int, str], LabelledSet] = {}
+    for file in files:
+        key = (file.label, file.group)
+        if key not in sets:
+            sets[key] = LabelledSet(file.group, LABEL_NAMES[file.label], [])
+        sets[key].paths.append(Path(file.path))
+    return list(sets.values())
 
 
 def _safe(metric, labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -73,14 +65,14 @@ def group_metrics(
     name: str, label: str, real: Sequence[ScanRecord], ai: Sequence[ScanRecord]
 ) -> GroupMetrics:
     """Metrics of AI records against real records (scored ones only; errors counted)."""
-    real_ok = [r for r in real if r.log_likelihood is not None]
-    ai_ok = [r for r in ai if r.log_likelihood is not None]
+    real_ok = [r for r in real if r.raw_score is not None]
+    ai_ok = [r for r in ai if r.raw_score is not None]
     errors = (len(real) - len(real_ok)) + (len(ai) - len(ai_ok))
     records = real_ok + ai_ok
     labels = np.array([0] * len(real_ok) + [1] * len(ai_ok))
-    # rank by log-likelihood (continuous); the 0-1 score saturates far from the threshold
-    suspicion = -np.array([r.log_likelihood for r in records], dtype=np.float64)
-    flagged = np.array([r.log_likelihood < r.threshold for r in records], dtype=bool)
+    # rank by the raw statistic (continuous); the 0-1 score saturates far from the threshold
+    suspicion = np.array([r.raw_score for r in records], dtype=np.float64)
+    flagged = np.array([r.raw_score > r.threshold for r in records], dtype=bool)
     return GroupMetrics(
         name=name, label=label, n_real=len(real_ok), n_ai=len(ai_ok), errors=errors,
         auc=_safe(roc_auc_score, labels, suspicion),
@@ -107,6 +99,23 @@ def evaluate_groups(
     return rows
 
 
+def pair_metrics(
+    results: dict[str, tuple[str, list[ScanRecord]]],
+) -> list[dict[str, float | int | str | None]]:
+    """AUC of every AI group against every real group, one at a time: which
+    generator is caught, against which kind of real photo."""
+    real_groups = [(n, recs) for n, (label, recs) in results.items() if label == REAL]
+    ai_groups = [(n, recs) for n, (label, recs) in results.items() if label == AI]
+    pairs = []
+    for ai_name, ai_records in ai_groups:
+        for real_name, real_records in real_groups:
+            row = group_metrics(ai_name, AI, real_records, ai_records)
+            pairs.append({"ai": ai_name, "real": real_name, "n_ai": row.n_ai,
+                          "n_real": row.n_real, "auc": row.auc,
+                          "average_precision": row.average_precision})
+    return pairs
+
+
 def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> None:
     """ROC curve of each AI group against all real images, and overall, to an image file."""
     try:
@@ -115,9 +124,9 @@ def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> 
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install 'aigdetect[plot]'") from None
-    real = [r.log_likelihood for label, recs in results.values() if label == REAL
-            for r in recs if r.log_likelihood is not None]
-    curves = {name: [r.log_likelihood for r in recs if r.log_likelihood is not None]
+    real = [r.raw_score for label, recs in results.values() if label == REAL
+            for r in recs if r.raw_score is not None]
+    curves = {name: [r.raw_score for r in recs if r.raw_score is not None]
               for name, (label, recs) in results.items() if label == AI}
     curves["overall"] = [v for values in curves.values() for v in values]
     figure, axes = plt.subplots(figsize=(5, 5))
@@ -125,7 +134,7 @@ def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> 
         if not ai or not real:
             continue
         labels = np.array([0] * len(real) + [1] * len(ai))
-        scores = -np.array(real + ai, dtype=np.float64)
+        scores = np.array(real + ai, dtype=np.float64)
         fpr, tpr, _ = roc_curve(labels, scores)
         auc = roc_auc_score(labels, scores)
         axes.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})",

@@ -23,9 +23,10 @@ from .network import ExifExtractor
 from .patches import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
+    Processing,
+    apply_processing,
     grid_tiles,
     load_image,
-    matched_processing,
 )
 
 #: Smallest conv batch. oneDNN picks other kernels for batches of 1 or 3 tiles,
@@ -60,9 +61,8 @@ class TileSettings:
     patch_size: int = 64
     max_tiles: int | None = 16  # None = every tile of the grid
     max_pixels: int = DEFAULT_MAX_PIXELS
-    #: evaluation only: centre-crop to this size and re-encode as JPEG first
-    match_crop: int | None = None
-    match_quality: int = 90
+    #: evaluation only: processing applied before tiling (see ``patches.CONDITIONS``)
+    processing: Processing | None = None
 
 
 def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
@@ -77,10 +77,9 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
         record.format, record.width, record.height = image.format, image.width, image.height
         record.notes = list(image.notes)
         pixels = image.pixels
-        if settings.match_crop:
-            pixels = matched_processing(pixels, settings.match_crop, settings.match_quality)
-            record.notes.append(f"matched processing: {settings.match_crop}px crop, "
-                                f"JPEG q{settings.match_quality}")
+        if settings.processing is not None and settings.processing != Processing():
+            pixels = apply_processing(pixels, settings.processing)
+            record.notes.append(f"processed for evaluation: {settings.processing.describe()}")
         upscaled = min(pixels.shape[:2]) < settings.patch_size
         record.tiles = grid_tiles(pixels, settings.patch_size, settings.max_tiles, record.notes)
         if settings.max_tiles and not upscaled and len(record.tiles) < settings.max_tiles:

@@ -18,11 +18,11 @@ import numpy as np
 from .checkpoint import load_model, save_checkpoint
 from .dataset import Photo, split_by_camera
 from .density import DensityError, RealPhotoDensity
+from .detectors import DENSITY_FILE, EXTRACTOR_FILE
 from .exif import read_labels
 from .features import FeatureExtractor, TileSettings, prepare_stream
 from .files import atomic_write, file_sha256
 from .runtime import pick_device
-from .scanning import DENSITY_FILE, EXTRACTOR_FILE
 
 Progress = Callable[[int], None]
 

@@ -135,23 +135,49 @@ def _to_rgb8(image: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def matched_processing(pixels: np.ndarray, crop: int = 512, quality: int = 90) -> np.ndarray:
-    """Centre-crop to ``crop`` px (no resampling) and re-encode as JPEG ``quality``.
+@dataclass(frozen=True)
+class Processing:
+    """Processing applied alike to every image of an evaluation, in this order."""
 
-    Applied to real and AI images alike before an evaluation, it takes file
-    format, size and compression history out of the comparison, so a detector
-    cannot win by spotting PNGs or odd sizes.
-    """
-    height, width = pixels.shape[:2]
-    side_h, side_w = min(crop, height), min(crop, width)
-    top, left = (height - side_h) // 2, (width - side_w) // 2
-    region = pixels[top : top + side_h, left : left + side_w]
-    cropped = Image.fromarray(np.ascontiguousarray(region))
-    buffer = io.BytesIO()
-    cropped.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as reencoded:
-        return np.asarray(reencoded.convert("RGB"), dtype=np.uint8)
+    crop: int | None = None  # centre crop to this side, no resampling
+    short_side: int | None = None  # bicubic resize so the shorter side is this
+    quality: int | None = None  # re-encode as JPEG at this quality
+
+    def describe(self) -> str:
+        steps = ([f"{self.crop}px centre crop"] if self.crop else []) + (
+            [f"short side {self.short_side}px bicubic"] if self.short_side else []) + (
+            [f"JPEG q{self.quality}"] if self.quality else [])
+        return ", ".join(steps) or "as is"
+
+
+#: The benchmark's conditions. ``matched`` takes size and format out of the
+#: comparison (a detector cannot win by spotting PNGs or odd sizes); ``web`` is
+#: what a photo goes through on its way to a social network.
+CONDITIONS = {
+    "asis": Processing(),
+    "matched": Processing(crop=256, quality=90),
+    "web": Processing(short_side=512, quality=75),
+}
+
+
+def apply_processing(pixels: np.ndarray, processing: Processing) -> np.ndarray:
+    """Crop, resize and re-encode ``pixels`` as ``processing`` says."""
+    if processing.crop:
+        height, width = pixels.shape[:2]
+        side_h, side_w = min(processing.crop, height), min(processing.crop, width)
+        top, left = (height - side_h) // 2, (width - side_w) // 2
+        pixels = pixels[top : top + side_h, left : left + side_w]
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    if processing.short_side:
+        scale = processing.short_side / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    if processing.quality:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=processing.quality)
+        buffer.seek(0)
+        image = Image.open(buffer).convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
 
 
 def ensure_min_size(pixels: np.ndarray, size: int, notes: list[str] | None = None) -> np.ndarray:

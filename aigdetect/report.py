@@ -20,21 +20,23 @@ from . import __version__
 from .evaluation import GroupMetrics
 from .scanning import ScanRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMATS = ("table", "json", "jsonl", "csv")
+#: Weight hashes of a record's model, flattened into CSV columns.
+MODEL_HASHES = ("extractor_sha256", "density_sha256", "binary_sha256", "calibration_sha256")
 CSV_COLUMNS = (
-    "path", "sha256", "format", "width", "height", "score", "log_likelihood", "threshold",
-    "verdict", "percentile", "patches", "elapsed_ms", "detector", "model_name", "model_version",
-    "extractor_sha256", "density_sha256", "notes", "error",
+    "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
+    "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "patches",
+    "elapsed_ms", "detector", "model_name", "model_version", *MODEL_HASHES, "notes", "error",
 )
 _VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta"}
 
 
 def ranked(records: Sequence[ScanRecord]) -> list[ScanRecord]:
-    """Most suspicious first (lowest log-likelihood); unreadable files last, by path."""
-    scored = sorted((r for r in records if r.log_likelihood is not None),
-                    key=lambda r: (r.log_likelihood, r.path))
-    failed = sorted((r for r in records if r.log_likelihood is None), key=lambda r: r.path)
+    """Most suspicious first (highest raw score); unreadable files last, by path."""
+    scored = sorted((r for r in records if r.raw_score is not None),
+                    key=lambda r: (-r.raw_score, r.path))
+    failed = sorted((r for r in records if r.raw_score is None), key=lambda r: r.path)
     return scored + failed
 
 
@@ -48,28 +50,36 @@ def _size(record: ScanRecord) -> str:
 
 
 def scan_table(records: Sequence[ScanRecord]) -> Table:
-    table = Table(title="aigdetect scan (most suspicious first)", title_justify="left")
+    """Ranked table; a fused scan adds one column per component's score."""
+    detectors = sorted({r.detector for r in records if r.detector})
+    title = f"aigdetect scan, detector {', '.join(detectors) or '-'} (most suspicious first)"
+    table = Table(title=title, title_justify="left")
+    components = sorted({name for r in records if len(r.components) > 1 for name in r.components})
     table.add_column("path", overflow="fold")
     table.add_column("score", justify="right")
     table.add_column("verdict")
+    for name in components:
+        table.add_column(name, justify="right")
     table.add_column("real pct", justify="right")
     table.add_column("size", justify="right")
     table.add_column("note", overflow="fold")
     for r in ranked(records):
         verdict = Text(r.verdict, style=_VERDICT_STYLE.get(r.verdict, ""))
-        score = f"{r.score:.3f}" if r.score is not None else "-"
+        parts = [_fmt(r.components.get(name, {}).get("score")) for name in components]
         percentile = f"{r.percentile:.1f}" if r.percentile is not None else "-"
         note = r.error or "; ".join(r.notes)
-        table.add_row(r.path, score, verdict, percentile, _size(r), note)
+        table.add_row(r.path, _fmt(r.score), verdict, *parts, percentile, _size(r), note)
     return table
 
 
 def _csv_row(record: ScanRecord) -> dict[str, Any]:
     data = record.to_dict()
     model = data.pop("model") or {}
+    components = data.pop("components") or {}
     data.update(model_name=model.get("name"), model_version=model.get("version"),
-                extractor_sha256=model.get("extractor_sha256"),
-                density_sha256=model.get("density_sha256"),
+                **{key: model.get(key) for key in MODEL_HASHES},
+                oneclass_score=components.get("oneclass", {}).get("score"),
+                binary_score=components.get("binary", {}).get("score"),
                 notes="; ".join(record.notes))
     return {column: data.get(column) for column in CSV_COLUMNS}
 

@@ -119,35 +119,17 @@ def test_score_samples_lower_far_away(fitted: RealPhotoDensity, features: np.nda
     assert fitted.score_samples(centre).shape == (1,)
 
 
-def test_suspicion_half_at_threshold_and_monotone(fitted: RealPhotoDensity) -> None:
-    assert float(fitted.suspicion(fitted.threshold)) == 0.5
-    assert float(fitted.margin(fitted.threshold)) == 0.0
-    grid = fitted.threshold + np.linspace(-20, 20, 201) * fitted.spread
-    values = fitted.suspicion(grid)
-    assert np.all((values >= 0.0) & (values <= 1.0))
-    assert np.all(np.diff(values) <= 0)  # higher likelihood, less suspicious
-    assert values[0] > 0.99 and values[-1] < 0.01
-    # an explicit threshold overrides the calibrated one
-    assert float(fitted.suspicion(-3.0, threshold=-3.0)) == 0.5
-    assert float(fitted.suspicion(-1e9)) == pytest.approx(1.0)
-    assert float(fitted.suspicion(1e9)) == pytest.approx(0.0)
-
-
-def test_spread_positive(fitted: RealPhotoDensity) -> None:
-    q1, q3 = np.quantile(fitted.calibration_scores, [0.25, 0.75])
-    assert fitted.spread == pytest.approx((q3 - q1) / 1.349)
-    assert fitted.spread > 0
-
-
-def test_percentile_range(fitted: RealPhotoDensity) -> None:
-    calibration = fitted.calibration_scores
-    grid = np.linspace(calibration.min() - 100, calibration.max() + 100, 301)
-    values = fitted.percentile(grid)
-    assert np.all((values >= 0.0) & (values <= 100.0))
-    assert np.all(np.diff(values) >= 0)
-    assert float(fitted.percentile(-1e12)) == 0.0
-    assert float(fitted.percentile(1e12)) == 100.0
-    assert float(fitted.percentile(np.median(calibration))) == pytest.approx(50.0, abs=1.0)
+def test_calibration_is_the_negated_log_likelihood(fitted: RealPhotoDensity) -> None:
+    calibration = fitted.calibration
+    assert calibration.threshold == -fitted.threshold and calibration.fpr == fitted.fpr
+    # the same photos flagged either way: raw > threshold <=> log-likelihood < threshold
+    lls = np.linspace(fitted.threshold - 50, fitted.threshold + 50, 101)
+    flagged_raw = np.array([calibration.margin(-ll) > 0 for ll in lls])
+    assert np.array_equal(flagged_raw, lls < fitted.threshold)
+    # a percentile among real photos: share of them with a lower log-likelihood
+    median = float(np.median(fitted.calibration_scores))
+    assert calibration.percentile(-median) == pytest.approx(50.0, abs=1.0)
+    assert calibration.percentile(1e12) == 0.0 and calibration.percentile(-1e12) == 100.0
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag", "tied", "spherical"])
@@ -171,10 +153,8 @@ def test_save_load_round_trip(
     assert loaded.pca_dim == 6
     assert loaded.info == json.loads(json.dumps(density.info))
     assert loaded.provenance == density.provenance
-    assert loaded.spread == density.spread
-    values = density.score_samples(probe)
-    assert np.array_equal(loaded.suspicion(values), density.suspicion(values))
-    assert np.array_equal(loaded.percentile(values), density.percentile(values))
+    assert loaded.calibration.spread == density.calibration.spread
+    assert np.array_equal(loaded.score_samples(probe), density.score_samples(probe))
     # set_fpr still works after loading (calibration scores were saved)
     loaded.set_fpr(0.5)
     assert loaded.threshold == pytest.approx(float(np.median(density.calibration_scores)))

@@ -9,20 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers_images import invoke, noise_jpeg, smooth_png
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
-from aigdetect.density import RealPhotoDensity
-from aigdetect.evaluation import (
-    AI,
-    REAL,
-    evaluate_groups,
-    group_metrics,
-    read_label_csv,
-)
-from aigdetect.scanning import DENSITY_FILE, ScanRecord, default_model_dir
+from aigdetect.detectors import DetectorFolder
+from aigdetect.evaluation import AI, REAL, evaluate_groups, group_metrics, labelled_sets
+from aigdetect.labelled import files_from_csv
+from aigdetect.scanning import ScanRecord
 
 FAST = ["--workers", "0", "--patches", "4"]
 GROUP_KEYS = {"name", "label", "n_real", "n_ai", "errors", "auc", "average_precision",
@@ -55,8 +51,10 @@ def test_json_document(evaluation: dict[str, Any], sets: dict[str, Path]) -> Non
     assert document["matched_processing"] is False
     assert isinstance(document["schema_version"], int)
     assert set(document["model"]) >= {"name", "extractor_sha256", "density_sha256"}
-    density = RealPhotoDensity.load(default_model_dir() / DENSITY_FILE)
-    assert document["threshold"] == pytest.approx(density.threshold)
+    folder = DetectorFolder.open(None)
+    detector = folder.build(None, torch.device("cpu"))
+    assert document["detector"] == folder.default
+    assert document["threshold"] == pytest.approx(detector.calibration.threshold)
     groups = {g["name"]: g for g in document["groups"]}
     assert list(groups) == [str(sets["real"]), str(sets["fake"]), "overall"]
     assert all(set(g) >= GROUP_KEYS for g in groups.values())
@@ -77,20 +75,20 @@ def test_json_document(evaluation: dict[str, Any], sets: dict[str, Path]) -> Non
 
 def test_metrics_agree_with_scan(runner: CliRunner, evaluation: dict[str, Any],
                                  sets: dict[str, Path]) -> None:
-    """The AUC, FPR and TPR of evaluate are those of scan's log-likelihoods."""
-    lls = {}
+    """The AUC, FPR and TPR of evaluate are those of scan's raw scores."""
+    raw = {}
     threshold = None
     for kind in ("real", "fake"):
         scanned = invoke(runner, ["scan", sets[kind], "-f", "json", *FAST])
         records = [r for r in json.loads(scanned.stdout)["results"] if r["verdict"] != "error"]
-        lls[kind] = np.array([r["log_likelihood"] for r in records])
+        raw[kind] = np.array([r["raw_score"] for r in records])
         threshold = records[0]["threshold"]
-    labels = np.array([0] * len(lls["real"]) + [1] * len(lls["fake"]))
-    expected_auc = roc_auc_score(labels, -np.concatenate([lls["real"], lls["fake"]]))
+    labels = np.array([0] * len(raw["real"]) + [1] * len(raw["fake"]))
+    expected_auc = roc_auc_score(labels, np.concatenate([raw["real"], raw["fake"]]))
     overall = evaluation["document"]["groups"][-1]
     assert overall["auc"] == pytest.approx(expected_auc)
-    assert overall["fpr"] == pytest.approx(float(np.mean(lls["real"] < threshold)))
-    assert overall["tpr"] == pytest.approx(float(np.mean(lls["fake"] < threshold)))
+    assert overall["fpr"] == pytest.approx(float(np.mean(raw["real"] > threshold)))
+    assert overall["tpr"] == pytest.approx(float(np.mean(raw["fake"] > threshold)))
 
 
 def test_table(runner: CliRunner, sets: dict[str, Path]) -> None:
@@ -198,10 +196,11 @@ def test_usage_errors(runner: CliRunner, sets: dict[str, Path], tmp_path: Path,
 # ---------------------------------------------------------------------------
 
 def rec(log_likelihood: float | None, threshold: float = -5.0) -> ScanRecord:
+    """A one-class record: raw score = the negated log-likelihood, threshold likewise."""
     if log_likelihood is None:
         return ScanRecord(path="broken.jpg", error="empty file (0 bytes)")
     return ScanRecord(path=f"{log_likelihood}.jpg", log_likelihood=log_likelihood,
-                      threshold=threshold, verdict="real")
+                      raw_score=-log_likelihood, threshold=-threshold, verdict="real")
 
 
 def test_group_metrics_perfect_separation() -> None:
@@ -274,11 +273,11 @@ def test_evaluate_groups_rows() -> None:
 def test_read_label_csv(tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("a.jpg,real\nsub/b.png,1\n/abs/c.jpg,FAKE\n\nd.jpg,0\n")
-    groups = {g.label: g for g in read_label_csv(labels)}
+    groups = {g.label: g for g in labelled_sets(files_from_csv(labels))}
     assert groups[REAL].paths == [tmp_path / "a.jpg", tmp_path / "d.jpg"]
     assert groups[AI].paths == [tmp_path / "sub" / "b.png", Path("/abs/c.jpg")]
     assert groups[REAL].name == "labels.csv:real"
     bad = tmp_path / "bad.csv"
     bad.write_text("only-a-path\n")
     with pytest.raises(ValueError):
-        read_label_csv(bad)
+        files_from_csv(bad)

@@ -19,8 +19,8 @@ from aigdetect import weights as shipped_weights
 from aigdetect.checkpoint import load_model, read_checkpoint, save_checkpoint
 from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
 from aigdetect.density import RealPhotoDensity
+from aigdetect.detectors import DENSITY_FILE, EXTRACTOR_FILE
 from aigdetect.patches import tile_count
-from aigdetect.scanning import DENSITY_FILE, EXTRACTOR_FILE
 
 EXTRACTOR = Path(shipped_weights.__file__).parent / EXTRACTOR_FILE
 FIT_FAST = ["--patches", "4", "--components", "1", "--pca-dim", "4", "--workers", "0"]

@@ -19,12 +19,13 @@ from aigdetect.report import (
     write_jsonl_record,
     write_scan,
 )
-from aigdetect.scanning import DETECTOR_NAME, ScanRecord
+from aigdetect.scanning import ScanRecord
 
 #: Every key of a scan record, as documented (README JSON schema).
 RECORD_KEYS = {
-    "path", "sha256", "format", "width", "height", "score", "log_likelihood", "threshold",
-    "verdict", "percentile", "patches", "elapsed_ms", "detector", "model", "notes", "error",
+    "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
+    "verdict", "percentile", "log_likelihood", "patches", "elapsed_ms", "detector",
+    "components", "model", "notes", "error",
 }
 MODEL_KEYS = {"name", "version", "extractor_sha256", "density_sha256"}
 MODEL = {"name": "default", "version": "0.1.0", "extractor_sha256": "e" * 64,
@@ -32,10 +33,12 @@ MODEL = {"name": "default", "version": "0.1.0", "extractor_sha256": "e" * 64,
 
 
 def scored(path: str, log_likelihood: float, verdict: str, score: float) -> ScanRecord:
+    """A one-class record (raw score = the negated log-likelihood)."""
     return ScanRecord(path=path, sha256="a" * 64, format="JPEG", width=256, height=192,
-                      score=score, log_likelihood=log_likelihood, threshold=-50.0,
-                      verdict=verdict, percentile=12.5, patches=4, elapsed_ms=3.2,
-                      model=dict(MODEL), notes=["a note", "another"])
+                      score=score, raw_score=-log_likelihood, log_likelihood=log_likelihood,
+                      threshold=50.0, verdict=verdict, percentile=12.5, patches=4,
+                      elapsed_ms=3.2, detector="oneclass", model=dict(MODEL),
+                      notes=["a note", "another"])
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def records() -> list[ScanRecord]:
     ]
 
 
-def test_ranked_lowest_likelihood_first_errors_last(records: list[ScanRecord]) -> None:
+def test_ranked_highest_raw_score_first_errors_last(records: list[ScanRecord]) -> None:
     order = [r.path for r in ranked(records)]
     assert order == ["a.jpg", "d.png", "c.png", "b.jpg", "aa_missing.jpg", "zz_broken.jpg"]
     assert len(ranked(records)) == len(records)
@@ -65,7 +68,7 @@ def test_summary_counts(records: list[ScanRecord]) -> None:
 def test_record_defaults() -> None:
     record = ScanRecord(path="x.jpg")
     assert record.verdict == "error"
-    assert record.detector == DETECTOR_NAME
+    assert record.detector is None and record.components == {}
     assert set(record.to_dict()) >= RECORD_KEYS
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers_images import (
     BAD_NAMES,
     ODD_NAMES,
@@ -33,18 +34,19 @@ from helpers_images import (
 from PIL import Image
 from typer.testing import CliRunner
 
+from aigdetect.calibration import UNCERTAIN_BAND, Calibration
 from aigdetect.checkpoint import read_checkpoint
 from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, EXIT_USAGE
-from aigdetect.density import RealPhotoDensity
+from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
 from aigdetect.patches import tile_count
-from aigdetect.scanning import DENSITY_FILE, EXTRACTOR_FILE, UNCERTAIN_BAND, default_model_dir
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FAST = ["--workers", "0", "--patches", "4"]
 VERDICTS = {"ai", "real", "uncertain"}
 RECORD_KEYS = {
-    "path", "sha256", "format", "width", "height", "score", "log_likelihood", "threshold",
-    "verdict", "percentile", "patches", "elapsed_ms", "detector", "model", "notes", "error",
+    "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
+    "verdict", "percentile", "log_likelihood", "patches", "elapsed_ms", "detector",
+    "components", "model", "notes", "error",
 }
 
 
@@ -57,9 +59,15 @@ def expected_exit(records: list[dict[str, Any]]) -> int:
 
 
 @pytest.fixture(scope="module")
-def density() -> RealPhotoDensity:
-    """The shipped density model, read directly (to check records against it)."""
-    return RealPhotoDensity.load(default_model_dir() / DENSITY_FILE)
+def shipped() -> DetectorFolder:
+    """The shipped detector folder, read directly (to check records against it)."""
+    return DetectorFolder.open(None)
+
+
+@pytest.fixture(scope="module")
+def calibration(shipped: DetectorFolder) -> Calibration:
+    """The calibration of the shipped default detector."""
+    return shipped.build(None, torch.device("cpu")).calibration
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +107,7 @@ def test_unreadable_files_are_error_records(zoo_scan) -> None:
         record = zoo_scan["by_name"][name]
         assert record["verdict"] == "error", name
         assert isinstance(record["error"], str) and record["error"].strip(), name
-        assert record["score"] is None and record["log_likelihood"] is None, name
+        assert record["score"] is None and record["raw_score"] is None, name
         assert record["patches"] == 0
     by_name = zoo_scan["by_name"]
     assert "empty" in by_name["empty.jpg"]["error"]
@@ -115,7 +123,7 @@ def test_readable_files_are_scored(zoo_scan, images) -> None:
         assert record["error"] is None, (name, record["error"])
         assert record["verdict"] in VERDICTS, name
         assert 0.0 <= record["score"] <= 1.0
-        assert math.isfinite(record["log_likelihood"])
+        assert math.isfinite(record["raw_score"])
         assert 0.0 <= record["percentile"] <= 100.0
         assert 1 <= record["patches"] <= 4
         assert record["elapsed_ms"] >= 0
@@ -137,24 +145,24 @@ def test_record_metadata_matches_files(zoo_scan, images) -> None:
                 assert record["format"] == image.format
 
 
-def test_records_consistent_with_detector(zoo_scan, density: RealPhotoDensity) -> None:
+def test_records_consistent_with_detector(zoo_scan, shipped: DetectorFolder,
+                                         calibration: Calibration) -> None:
     model_dir = default_model_dir()
-    identity = {
-        "name": "default",
-        "extractor_sha256": hashlib.sha256((model_dir / EXTRACTOR_FILE).read_bytes()).hexdigest(),
-        "density_sha256": hashlib.sha256((model_dir / DENSITY_FILE).read_bytes()).hexdigest(),
-    }
-    spread = density.spread
+    identity = {"name": "default", **{
+        key: hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+        for key, name in (("extractor_sha256", EXTRACTOR_FILE), ("density_sha256", "density.npz"))
+    }}
+    spread = calibration.spread
     for record in zoo_scan["document"]["results"]:
-        assert record["detector"] == "aigdetect-oneclass"
+        assert record["detector"] == shipped.default
         assert {k: record["model"][k] for k in identity} == identity
         assert record["model"]["version"]
         if record["verdict"] == "error":
             continue
-        assert record["threshold"] == pytest.approx(density.threshold, abs=1e-4)
-        margin = (record["threshold"] - record["log_likelihood"]) / spread
+        assert record["threshold"] == pytest.approx(calibration.threshold, abs=1e-4)
+        margin = (record["raw_score"] - record["threshold"]) / spread
         assert record["score"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-4)
-        assert (record["score"] > 0.5) == (record["log_likelihood"] < record["threshold"]) or \
+        assert (record["score"] > 0.5) == (record["raw_score"] > record["threshold"]) or \
             abs(margin) < 1e-3
         if margin > UNCERTAIN_BAND + 1e-3:
             assert record["verdict"] == "ai"
@@ -162,17 +170,17 @@ def test_records_consistent_with_detector(zoo_scan, density: RealPhotoDensity) -
             assert record["verdict"] == "real"
         elif abs(margin) < UNCERTAIN_BAND - 1e-3:
             assert record["verdict"] == "uncertain"
-        expected_pct = 100.0 * np.searchsorted(
-            density.calibration_scores, record["log_likelihood"], side="right"
-        ) / len(density.calibration_scores)
+        real = calibration.real_scores
+        expected_pct = 100.0 * np.mean(real >= record["raw_score"])
         assert record["percentile"] == pytest.approx(expected_pct, abs=0.01 + 1e-9) or \
-            abs(record["log_likelihood"] - density.calibration_scores).min() < 1e-3
+            abs(record["raw_score"] - real).min() < 1e-3
+        assert record["detector"] in record["components"] or len(record["components"]) == 2
 
 
-def test_results_ranked_by_log_likelihood(zoo_scan) -> None:
+def test_results_ranked_by_raw_score(zoo_scan) -> None:
     results = zoo_scan["document"]["results"]
-    scored = [r["log_likelihood"] for r in results if r["verdict"] != "error"]
-    assert scored == sorted(scored)
+    scored = [r["raw_score"] for r in results if r["verdict"] != "error"]
+    assert scored == sorted(scored, reverse=True)
     verdicts = [r["verdict"] for r in results]
     first_error = verdicts.index("error")
     assert all(v == "error" for v in verdicts[first_error:])
@@ -310,19 +318,18 @@ def test_threshold_override(runner, images) -> None:
     assert [r["verdict"] for r in records_low] == ["real"] * 3
     assert all(r["score"] == pytest.approx(0.0) for r in records_low)
     assert low.exit_code == EXIT_CLEAN
-    # the threshold moves the verdict, never the log-likelihood
-    assert sorted(r["log_likelihood"] for r in records) == \
-        sorted(r["log_likelihood"] for r in records_low)
+    # the threshold moves the verdict, never the raw score
+    assert sorted(r["raw_score"] for r in records) == sorted(r["raw_score"] for r in records_low)
 
 
-def test_fpr_resets_threshold(runner, images, density: RealPhotoDensity) -> None:
+def test_fpr_resets_threshold(runner, images, calibration: Calibration) -> None:
     for fpr in (0.5, 0.9):
         result = invoke(runner, ["scan", images["good"][0], "-f", "json", "--fpr", str(fpr),
                                  *FAST])
         record = parse_json_stdout(result.stdout)["results"][0]
-        expected = float(np.quantile(density.calibration_scores, fpr))
+        expected = float(np.quantile(calibration.real_scores, 1 - fpr))
         assert record["threshold"] == pytest.approx(expected, abs=1e-4)
-        assert (record["score"] > 0.5) == (record["log_likelihood"] < record["threshold"])
+        assert (record["score"] > 0.5) == (record["raw_score"] > record["threshold"])
 
 
 def scan_jsonl(runner, paths, *extra) -> list[dict[str, Any]]:
@@ -334,7 +341,7 @@ def test_deterministic_across_runs_workers_and_order(runner, images) -> None:
     paths = [*images["good"], images["zoo"]["corrupt.jpg"], images["zoo"]["cmyk.jpg"]]
 
     def key(records):
-        return [(r["path"], r["log_likelihood"], r["score"], r["verdict"], r["sha256"],
+        return [(r["path"], r["raw_score"], r["score"], r["verdict"], r["sha256"],
                  r["patches"]) for r in records]
 
     first = scan_jsonl(runner, paths, "--workers", "0")
@@ -353,7 +360,7 @@ def test_deterministic_across_batch_sizes(runner, images) -> None:
     """--batch-size changes how tiles are grouped, never the scores."""
     paths = images["good"][:2]
     results = [
-        [(r["path"], r["log_likelihood"], r["score"])
+        [(r["path"], r["raw_score"], r["score"])
          for r in scan_jsonl(runner, paths, "--workers", "0", "--patches", "12",
                              "--batch-size", size)]
         for size in ("8", "9", "256")
@@ -376,12 +383,12 @@ def test_patches_all_and_counts(runner, images) -> None:
     assert counts == {"all": grid, "ALL": grid, "4": min(4, grid), "1": 1, "500": grid}
 
 
-def test_default_patches_come_from_detector(runner, images, density) -> None:
+def test_default_patches_come_from_detector(runner, images, shipped: DetectorFolder) -> None:
     meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
     grid = tile_count(192, 256, meta.config.patch_size)
     result = invoke(runner, ["scan", images["good"][0], "-f", "json", "--workers", "0"])
     record = parse_json_stdout(result.stdout)["results"][0]
-    assert record["patches"] == min(grid, density.provenance.get("patches", 32))
+    assert record["patches"] == min(grid, shipped.tiles().max_tiles)
 
 
 def test_max_pixels_guard(runner, tmp_path) -> None:

@@ -1,0 +1,169 @@
+"""Training data for the binary detector: labelled files, balanced, augmented alike.
+
+Three rules keep the detector from learning shortcuts that say nothing about
+generation:
+
+* **Both classes are augmented alike** (random downscale, blur, JPEG at a random
+  quality, crops at native resolution), so file format, size and compression
+  history cannot separate them: most AI images arrive as PNG or WebP, most
+  camera photos as JPEG.
+* **Generators are balanced**: each group (a generator family, a folder) is
+  drawn with probability proportional to the square root of its size, so one
+  big family does not define "AI" and a handful of images is not repeated to
+  death.
+* **Processed real photos belong on the real side** (give them as a ``--real``
+  folder): resizing and editing must not read as "AI".
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch.utils.data import Dataset
+
+from .dataset import Photo, split_by_camera
+from .exif import ExifLabels, read_labels
+from .labelled import AI, LABEL_NAMES, REAL, LabelledFile
+from .patches import (
+    CONDITIONS,
+    ImageReadError,
+    apply_processing,
+    grid_tiles,
+    load_image,
+    random_crops,
+)
+
+
+def split_for_validation(
+    files: Sequence[LabelledFile], fraction: float, seed: int
+) -> tuple[list[LabelledFile], list[LabelledFile]]:
+    """Hold out ``fraction`` of every group; real photos by whole camera (EXIF make
+    and model), so validation measures what transfers to cameras not trained on."""
+    if fraction <= 0:
+        return list(files), []
+    train, val = [], []
+    for group in sorted({f.group for f in files}):
+        members = [f for f in files if f.group == group]
+        photos = [Photo(f.path, read_labels(f.path) if f.label == REAL else ExifLabels())
+                  for f in members]
+        _, held = split_by_camera(photos, fraction, seed) if len(members) > 1 else (photos, [])
+        held_paths = {p.path for p in held}
+        train += [f for f in members if f.path not in held_paths]
+        val += [f for f in members if f.path in held_paths]
+    return train, val
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random processing applied to real and AI images alike, in this order."""
+
+    downscale_p: float = 0.3
+    downscale_min: float = 0.5
+    blur_p: float = 0.1
+    blur_sigma_max: float = 1.0
+    jpeg_p: float = 0.9
+    jpeg_quality: tuple[int, int] = (60, 100)
+    #: work on a random native-resolution region of at most this side (speed)
+    region: int = 512
+
+    def __call__(self, pixels: np.ndarray, rng: np.random.Generator,
+                 patch_size: int) -> np.ndarray:
+        pixels = _random_region(pixels, self.region, rng)
+        image = Image.fromarray(pixels)
+        if rng.random() < self.downscale_p:
+            scale = rng.uniform(self.downscale_min, 1.0)
+            size = (round(image.width * scale), round(image.height * scale))
+            if min(size) >= patch_size:
+                image = image.resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < self.blur_p:
+            image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, self.blur_sigma_max)))
+        if rng.random() < self.jpeg_p:
+            buffer = io.BytesIO()
+            low, high = self.jpeg_quality
+            image.save(buffer, format="JPEG", quality=int(rng.integers(low, high + 1)))
+            buffer.seek(0)
+            image = Image.open(buffer).convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+
+
+def _random_region(pixels: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    top = int(rng.integers(0, max(1, height - side + 1)))
+    left = int(rng.integers(0, max(1, width - side + 1)))
+    return np.ascontiguousarray(pixels[top : top + side, left : left + side])
+
+
+def balanced_draw(files: Sequence[LabelledFile], count: int,
+                  rng: np.random.Generator) -> list[int]:
+    """``count`` indices into ``files``: a group with probability proportional to
+    the square root of its size, then a member uniformly."""
+    groups: dict[str, list[int]] = {}
+    for index, file in enumerate(files):
+        groups.setdefault(file.group, []).append(index)
+    names = sorted(groups)
+    weights = np.sqrt([len(groups[n]) for n in names])
+    chosen = rng.choice(len(names), size=count, p=weights / weights.sum())
+    return [int(rng.choice(groups[names[g]])) for g in chosen]
+
+
+class BinaryDataset(Dataset):
+    """Patches of labelled images: ``(patches, label, attempts)``.
+
+    Training: every epoch draws, per class, as many images as there are real
+    ones, group-balanced (see :func:`balanced_draw`), augments them and takes
+    ``patches`` random native-resolution crops: an unordered set, no positions.
+    Validation: every file once, deterministic, after a 256 px centre crop and
+    JPEG q90 (the benchmark's "matched" processing), so format cannot flatter it.
+    """
+
+    def __init__(self, files: Sequence[LabelledFile], patches: int, patch_size: int,
+                 train: bool, seed: int = 0, augmentation: Augmentation | None = None) -> None:
+        self.files = list(files)
+        self.patches = patches
+        self.patch_size = patch_size
+        self.train = train
+        self.seed = seed
+        self.augmentation = augmentation or Augmentation()
+        self.by_label = {label: [f for f in self.files if f.label == label] for label in (REAL, AI)}
+        self.per_class = len(self.by_label[REAL]) if train else 0
+        self.epoch_files = self.files
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.train:
+            return
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        self.epoch_files = []
+        for label in (REAL, AI):
+            pool = self.by_label[label]
+            self.epoch_files += [pool[i] for i in balanced_draw(pool, self.per_class, rng)]
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.epoch_files)
+
+    def __getitem__(self, index: int):
+        file = self.epoch_files[index]
+        pool = self.by_label[file.label]
+        for attempt in range(len(pool)):
+            candidate = file if attempt == 0 else pool[(index + attempt) % len(pool)]
+            try:
+                pixels = load_image(candidate.path).pixels
+            except ImageReadError:
+                continue
+            return torch.from_numpy(self._patches(pixels, index)), file.label, attempt
+        raise RuntimeError(f"no {LABEL_NAMES[file.label]} image could be decoded")
+
+    def _patches(self, pixels: np.ndarray, index: int) -> np.ndarray:
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            pixels = self.augmentation(pixels, rng, self.patch_size)
+            return random_crops(pixels, self.patches, self.patch_size, rng)
+        pixels = apply_processing(pixels, CONDITIONS["matched"])
+        tiles = grid_tiles(pixels, self.patch_size, self.patches)
+        return np.resize(tiles, (self.patches, *tiles.shape[1:]))  # fill small images

@@ -1,0 +1,90 @@
+"""Calibration: from a detector's raw statistic to a threshold, a score and a verdict.
+
+Every detector gives a raw statistic, higher = more AI-like (the one-class
+detector's negated log-likelihood, the binary detector's logit). Its scores on
+held-out real photos (never trained on) set the threshold at a stated
+false-positive rate, give any image a percentile among real photos, and give
+the spread that turns a distance from the threshold into a 0..1 score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Within this many real-photo spreads of the threshold the verdict is "uncertain".
+UNCERTAIN_BAND = 0.5
+
+
+@dataclass
+class Calibration:
+    """Held-out real scores (sorted) and the threshold at ``fpr`` among them."""
+
+    real_scores: np.ndarray
+    fpr: float
+    threshold: float
+
+    @classmethod
+    def fit(cls, real_scores: np.ndarray, fpr: float) -> Calibration:
+        """Threshold = the (1 - fpr) quantile of the real photos' raw scores."""
+        scores = np.sort(np.asarray(real_scores, dtype=np.float64))
+        if len(scores) == 0 or not np.isfinite(scores).all():
+            raise ValueError("calibration needs finite scores of at least one real photo")
+        calibration = cls(scores, fpr, float("nan"))
+        calibration.set_fpr(fpr)
+        return calibration
+
+    def set_fpr(self, fpr: float) -> None:
+        """Move the threshold to another false-positive rate on the same photos."""
+        if not 0.0 < fpr < 1.0:
+            raise ValueError(f"fpr must be between 0 and 1, not {fpr}")
+        self.fpr = float(fpr)
+        self.threshold = float(np.quantile(self.real_scores, 1.0 - fpr))
+
+    @property
+    def centre(self) -> float:
+        return float(np.median(self.real_scores))
+
+    @property
+    def spread(self) -> float:
+        """Robust scale of real-photo scores (IQR / 1.349 ~ one sigma)."""
+        q1, q3 = np.quantile(self.real_scores, [0.25, 0.75])
+        return float(max((q3 - q1) / 1.349, 1e-6))
+
+    def standardise(self, raw: float) -> float:
+        """Distance from the real photos' median in spreads: comparable across detectors."""
+        return (raw - self.centre) / self.spread
+
+    def margin(self, raw: float, threshold: float | None = None) -> float:
+        """Distance above the threshold in spreads (positive = flagged)."""
+        threshold = self.threshold if threshold is None else threshold
+        return (raw - threshold) / self.spread
+
+    def suspicion(self, raw: float, threshold: float | None = None) -> float:
+        """0..1, higher = more likely AI, exactly 0.5 at the threshold."""
+        return float(1.0 / (1.0 + np.exp(-np.clip(self.margin(raw, threshold), -500, 500))))
+
+    def percentile(self, raw: float) -> float:
+        """Share (%) of held-out real photos at least as suspicious as ``raw``:
+        0 means stranger than every real photo in calibration."""
+        below = np.searchsorted(self.real_scores, raw, side="left")
+        return float(100.0 * (len(self.real_scores) - below) / len(self.real_scores))
+
+    def verdict(self, raw: float, threshold: float | None = None) -> str:
+        margin = self.margin(raw, threshold)
+        if abs(margin) <= UNCERTAIN_BAND:
+            return "uncertain"
+        return "ai" if margin > 0 else "real"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fpr": self.fpr, "threshold": self.threshold,
+                "real_scores": [float(s) for s in self.real_scores]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        scores = np.sort(np.asarray(data["real_scores"], dtype=np.float64))
+        if scores.ndim != 1 or len(scores) == 0 or not np.isfinite(scores).all():
+            raise ValueError("calibration scores must be a non-empty list of finite numbers")
+        return cls(scores, float(data["fpr"]), float(data["threshold"]))

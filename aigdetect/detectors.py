@@ -1,0 +1,318 @@
+"""The detectors behind one small interface, and the folder that holds them.
+
+Every detector turns an image's tiles into a *raw* statistic, higher = more
+AI-like, and judges it with its :class:`~aigdetect.calibration.Calibration`
+(threshold, score, verdict, percentile among held-out real photos):
+
+* ``oneclass``: negated log-likelihood of the EXIF-trained extractor's feature
+  under the density of real-photo features (``extractor.pt`` + ``density.npz``).
+* ``binary``: the binary detector's logit, AI minus real (``binary.pt``).
+* ``fused``: the mean of its components' raw statistics, each standardised by
+  its own real-photo median and spread: it rises with every component, so
+  neither can be outvoted by a scale.
+
+A detector folder holds the weights, ``calibration.json`` (per detector: the
+held-out real scores and the threshold at a stated false-positive rate) and
+``detector.json`` (which detectors the folder offers, and the default). A
+folder written by ``aigdetect fit-gmm`` alone offers ``oneclass``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import __version__
+from .calibration import Calibration
+from .checkpoint import BINARY, PRETEXT, CheckpointError, load_model
+from .density import DensityError, RealPhotoDensity
+from .features import FeatureExtractor, TileSettings
+from .files import atomic_write, file_sha256
+
+EXTRACTOR_FILE = "extractor.pt"
+DENSITY_FILE = "density.npz"
+BINARY_FILE = "binary.pt"
+CALIBRATION_FILE = "calibration.json"
+MANIFEST_FILE = "detector.json"
+MANIFEST_FORMAT = "aigdetect.detector-folder"
+DETECTOR_NAMES = ("oneclass", "binary", "fused")
+#: Tiles per image when a folder does not say otherwise.
+DEFAULT_TILES = 16
+
+
+class DetectorError(Exception):
+    """A detector folder that cannot be used; the message says why."""
+
+
+def default_model_dir() -> Path:
+    """The detector shipped with the package (``weights/`` in the source tree)."""
+    return Path(str(resources.files("aigdetect.weights")))
+
+
+@dataclass
+class Judgement:
+    """One detector's opinion of one image."""
+
+    raw: float
+    score: float
+    threshold: float
+    verdict: str
+    percentile: float
+    details: dict[str, float] = field(default_factory=dict)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Rounded fields for a record's ``components``."""
+        return {"score": round(self.score, 6), "raw_score": round(self.raw, 4),
+                "threshold": round(self.threshold, 4), "verdict": self.verdict,
+                "percentile": round(self.percentile, 2),
+                **{k: round(v, 6) for k, v in self.details.items()}}
+
+
+def judge(calibration: Calibration, raw: float, threshold: float | None,
+          details: dict[str, float] | None = None) -> Judgement:
+    threshold = calibration.threshold if threshold is None else threshold
+    return Judgement(raw, calibration.suspicion(raw, threshold), threshold,
+                     calibration.verdict(raw, threshold), calibration.percentile(raw),
+                     details or {})
+
+
+class Detector(Protocol):
+    """What ``scan``, ``evaluate`` and ``calibrate`` need of a detector."""
+
+    name: str
+    calibration: Calibration
+
+    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        """Raw statistic of an image's tiles (higher = more AI-like) and details."""
+
+    def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
+        """Raw statistic, calibrated score, verdict and components."""
+
+
+class SingleDetector:
+    """A detector with a raw statistic of its own (not a fusion)."""
+
+    calibration: Calibration
+
+    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        raise NotImplementedError
+
+    def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
+        raw, details = self.raw(tiles)
+        return judge(self.calibration, raw, threshold, details)
+
+
+@dataclass
+class OneClassDetector(SingleDetector):
+    """Negated log-likelihood under the density of real-photo features."""
+
+    features: FeatureExtractor
+    density: RealPhotoDensity
+    calibration: Calibration
+    name: str = "oneclass"
+
+    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        log_likelihood = float(self.density.score_samples(self.features(tiles)[None])[0])
+        return -log_likelihood, {"log_likelihood": log_likelihood}
+
+
+@dataclass
+class BinaryDetector(SingleDetector):
+    """The binary detector's logit (AI minus real) on the image's tile set."""
+
+    features: FeatureExtractor
+    head: torch.nn.Linear
+    calibration: Calibration
+    name: str = "binary"
+
+    @torch.inference_mode()
+    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        feature = torch.from_numpy(self.features(tiles)).to(self.head.weight.device)
+        logits = self.head(feature).float().cpu()
+        return float(logits[1] - logits[0]), {"p_ai": float(logits.softmax(-1)[1])}
+
+
+@dataclass
+class FusedDetector:
+    """Mean of the components' standardised raw statistics; keeps each opinion."""
+
+    parts: list[Detector]
+    calibration: Calibration
+    name: str = "fused"
+
+    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        raw, _ = self._opinions(tiles)
+        return raw, {}
+
+    def _opinions(self, tiles: np.ndarray) -> tuple[float, dict[str, Judgement]]:
+        opinions = {part.name: part.judge(tiles) for part in self.parts}
+        return fuse([(part.calibration, opinions[part.name].raw) for part in self.parts]), opinions
+
+    def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
+        raw, opinions = self._opinions(tiles)
+        judgement = judge(self.calibration, raw, threshold)
+        judgement.components = {name: o.summary() for name, o in opinions.items()}
+        return judgement
+
+
+def fuse(parts: list[tuple[Calibration, float]]) -> float:
+    """Mean of raw statistics, each standardised by its calibration: monotone in each."""
+    return float(np.mean([calibration.standardise(raw) for calibration, raw in parts]))
+
+
+@dataclass
+class DetectorFolder:
+    """A folder of detector weights and calibrations (see the module docstring)."""
+
+    path: Path
+    name: str
+    manifest: dict[str, Any]
+    calibrations: dict[str, Calibration]
+
+    @classmethod
+    def open(cls, path: Path | None) -> DetectorFolder:
+        name = path.name if path is not None else "default"
+        path = path or default_model_dir()
+        if not path.is_dir():
+            raise DetectorError(f"{path} is not a detector folder (make one with "
+                                "'aigdetect fit-gmm', then 'aigdetect calibrate')")
+        manifest = {"default": "oneclass", "tiles": None}
+        if (path / MANIFEST_FILE).is_file():
+            manifest |= _read_json(path / MANIFEST_FILE, "detector manifest")
+            if manifest.get("format") != MANIFEST_FORMAT:
+                raise DetectorError(f"{path / MANIFEST_FILE}: not an aigdetect detector manifest")
+        calibrations = {}
+        if (path / CALIBRATION_FILE).is_file():
+            stored = _read_json(path / CALIBRATION_FILE, "calibration file")
+            try:
+                calibrations = {n: Calibration.from_dict(c)
+                                for n, c in stored.get("detectors", {}).items()}
+            except (KeyError, TypeError, ValueError) as error:
+                raise DetectorError(f"{path / CALIBRATION_FILE}: damaged ({error})") from None
+        return cls(path, name, manifest, calibrations)
+
+    @property
+    def available(self) -> list[str]:
+        """Detectors this folder can run."""
+        names = []
+        if (self.path / EXTRACTOR_FILE).is_file() and (self.path / DENSITY_FILE).is_file():
+            names.append("oneclass")
+        if (self.path / BINARY_FILE).is_file() and "binary" in self.calibrations:
+            names.append("binary")
+        if len(names) == 2 and "fused" in self.calibrations:
+            names.append("fused")
+        return names
+
+    @property
+    def default(self) -> str:
+        return self.manifest.get("default", "oneclass")
+
+    def weights(self) -> dict[str, str]:
+        """SHA-256 of every weight and calibration file present: the model's identity."""
+        files = {"extractor_sha256": EXTRACTOR_FILE, "density_sha256": DENSITY_FILE,
+                 "binary_sha256": BINARY_FILE, "calibration_sha256": CALIBRATION_FILE}
+        return {key: file_sha256(self.path / file) for key, file in files.items()
+                if (self.path / file).is_file()}
+
+    def identity(self) -> dict[str, str]:
+        return {"name": self.name, "version": __version__, **self.weights()}
+
+    def tiles(self, patches: int | None = None, **settings: Any) -> TileSettings:
+        """Tile settings; ``patches`` None keeps the folder's count, 0 means every tile."""
+        if patches is None:
+            patches = self.manifest.get("tiles") or self._density_tiles()
+        return TileSettings(max_tiles=None if patches == 0 else patches, **settings)
+
+    def _density_tiles(self) -> int:
+        if (self.path / DENSITY_FILE).is_file():
+            return RealPhotoDensity.load(self.path / DENSITY_FILE).provenance.get(
+                "patches", DEFAULT_TILES)
+        return DEFAULT_TILES
+
+    def build(self, name: str | None, device: torch.device, batch_size: int = 256,
+              uncalibrated_ok: bool = False) -> Detector:
+        """The detector ``name`` (None: the folder's default), ready to score.
+
+        ``uncalibrated_ok`` (for ``aigdetect calibrate``) gives components whose
+        calibration is still missing a placeholder one.
+        """
+        name = name or self.default
+        if name not in DETECTOR_NAMES:
+            raise DetectorError(f"unknown detector {name!r}; choose one of "
+                                f"{', '.join(DETECTOR_NAMES)}")
+        if name not in self.available and not uncalibrated_ok:
+            raise DetectorError(
+                f"{self.path} has no calibrated {name} detector (it offers: "
+                f"{', '.join(self.available) or 'nothing'}); add one with 'aigdetect calibrate'")
+        if name == "oneclass":
+            return self._oneclass(device, batch_size)
+        if name == "binary":
+            return self._binary(device, batch_size, uncalibrated_ok)
+        parts = [self._oneclass(device, batch_size),
+                 self._binary(device, batch_size, uncalibrated_ok)]
+        return FusedDetector(parts, self._calibration("fused", uncalibrated_ok))
+
+    def _calibration(self, name: str, uncalibrated_ok: bool) -> Calibration:
+        if name in self.calibrations:
+            return self.calibrations[name]
+        if uncalibrated_ok:
+            return Calibration.fit(np.zeros(1), 0.5)
+        raise DetectorError(f"{self.path}: no calibration for the {name} detector")
+
+    def _oneclass(self, device: torch.device, batch_size: int) -> OneClassDetector:
+        extractor_path, density_path = self.path / EXTRACTOR_FILE, self.path / DENSITY_FILE
+        for path in (extractor_path, density_path):
+            if not path.is_file():
+                raise DetectorError(f"{self.path} is not a one-class detector folder: "
+                                    f"{path.name} is missing (make one with 'aigdetect fit-gmm')")
+        density = RealPhotoDensity.load(density_path)
+        expected = density.provenance.get("extractor_sha256")
+        if expected and expected != file_sha256(extractor_path):
+            raise DetectorError(f"{density_path.name} was fitted on another extractor than "
+                                f"{extractor_path.name}; refit with 'aigdetect fit-gmm'")
+        model, _ = load_model(extractor_path, task=PRETEXT)
+        calibration = self.calibrations.get("oneclass") or density.calibration
+        return OneClassDetector(FeatureExtractor(model.extractor, device, batch_size), density,
+                                calibration)
+
+    def _binary(self, device: torch.device, batch_size: int,
+                uncalibrated_ok: bool) -> BinaryDetector:
+        if not (self.path / BINARY_FILE).is_file():
+            raise DetectorError(f"{self.path} has no {BINARY_FILE} (train one with "
+                                "'aigdetect train --binary', add it with 'aigdetect calibrate')")
+        model, _ = load_model(self.path / BINARY_FILE, task=BINARY)
+        return BinaryDetector(FeatureExtractor(model.extractor, device, batch_size),
+                              model.head.to(device).eval(),
+                              self._calibration("binary", uncalibrated_ok))
+
+    def save_calibrations(self, calibrations: dict[str, Calibration], default: str,
+                          info: dict[str, Any]) -> None:
+        """Write ``calibration.json`` and ``detector.json`` (atomically)."""
+        self.calibrations = calibrations
+        self.manifest = {"format": MANIFEST_FORMAT, "default": default,
+                         "tiles": self.manifest.get("tiles") or self._density_tiles()}
+        with atomic_write(self.path / CALIBRATION_FILE) as temporary:
+            temporary.write_text(json.dumps(
+                {"detectors": {n: c.to_dict() for n, c in calibrations.items()}, **info}))
+        with atomic_write(self.path / MANIFEST_FILE) as temporary:
+            temporary.write_text(json.dumps(self.manifest, indent=2) + "\n")
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        raise DetectorError(f"{path}: not a readable {what} ({error})") from None
+    if not isinstance(data, dict):
+        raise DetectorError(f"{path}: not a {what}")
+    return data
+
+
+LOAD_ERRORS = (DetectorError, DensityError, CheckpointError)

@@ -1,0 +1,57 @@
+"""Labelled image files (real or AI, in named groups) from folders or a CSV.
+
+Shared by binary training (groups are balanced) and evaluation (groups are
+reported on their own): one reader, one format.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .files import IMAGE_EXTENSIONS, walk_folder
+
+REAL, AI = 0, 1
+LABEL_NAMES = {REAL: "real", AI: "ai"}
+_LABEL_WORDS = {"real": REAL, "0": REAL, "ai": AI, "1": AI, "fake": AI, "generated": AI}
+
+
+@dataclass(frozen=True)
+class LabelledFile:
+    """One image: its label (0 real, 1 AI) and its group (a generator family, a folder)."""
+
+    path: str
+    label: int
+    group: str
+
+
+def files_from_folders(real: Sequence[Path], fake: Sequence[Path],
+                       extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[LabelledFile]:
+    """Every image under each folder; each folder is its own group."""
+    files = []
+    for label, folders in ((REAL, real), (AI, fake)):
+        for folder in folders:
+            files += [LabelledFile(str(p), label, str(folder))
+                      for p in walk_folder(folder, extensions)]
+    return files
+
+
+def files_from_csv(path: Path) -> list[LabelledFile]:
+    """``path,label[,group]`` rows; relative paths are read from the CSV's folder.
+    Without a group column each label is one group."""
+    files = []
+    with open(path, newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), 1):
+            if not row or row[0].strip().lower() == "path":
+                continue
+            if len(row) < 2 or row[1].strip().lower() not in _LABEL_WORDS:
+                raise ValueError(f"{path}:{number}: expected 'path,label[,group]' with label "
+                                 "real or ai")
+            label = _LABEL_WORDS[row[1].strip().lower()]
+            file = Path(row[0].strip())
+            file = file if file.is_absolute() else path.parent / file
+            group = row[2].strip() if len(row) > 2 and row[2].strip() else LABEL_NAMES[label]
+            files.append(LabelledFile(str(file), label, f"{path.name}:{group}"))
+    return files

@@ -1,0 +1,242 @@
+"""Detection benchmark: generators and cameras the detector never saw, three conditions.
+
+Built on ``aigdetect evaluate`` (run through the real CLI, one call per detector
+and condition). AI is the positive class. Reports, per condition and detector:
+the AUC of every (AI family x real set) pair and their mean, the false-positive
+rate at the shipped threshold per real set, the true-positive rate per AI family.
+
+Two modes:
+
+* default: the shipped (or ``--model``) detector on ``runs/splits/test`` from
+  ``benchmarks/shared_splits.py``: camera photos of camera models absent from the
+  training photos, processed web photos, real faces; the AI families absent from
+  the ``ship_ok`` training files (``latent-diffusion``, ``disco-diffusion``,
+  ``stylegan-like-faces``). About 15 minutes on 2 CPU cores with ``--per-group 100``.
+* ``--logo FAMILY,...``: leave-one-generator-out retraining of the binary
+  detector: for each listed family, train on every other family
+  (``--train-minutes`` each), calibrate on the held-out calibration photos and
+  score that family alone. Slow on a CPU: pick a few folds.
+
+    python benchmarks/shared_splits.py --out runs/splits
+    python benchmarks/detection.py --per-group 100 --out runs/benchmark/shipped.json
+    python benchmarks/detection.py --logo sd-1.5-finetunes --train-minutes 15
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+CONDITIONS = ("asis", "matched", "web")
+DETECTORS = ("fused", "binary", "oneclass")
+#: Families too small to score alone are merged into one fold.
+SMALL_FAMILY = 30
+console = Console()
+log = Console(stderr=True)
+
+
+def aigdetect(*args: str) -> str:
+    """Run the real CLI; its stdout (results only) is returned."""
+    done = subprocess.run([sys.executable, "-m", "aigdetect", *args], capture_output=True,
+                          text=True)
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"aigdetect {' '.join(args[:2])} failed ({done.returncode}):\n"
+                         f"{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def test_sets(root: Path, per_group: int | None, seed: int) -> list[tuple[str, str, str]]:
+    """(path, label, group) of every image under ``root/real/*`` and ``root/ai/*``,
+    at most ``per_group`` per group (a seeded sample)."""
+    rows = []
+    for label in ("real", "ai"):
+        for group in sorted(p for p in (root / label).iterdir() if p.is_dir()):
+            files = sorted(str(f) for f in group.iterdir() if f.is_file())
+            if per_group and len(files) > per_group:
+                files = sorted(random.Random(seed).sample(files, per_group))
+            rows += [(f, label, group.name) for f in files]
+    return rows
+
+
+def write_csv(rows: list[tuple[str, str, str]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group"])
+        writer.writerows(rows)
+    return path
+
+
+def summarise(document: dict) -> dict:
+    """The benchmark's view of one ``evaluate`` JSON document."""
+    def short(name: str) -> str:
+        return name.split(":", 1)[-1]
+
+    pairs = {f"{short(p['ai'])} vs {short(p['real'])}": p["auc"] for p in document["pairs"]}
+    aucs = [v for v in pairs.values() if v is not None]
+    groups = document["groups"]
+    return {
+        "threshold": document["threshold"],
+        "pairs_auc": pairs,
+        "mean_pair_auc": sum(aucs) / len(aucs) if aucs else None,
+        "fpr": {short(g["name"]): g["fpr"] for g in groups if g["label"] == "real"},
+        "tpr": {short(g["name"]): g["tpr"] for g in groups if g["label"] == "ai"},
+        "errors": sum(g["errors"] for g in groups if g["label"] != "all"),
+    }
+
+
+def evaluate(csv_path: Path, model: Path | None, detector: str, condition: str,
+             workers: int) -> dict:
+    args = ["evaluate", "--csv", str(csv_path), "-f", "json", "-q", "--detector", detector,
+            "--condition", condition, "--workers", str(workers)]
+    if model is not None:
+        args += ["--model", str(model)]
+    return summarise(json.loads(aigdetect(*args)))
+
+
+def print_results(title: str, results: dict) -> None:
+    """One table per detector: rows = pairs, FPR and TPR; columns = conditions."""
+    for detector, by_condition in results.items():
+        conditions = list(by_condition)
+        table = Table(title=f"{title}: {detector} (AI = positive)", title_justify="left")
+        table.add_column("measure")
+        for condition in conditions:
+            table.add_column(condition, justify="right")
+        first = by_condition[conditions[0]]
+        for key in first["pairs_auc"]:
+            table.add_row(f"AUC {key}", *[_fmt(by_condition[c]["pairs_auc"][key])
+                                          for c in conditions])
+        table.add_row("mean pair AUC", *[_fmt(by_condition[c]["mean_pair_auc"])
+                                         for c in conditions], end_section=True)
+        for key in first["fpr"]:
+            table.add_row(f"FPR {key}", *[_fmt(by_condition[c]["fpr"][key]) for c in conditions])
+        for key in first["tpr"]:
+            table.add_row(f"TPR {key}", *[_fmt(by_condition[c]["tpr"][key]) for c in conditions])
+        console.print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def run_matrix(csv_path: Path, model: Path | None, detectors: list[str],
+               conditions: list[str], workers: int) -> dict:
+    results: dict[str, dict] = {}
+    for detector in detectors:
+        for condition in conditions:
+            started = time.monotonic()
+            results.setdefault(detector, {})[condition] = evaluate(
+                csv_path, model, detector, condition, workers)
+            log.print(f"{detector} / {condition}: mean pair AUC "
+                      f"{_fmt(results[detector][condition]['mean_pair_auc'])} "
+                      f"({time.monotonic() - started:.0f} s)")
+    return results
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def family_folds(manifest: Path) -> dict[str, str]:
+    """Generator family -> fold name; families under SMALL_FAMILY images share a fold."""
+    rows = [r for r in read_rows(manifest) if r["kind"] == "ai"]
+    sizes: dict[str, int] = {}
+    for row in rows:
+        sizes[row["family"]] = sizes.get(row["family"], 0) + 1
+    return {f: (f if n >= SMALL_FAMILY else "other-diffusion") for f, n in sizes.items()}
+
+
+def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) -> dict:
+    """Leave-one-generator-out: retrain the binary detector without each listed fold."""
+    folds = family_folds(SHARED / "manifest.csv")
+    manifest = read_rows(SHARED / "manifest.csv")
+    with open(args.splits / "train.csv", newline="") as handle:
+        train_real = [r for r in csv.reader(handle) if r[1] == "real"]
+    shipped = args.model or ROOT / "weights"
+    results = {}
+    for fold in args.logo.split(","):
+        folder = args.work / f"logo-{fold}"
+        folder.mkdir(parents=True, exist_ok=True)
+        train_ai = [[str(SHARED / r["path"]), "ai", folds[r["family"]]] for r in manifest
+                    if r["kind"] == "ai" and folds[r["family"]] != fold]
+        test_ai = [(str(SHARED / r["path"]), "ai", fold) for r in manifest
+                   if r["kind"] == "ai" and folds[r["family"]] == fold]
+        if not test_ai:
+            raise SystemExit(f"--logo {fold}: no such fold; folds: {sorted(set(folds.values()))}")
+        train_csv = write_csv([tuple(r) for r in train_real + train_ai], folder / "train.csv")
+        for name in ("extractor.pt", "density.npz"):
+            shutil.copy(shipped / name, folder / name)
+        log.print(f"fold {fold}: training {args.train_minutes} min without it")
+        aigdetect("train", "--binary", "--csv", str(train_csv), "-o", str(folder / "train.pt"),
+                  "--epochs", str(args.epochs), "--max-minutes", str(args.train_minutes),
+                  "--patches", "8", "--lr", "5e-4", "--workers", str(args.workers),
+                  "--alpha", str(args.alpha))
+        aigdetect("calibrate", str(folder), "--binary", str(folder / "train.best.pt"),
+                  "--real", str(args.splits / "calibration/photos"),
+                  "--real", str(args.splits / "calibration/processed"), "--fpr", str(args.fpr))
+        sample = test_ai if not args.per_group or len(test_ai) <= args.per_group else sorted(
+            random.Random(args.seed).sample(test_ai, args.per_group))
+        fold_csv = write_csv(real_rows + sample, folder / "test.csv")
+        results[fold] = run_matrix(fold_csv, folder, args.detectors, args.conditions,
+                                   args.workers)
+        print_results(f"leave-one-out fold {fold}", results[fold])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="detector folder (default: shipped)")
+    parser.add_argument("--splits", type=Path, default=ROOT / "runs/splits",
+                        help="output of benchmarks/shared_splits.py")
+    parser.add_argument("--test-dir", type=Path, help="a folder with real/<set>/ and "
+                        "ai/<family>/ (default: <splits>/test)")
+    parser.add_argument("--per-group", type=int, default=100, help="images per group (0: all)")
+    parser.add_argument("--detectors", default="fused,binary,oneclass")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/benchmark/detection.json")
+    parser.add_argument("--logo", help="comma-separated folds to retrain without")
+    parser.add_argument("--train-minutes", type=float, default=15.0)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--fpr", type=float, default=0.05)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs/logo")
+    args = parser.parse_args()
+    args.detectors = args.detectors.split(",")
+    args.conditions = args.conditions.split(",")
+    test_dir = args.test_dir or args.splits / "test"
+    if not test_dir.is_dir():
+        raise SystemExit(f"{test_dir} does not exist: run benchmarks/shared_splits.py first")
+    rows = test_sets(test_dir, args.per_group or None, args.seed)
+    started = time.monotonic()
+    if args.logo:
+        results = {"mode": "leave-one-generator-out",
+                   "folds": run_logo(args, [r for r in rows if r[1] == "real"])}
+    else:
+        csv_path = write_csv(rows, args.out.with_suffix(".csv"))
+        matrix = run_matrix(csv_path, args.model, args.detectors, args.conditions, args.workers)
+        print_results("unseen generators and cameras", matrix)
+        results = {"mode": "shipped model, unseen sets", "results": matrix}
+    results |= {"per_group": args.per_group, "seconds": round(time.monotonic() - started),
+                "groups": sorted({f"{label}:{group}" for _, label, group in rows})}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    log.print(f"wrote {args.out} ({results['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Split ``../shared/data`` for the default weights and the detection benchmark.
+
+Writes, under ``--out`` (symlinks only: the shared images stay where they are):
+
+* ``train.csv`` (``path,label,group``): what the shipped binary detector trains
+  on: ``ship_ok`` camera photos and processed photos (real) and ``ship_ok`` AI
+  images grouped by generator family, minus the calibration share.
+* ``calibration/photos``, ``calibration/processed``: ``ship_ok`` real photos
+  never trained on (whole camera models; a share of the processed photos):
+  the thresholds are set at the target false-positive rate on them.
+* ``ship_ok_photos/``: every ``ship_ok`` camera photo (the EXIF pretext).
+* ``train_real/``: the real side of ``train.csv`` (camera and processed photos):
+  the one-class density is fitted on it.
+* ``test/real/<set>`` and ``test/ai/<family>``: what the shipped model never
+  saw in training or model selection: camera photos of camera models absent
+  from every ``ship_ok`` photo, the non-``ship_ok`` processed photos, all real
+  faces; AI families absent from the ``ship_ok`` files.
+
+    python benchmarks/shared_splits.py --out runs/splits
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+CALIBRATION_SHARE = 0.2
+
+
+def camera(row: dict) -> str:
+    return f"{row['Make'].strip().lower()}|{row['Model'].strip().lower()}"
+
+
+def link_all(rows: list[dict], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        name = folder / Path(row["path"]).name
+        if not name.is_symlink():
+            os.symlink(SHARED / row["path"], name)
+
+
+def held_out_cameras(photos: list[dict], share: float, seed: int) -> set[str]:
+    """Whole camera models adding up to about ``share`` of the photos."""
+    by_camera: dict[str, int] = defaultdict(int)
+    for row in photos:
+        by_camera[camera(row)] += 1
+    cameras = sorted(by_camera)
+    random.Random(seed).shuffle(cameras)
+    held, count = set(), 0
+    for name in cameras:
+        if count + by_camera[name] <= share * len(photos):
+            held.add(name)
+            count += by_camera[name]
+    return held
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/splits"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with open(SHARED / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    ship = [r for r in rows if r["ship_ok"] == "yes"]
+    photos = [r for r in ship if r["path"].startswith("photos/")]
+    processed = [r for r in ship if r["path"].startswith("processed/")]
+    ai = [r for r in ship if r["kind"] == "ai"]
+
+    calibration_cameras = held_out_cameras(photos, CALIBRATION_SHARE, args.seed)
+    calibration_photos = [r for r in photos if camera(r) in calibration_cameras]
+    rng = random.Random(args.seed)
+    calibration_processed = rng.sample(processed, round(CALIBRATION_SHARE * len(processed)))
+    held = {r["path"] for r in calibration_photos + calibration_processed}
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "train.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group"])
+        for row in photos + processed:
+            if row["path"] not in held:
+                group = "camera" if row in photos else "processed"
+                writer.writerow([SHARED / row["path"], "real", group])
+        for row in ai:
+            writer.writerow([SHARED / row["path"], "ai", row["family"]])
+    link_all(calibration_photos, args.out / "calibration" / "photos")
+    link_all(calibration_processed, args.out / "calibration" / "processed")
+    link_all(photos, args.out / "ship_ok_photos")
+    link_all([r for r in photos + processed if r["path"] not in held], args.out / "train_real")
+
+    shipped_cameras = {camera(r) for r in photos}
+    shipped_families = {r["family"] for r in ai}
+    not_shipped = [r for r in rows if r["ship_ok"] != "yes"]
+    link_all([r for r in not_shipped if r["path"].startswith("photos/")
+              and camera(r) not in shipped_cameras], args.out / "test/real/unseen-cameras")
+    link_all([r for r in not_shipped if r["path"].startswith("processed/")],
+             args.out / "test/real/processed")
+    link_all([r for r in rows if r["path"].startswith("faces/real/")],
+             args.out / "test/real/faces")
+    for family in sorted({r["family"] for r in rows if r["kind"] == "ai"} - shipped_families):
+        link_all([r for r in rows if r["family"] == family], args.out / "test/ai" / family)
+    for folder in sorted(args.out.rglob("*")):
+        if folder.is_dir() and not any(p.is_dir() for p in folder.iterdir()):
+            print(f"{sum(1 for _ in folder.iterdir()):5d}  {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""The binary detector: distillation, scrambled patches, balanced and augmented data,
+fusion; then train --binary, --resume, calibrate and scan --detector through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from helpers_images import invoke, noise_jpeg, smooth_png
+from typer.testing import CliRunner
+
+from aigdetect import weights as shipped_weights
+from aigdetect.binary_data import Augmentation, BinaryDataset, balanced_draw, split_for_validation
+from aigdetect.calibration import Calibration
+from aigdetect.checkpoint import BINARY, load_model
+from aigdetect.cli import EXIT_USAGE
+from aigdetect.detectors import EXTRACTOR_FILE, FusedDetector, Judgement
+from aigdetect.labelled import AI, REAL, LabelledFile, files_from_csv
+from aigdetect.losses import feature_distillation_loss
+from aigdetect.network import BinaryClassifier, ExifExtractor, ExtractorConfig, stage_features
+
+SMALL = ExtractorConfig(width=8, patch_size=32)
+TEACHER = Path(shipped_weights.__file__).parent / EXTRACTOR_FILE
+
+
+def test_distillation_is_zero_for_the_same_network_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    patches = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    teacher, other = ExifExtractor(SMALL).eval(), ExifExtractor(SMALL).eval()
+    same = feature_distillation_loss(stage_features(teacher, patches),
+                                     stage_features(teacher, patches))
+    different = feature_distillation_loss(stage_features(other, patches),
+                                          stage_features(teacher, patches))
+    assert same.item() == 0.0
+    assert different.item() > 0.0
+
+
+def test_distillation_gradient_reaches_only_the_student() -> None:
+    patches = torch.randint(0, 256, (1, 2, 3, 32, 32), dtype=torch.uint8)
+    student, teacher = BinaryClassifier(SMALL), ExifExtractor(SMALL)
+    _, features = student(patches)
+    feature_distillation_loss(features, stage_features(teacher, patches)).backward()
+    assert student.extractor.encoder.stage1[0][0].weight.grad is not None
+    assert teacher.encoder.stage1[0][0].weight.grad is None
+
+
+def test_scrambled_patches_give_the_same_logits_in_any_order() -> None:
+    """No positions: the patch set is unordered, and every patch counts."""
+    torch.manual_seed(0)
+    model = BinaryClassifier(SMALL).eval()
+    patches = torch.randint(0, 256, (1, 6, 3, 32, 32), dtype=torch.uint8)
+    shuffled = patches[:, torch.randperm(6)]
+    with torch.no_grad():
+        logits, features = model(patches)
+        shuffled_logits, _ = model(shuffled)
+        dropped, _ = model(patches[:, :5])
+    assert torch.allclose(logits, shuffled_logits, atol=1e-5)
+    assert features[-1].shape[1] == 6  # one vector per patch: none lost
+    assert not torch.allclose(logits, dropped, atol=1e-6)
+
+
+def test_balanced_draw_follows_square_root_of_group_size() -> None:
+    files = ([LabelledFile(f"big{i}", AI, "big") for i in range(400)]
+             + [LabelledFile(f"small{i}", AI, "small") for i in range(4)])
+    draws = balanced_draw(files, 20_000, np.random.default_rng(0))
+    share_small = np.mean([files[i].group == "small" for i in draws])
+    assert share_small == pytest.approx(2 / (20 + 2), abs=0.01)  # sqrt(4) / (sqrt(400) + 2)
+
+
+def test_augmentation_ignores_the_label_and_keeps_patches_native() -> None:
+    """Both classes go through the same random processing for the same draw."""
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    augment = Augmentation(downscale_p=0.0, blur_p=0.0, jpeg_p=1.0, region=256)
+    first = augment(pixels, np.random.default_rng(5), 64)
+    again = augment(pixels, np.random.default_rng(5), 64)
+    assert np.array_equal(first, again)
+    assert first.shape == (256, 256, 3)  # a native-resolution region, never resized
+    assert not np.array_equal(first, pixels[:256, :256])  # JPEG changed the pixels
+    shrunk = Augmentation(downscale_p=1.0, downscale_min=0.5, blur_p=0.0, jpeg_p=0.0)(
+        pixels, np.random.default_rng(1), 64)
+    assert shrunk.shape[0] < 300 and min(shrunk.shape[:2]) >= 64
+
+
+def test_dataset_epoch_is_class_balanced(tmp_path: Path) -> None:
+    files = [LabelledFile(str(noise_jpeg(tmp_path / f"r{i}.jpg", seed=i)), REAL, "real")
+             for i in range(4)]
+    files += [LabelledFile(str(smooth_png(tmp_path / f"a{i}.png", seed=i)), AI, f"g{i % 3}")
+              for i in range(9)]
+    dataset = BinaryDataset(files, patches=3, patch_size=32, train=True, seed=0)
+    assert len(dataset) == 8  # as many AI images per epoch as real ones
+    assert sum(f.label for f in dataset.epoch_files) == 4
+    patches, label, attempts = dataset[5]
+    assert patches.shape == (3, 3, 32, 32) and patches.dtype == torch.uint8
+    assert label == AI and attempts == 0
+    validation = BinaryDataset(files, patches=3, patch_size=32, train=False)
+    assert len(validation) == len(files)
+    assert torch.equal(validation[0][0], validation[0][0])  # deterministic
+
+
+def test_csv_groups_and_validation_split(tmp_path: Path) -> None:
+    labels = tmp_path / "train.csv"
+    labels.write_text("path,label,group\na.jpg,real,camera\nb.png,ai,sdxl\nc.png,1,\n")
+    files = files_from_csv(labels)
+    assert [(f.label, f.group) for f in files] == [
+        (REAL, "train.csv:camera"), (AI, "train.csv:sdxl"), (AI, "train.csv:ai")]
+    assert files[0].path == str(tmp_path / "a.jpg")
+    ai = [LabelledFile(f"x{i}.png", AI, "sdxl") for i in range(20)]
+    train, val = split_for_validation(ai, 0.25, seed=0)
+    assert len(val) == 5 and not {f.path for f in train} & {f.path for f in val}
+
+
+class _Constant:
+    """A stand-in component whose raw score is set by hand."""
+
+    def __init__(self, name: str, calibration: Calibration) -> None:
+        self.name, self.calibration, self.value = name, calibration, 0.0
+
+    def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
+        c = self.calibration
+        return Judgement(self.value, c.suspicion(self.value), c.threshold,
+                         c.verdict(self.value), c.percentile(self.value))
+
+
+def test_fused_score_rises_with_each_component() -> None:
+    rng = np.random.default_rng(0)
+    a = _Constant("oneclass", Calibration.fit(rng.normal(0, 10, 200), 0.05))
+    b = _Constant("binary", Calibration.fit(rng.normal(-3, 1, 200), 0.05))
+    fused = FusedDetector([a, b], Calibration.fit(rng.normal(0, 1, 200), 0.05))
+    for moving, fixed in ((a, b), (b, a)):
+        fixed.value = 0.0
+        scores = []
+        for value in np.linspace(-20, 20, 41):
+            moving.value = value
+            scores.append(fused.judge(np.zeros(1)).raw)
+        assert np.all(np.diff(scores) > 0)
+    judgement = fused.judge(np.zeros(1))
+    assert set(judgement.components) == {"oneclass", "binary"}
+
+
+# ---------------------------------------------------------------------------
+# end to end through the CLI
+# ---------------------------------------------------------------------------
+
+TRAIN_FAST = ["--batch-size", "4", "--patches", "2", "--workers", "0", "--epochs", "3",
+              "--val-fraction", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def binary_run(runner: CliRunner, session_photo_folder: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    work = tmp_path_factory.mktemp("binary")
+    fake = work / "fake"
+    for i in range(8):
+        smooth_png(fake / f"f{i}.png", seed=300 + i)
+    output = work / "binary.pt"
+    result = invoke(runner, ["train", "--binary", "--real", session_photo_folder, "--fake",
+                             fake, "-o", output, "--max-steps", "2", *TRAIN_FAST])
+    return {"result": result, "output": output, "work": work, "fake": fake,
+            "real": session_photo_folder}
+
+
+def test_train_binary_writes_a_binary_checkpoint(binary_run: dict[str, Any]) -> None:
+    result = binary_run["result"]
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "distillation alpha 0.05" in result.stderr
+    model, meta = load_model(binary_run["output"], task=BINARY)
+    assert meta.task == BINARY and meta.step == 2
+    assert isinstance(model, BinaryClassifier)
+    assert set(meta.training["train_files"]) and meta.training["teacher_sha256"]
+    log = [json.loads(line) for line in
+           binary_run["output"].with_name("binary.pt.log.jsonl").read_text().splitlines()]
+    assert {"ce", "distill"} <= set(log[-1]["train_loss"])
+    assert log[-1]["loss_weights"] == {"ce": 1.0, "distill": 0.05}
+    assert "auc" in log[-1]["validation"]
+
+
+def test_train_binary_resumes(runner: CliRunner, binary_run: dict[str, Any]) -> None:
+    output = binary_run["work"] / "resumed.pt"
+    shutil.copy(binary_run["output"], output)
+    result = invoke(runner, ["train", "--binary", "--real", binary_run["real"], "--fake",
+                             binary_run["fake"], "-o", output, "--max-steps", "3", "--resume",
+                             *TRAIN_FAST])
+    assert result.exit_code == 0, result.stderr
+    assert "Resuming" in result.stderr
+    assert load_model(output)[1].step == 3
+
+
+def test_train_binary_without_distillation(runner: CliRunner, binary_run: dict[str, Any]) -> None:
+    output = binary_run["work"] / "alpha0.pt"
+    result = invoke(runner, ["train", "--binary", "--real", binary_run["real"], "--fake",
+                             binary_run["fake"], "-o", output, "--max-steps", "1", "--alpha",
+                             "0", *TRAIN_FAST])
+    assert result.exit_code == 0, result.stderr
+    log = json.loads(output.with_name("alpha0.pt.log.jsonl").read_text().splitlines()[-1])
+    assert "distill" not in log["train_loss"]
+
+
+@pytest.mark.parametrize("args", [
+    ["--binary"],                                   # no data
+    ["--binary", "--fake", "."],                    # one class only
+    ["--binary", "--real", ".", "PHOTOS"],          # a pretext argument with --binary
+])
+def test_train_binary_usage_errors(runner: CliRunner, tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "PHOTOS").mkdir()
+    noise_jpeg(tmp_path / "x.jpg")
+    args = [str(tmp_path / a) if a in (".", "PHOTOS") else a for a in args]
+    result = invoke(runner, ["train", *args, "-o", tmp_path / "m.pt", "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def calibrated(runner: CliRunner, binary_run: dict[str, Any]) -> dict[str, Any]:
+    work = binary_run["work"]
+    folder = work / "detector"
+    fit = invoke(runner, ["fit-gmm", binary_run["real"], "-o", folder, "--extractor", TEACHER,
+                          "--patches", "4", "--components", "1", "--pca-dim", "4",
+                          "--workers", "0", "--no-cache"])
+    assert fit.exit_code == 0, fit.stderr
+    held_out = work / "held_out"
+    for i in range(24):
+        noise_jpeg(held_out / f"h{i}.jpg", seed=500 + i)
+    result = invoke(runner, ["calibrate", folder, "--binary", binary_run["output"], "--real",
+                             held_out, "--fpr", "0.1", "--workers", "0"])
+    return {"result": result, "folder": folder}
+
+
+def test_calibrate_writes_thresholds_and_fused_default(calibrated: dict[str, Any]) -> None:
+    result, folder = calibrated["result"], calibrated["folder"]
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((folder / "detector.json").read_text())
+    assert manifest["default"] == "fused"
+    stored = json.loads((folder / "calibration.json").read_text())
+    assert set(stored["detectors"]) == {"oneclass", "binary", "fused"}
+    assert stored["real_photos"] == 24 and stored["fpr"] == 0.1
+    for calibration in stored["detectors"].values():
+        flagged = np.mean(np.array(calibration["real_scores"]) > calibration["threshold"])
+        assert flagged == pytest.approx(0.1, abs=0.05)
+
+
+@pytest.mark.parametrize("detector", ["fused", "binary", "oneclass"])
+def test_scan_with_each_detector(runner: CliRunner, calibrated: dict[str, Any],
+                                 binary_run: dict[str, Any], detector: str) -> None:
+    images = [binary_run["fake"] / "f0.png", next(binary_run["real"].rglob("*.jpg"))]
+    result = invoke(runner, ["scan", *images, "--model", calibrated["folder"], "--detector",
+                             detector, "-f", "json", "-q", "--workers", "0"])
+    assert result.exit_code in (0, 1), result.stderr
+    records = json.loads(result.stdout)["results"]
+    assert len(records) == 2
+    expected = {"fused": {"oneclass", "binary"}}.get(detector, {detector})
+    for record in records:
+        assert record["detector"] == detector
+        assert set(record["components"]) == expected
+        assert 0.0 <= record["score"] <= 1.0
+        assert (record["raw_score"] > record["threshold"]) == (record["score"] > 0.5)
+        assert set(record["model"]) >= {"extractor_sha256", "density_sha256", "binary_sha256",
+                                        "calibration_sha256"}
+        assert (record["log_likelihood"] is None) == (detector == "binary")
+    # the default of this folder is the fused detector
+    default = invoke(runner, ["scan", *images, "--model", calibrated["folder"], "-f", "json",
+                              "-q", "--workers", "0"])
+    assert {r["detector"] for r in json.loads(default.stdout)["results"]} == {"fused"}
+
+
+def test_scan_refuses_a_detector_the_folder_lacks(runner: CliRunner, tmp_path: Path,
+                                                   binary_run: dict[str, Any]) -> None:
+    result = invoke(runner, ["scan", binary_run["fake"] / "f0.png", "--model",
+                             binary_run["work"] / "no-such-folder", "-q"])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.stderr
+    oneclass_only = tmp_path / "oneclass"
+    shutil.copytree(binary_run["work"] / "detector", oneclass_only)
+    for name in ("binary.pt", "calibration.json", "detector.json"):
+        (oneclass_only / name).unlink()
+    result = invoke(runner, ["scan", binary_run["fake"] / "f0.png", "--model", oneclass_only,
+                             "--detector", "binary", "-q"])
+    assert result.exit_code == EXIT_USAGE
+    assert "calibrate" in result.stderr
