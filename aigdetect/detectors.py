@@ -247,12 +247,12 @@ class DetectorFolder:
         if name not in DETECTOR_NAMES:
             raise DetectorError(f"unknown detector {name!r}; choose one of "
                                 f"{', '.join(DETECTOR_NAMES)}")
+        if name == "oneclass":  # always calibrated: by fit-gmm, or by calibrate
+            return self._oneclass(device, batch_size)
         if name not in self.available and not uncalibrated_ok:
             raise DetectorError(
                 f"{self.path} has no calibrated {name} detector (it offers: "
                 f"{', '.join(self.available) or 'nothing'}); add one with 'aigdetect calibrate'")
-        if name == "oneclass":
-            return self._oneclass(device, batch_size)
         if name == "binary":
             return self._binary(device, batch_size, uncalibrated_ok)
         parts = [self._oneclass(device, batch_size),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -281,3 +283,32 @@ def test_scan_refuses_a_detector_the_folder_lacks(runner: CliRunner, tmp_path: P
                              "--detector", "binary", "-q"])
     assert result.exit_code == EXIT_USAGE
     assert "calibrate" in result.stderr
+
+
+def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_path: Path,
+                                                subprocess_env: dict[str, str]) -> None:
+    """benchmarks/detection.py through the real CLI: pair AUCs, FPR per real set, TPR per
+    AI family, for each detector and condition asked."""
+    test_dir = tmp_path / "test"
+    for i in range(3):
+        noise_jpeg(test_dir / "real" / "cameras" / f"r{i}.jpg", seed=700 + i)
+        noise_jpeg(test_dir / "real" / "web" / f"w{i}.jpg", seed=710 + i, quality=75)
+        smooth_png(test_dir / "ai" / "gen-a" / f"a{i}.png", seed=720 + i)
+    out = tmp_path / "bench.json"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "detection.py"
+    done = subprocess.run(
+        [sys.executable, script, "--model", calibrated["folder"], "--test-dir", test_dir,
+         "--per-group", "0", "--detectors", "fused,oneclass", "--conditions", "asis,matched",
+         "--workers", "0", "--out", out],
+        capture_output=True, text=True, env=subprocess_env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"fused", "oneclass"}
+    for by_condition in results.values():
+        assert set(by_condition) == {"asis", "matched"}
+        for summary in by_condition.values():
+            assert set(summary["pairs_auc"]) == {"gen-a vs cameras", "gen-a vs web"}
+            assert 0.0 <= summary["mean_pair_auc"] <= 1.0
+            assert set(summary["fpr"]) == {"cameras", "web"}
+            assert set(summary["tpr"]) == {"gen-a"}
+    assert "mean pair AUC" in done.stdout

@@ -97,7 +97,9 @@ def test_scan_with_fitted_detector(runner: CliRunner, fitted: dict[str, Any],
             assert 0.0 <= record["score"] <= 1.0
             # the tile count the detector was fitted with (4) is the default
             assert record["patches"] == tiles
-            assert record["threshold"] == pytest.approx(density.threshold, abs=1e-4)
+            # the raw score is the negated log-likelihood, the threshold likewise
+            assert record["threshold"] == pytest.approx(-density.threshold, abs=1e-4)
+            assert record["detector"] == "oneclass"
             assert record["model"]["name"] == output.name
             assert record["model"]["extractor_sha256"] == sha256(output / EXTRACTOR_FILE)
             assert record["model"]["density_sha256"] == sha256(output / DENSITY_FILE)

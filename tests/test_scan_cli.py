@@ -307,17 +307,18 @@ def test_jsonl_includes_problems(runner, images, tmp_path) -> None:
 
 def test_threshold_override(runner, images) -> None:
     readable = [images["good"][0], images["good"][-1], images["zoo"]["palette.png"]]
-    high = invoke(runner, ["scan", *readable, "-f", "json", "--threshold", "1e9", *FAST])
-    records = parse_json_stdout(high.stdout)["results"]
-    assert [r["verdict"] for r in records] == ["ai"] * 3
-    assert all(r["threshold"] == 1e9 and r["score"] == pytest.approx(1.0) for r in records)
-    assert high.exit_code == EXIT_FLAGGED
-
+    # the threshold is on the raw score (higher = more AI-like): a very low one flags all
     low = invoke(runner, ["scan", *readable, "-f", "json", "--threshold", "-1e9", *FAST])
-    records_low = parse_json_stdout(low.stdout)["results"]
+    records = parse_json_stdout(low.stdout)["results"]
+    assert [r["verdict"] for r in records] == ["ai"] * 3
+    assert all(r["threshold"] == -1e9 and r["score"] == pytest.approx(1.0) for r in records)
+    assert low.exit_code == EXIT_FLAGGED
+
+    high = invoke(runner, ["scan", *readable, "-f", "json", "--threshold", "1e9", *FAST])
+    records_low = parse_json_stdout(high.stdout)["results"]
     assert [r["verdict"] for r in records_low] == ["real"] * 3
     assert all(r["score"] == pytest.approx(0.0) for r in records_low)
-    assert low.exit_code == EXIT_CLEAN
+    assert high.exit_code == EXIT_CLEAN
     # the threshold moves the verdict, never the raw score
     assert sorted(r["raw_score"] for r in records) == sorted(r["raw_score"] for r in records_low)
 
