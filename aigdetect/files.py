@@ -17,7 +17,8 @@ from pathlib import Path
 
 #: Extensions scanned by default (lower case, without the dot).
 IMAGE_EXTENSIONS = (
-    "jpg", "jpeg", "jpe", "png", "webp", "tif", "tiff", "bmp", "gif", "mpo", "heic", "avif",
+    "jpg", "jpeg", "jpe", "jfif", "jif", "png", "webp", "tif", "tiff", "bmp", "gif", "mpo",
+    "heic", "heif", "avif",
 )
 
 Problem = Callable[[str, str], None]
