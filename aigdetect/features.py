@@ -8,6 +8,7 @@ bounded whatever the number of files, and results come back in input order.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,8 @@ class PreparedImage:
     path: str
     tiles: np.ndarray | None = None
     sha256: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
     format: str | None = None
     width: int | None = None
     height: int | None = None
@@ -72,6 +75,8 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
     try:
         if Path(path).exists() and not Path(path).is_file():
             raise ImageReadError("not a regular file (a folder, pipe or device)")
+        stat = os.stat(path)  # before hashing: a file changed since is rescanned on resume
+        record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
         record.sha256 = file_sha256(path)
         image = load_image(path, settings.max_pixels)
         record.format, record.width, record.height = image.format, image.width, image.height

@@ -7,6 +7,7 @@ and the density model of its features on real photos (``density.npz``), as
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,9 @@ class Detector:
                                    "(make one with 'aigdetect fit-gmm')")
         extractor_sha = file_sha256(extractor_path)
         density = RealPhotoDensity.load(density_path)
+        if not isinstance(density.threshold, int | float) or not math.isfinite(density.threshold):
+            raise DensityError(f"{density_path}: its threshold is not a finite number; refit "
+                               "with 'aigdetect fit-gmm'")
         expected = density.provenance.get("extractor_sha256")
         if expected and expected != extractor_sha:
             raise DensityError(f"{density_path.name} was fitted on another extractor than "
@@ -98,6 +102,10 @@ class ScanRecord:
 
     path: str
     sha256: str | None = None
+    #: size and modification time when hashed: ``scan --resume`` skips a file only
+    #: when both still match (and, with --verify-hash, the sha256 too)
+    size: int | None = None
+    mtime_ns: int | None = None
     format: str | None = None
     width: int | None = None
     height: int | None = None
@@ -130,7 +138,8 @@ def score_prepared(
     """Turn one decoded image into a record (errors included)."""
     started = time.perf_counter()
     record = ScanRecord(
-        path=prepared.path, sha256=prepared.sha256, format=prepared.format,
+        path=prepared.path, sha256=prepared.sha256, size=prepared.size,
+        mtime_ns=prepared.mtime_ns, format=prepared.format,
         width=prepared.width, height=prepared.height, notes=prepared.notes,
         error=prepared.error, model=detector.identity, threshold=round(threshold, 4),
     )
@@ -140,16 +149,30 @@ def score_prepared(
         except RuntimeError as error:  # e.g. out of memory on a huge "all tiles" scan
             record.error = f"network failed: {error}"
         else:
-            density = detector.density
-            log_likelihood = float(density.score_samples(feature[None])[0])
-            margin = float(density.margin(log_likelihood, threshold))
-            record.log_likelihood = round(log_likelihood, 4)
-            record.score = round(float(density.suspicion(log_likelihood, threshold)), 6)
-            record.percentile = round(float(density.percentile(log_likelihood)), 2)
-            record.verdict = verdict_for(margin)
-            record.patches = len(prepared.tiles)
+            _score_feature(record, feature, detector.density, threshold)
+            record.patches = len(prepared.tiles) if record.error is None else 0
     record.elapsed_ms = round(prepared.decode_ms + (time.perf_counter() - started) * 1000, 1)
     return record
+
+
+def _score_feature(record: ScanRecord, feature: Any, density: RealPhotoDensity,
+                   threshold: float) -> None:
+    """Fill the score fields, or an error when any of them is not a finite number.
+
+    NaN or infinity is no evidence (a damaged model or a degenerate feature can give
+    one), and it would make the JSON output invalid: such a file is an error record.
+    """
+    log_likelihood = float(density.score_samples(feature[None])[0])
+    margin = float(density.margin(log_likelihood, threshold))
+    score = float(density.suspicion(log_likelihood, threshold))
+    percentile = float(density.percentile(log_likelihood))
+    if not all(math.isfinite(v) for v in (log_likelihood, margin, score, percentile)):
+        record.error = "the detector gave a non-finite score (damaged model folder?)"
+        return
+    record.log_likelihood = round(log_likelihood, 4)
+    record.score = round(score, 6)
+    record.percentile = round(percentile, 2)
+    record.verdict = verdict_for(margin)
 
 
 def scan(
