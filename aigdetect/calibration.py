@@ -87,4 +87,7 @@ class Calibration:
         scores = np.sort(np.asarray(data["real_scores"], dtype=np.float64))
         if scores.ndim != 1 or len(scores) == 0 or not np.isfinite(scores).all():
             raise ValueError("calibration scores must be a non-empty list of finite numbers")
-        return cls(scores, float(data["fpr"]), float(data["threshold"]))
+        fpr, threshold = float(data["fpr"]), float(data["threshold"])
+        if not (0.0 < fpr < 1.0 and np.isfinite(threshold)):
+            raise ValueError(f"fpr {fpr} and threshold {threshold} must be finite, fpr in (0, 1)")
+        return cls(scores, fpr, threshold)

@@ -5,15 +5,19 @@ Results go to stdout; progress, warnings and errors go to stderr.
 
 from __future__ import annotations
 
+import io
+import math
+import os
 import sys
 from collections import Counter
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -38,11 +42,12 @@ from .detectors import (
 )
 from .evaluation import AI, REAL, evaluate_groups, labelled_sets, pair_metrics, plot_roc
 from .features import TileSettings
-from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, walk_folder
+from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe, walk_folder
 from .labelled import files_from_csv, files_from_folders
 from .oneclass import fit_detector
 from .patches import CONDITIONS, DEFAULT_MAX_PIXELS
-from .report import FORMATS, write_evaluation, write_jsonl_record, write_scan
+from .report import FORMATS, printable, write_evaluation, write_jsonl_record, write_scan
+from .resume import Previous, prepare_append, read_previous, recorded
 from .runtime import pick_device
 from .scanning import MAX_TILES, ScanRecord, scan
 from .training import TrainConfig, TrainingError, train
@@ -52,6 +57,8 @@ EXIT_FLAGGED = 1
 EXIT_USAGE = 2
 EXIT_UNREADABLE = 3
 EXIT_FLAGGED_AND_UNREADABLE = 4
+#: After Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="aigdetect",
@@ -68,10 +75,16 @@ err = Console(stderr=True)
 
 
 def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
-    """Print an error (and what to do about it) to stderr and exit."""
-    err.print(f"[bold red]error:[/] {message}")
+    """Print an error (and what to do about it) to stderr and exit.
+
+    The texts are escaped: they quote paths and options, which may hold '[' (rich
+    markup) or control characters.
+    """
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False,
+              soft_wrap=True)
     if hint:
-        err.print(f"  [dim]hint:[/] {hint}")
+        err.print(f"  [dim]hint:[/] {escape(printable(hint))}", highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -245,17 +258,40 @@ class LoadedDetector:
 def load_detector(model: Path | None, name: str | None, device: str, patches: str | None,
                   batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS // 1_000_000,
                   condition: str = "asis") -> LoadedDetector:
-    """Open a detector folder and build one of its detectors; any problem is exit 2."""
+    """Open a detector folder and build one of its detectors, or exit 2 with one line
+    saying what is wrong with it.
+
+    A --model folder is user input like any image: a damaged checkpoint or density
+    file can make torch, numpy or the model constructors raise almost anything, and
+    a traceback (exit 1) would read as "flagged".
+    """
     if name is not None and name not in DETECTOR_NAMES:
         fail(f"--detector {name!r} is not one of {', '.join(DETECTOR_NAMES)}")
+    tiles = parse_patches(patches)  # its usage error must not be caught below
+    try:
+        torch_device = pick_device(device)
+    except (ValueError, RuntimeError) as error:
+        fail(f"--device {device}: {error}", "try --device cpu")
     try:
         folder = DetectorFolder.open(model)
-        detector = folder.build(name, pick_device(device), batch_size)
-        tiles = folder.tiles(parse_patches(patches), max_pixels=max_pixels * 1_000_000,
-                             processing=CONDITIONS[condition])
-        return LoadedDetector(detector, folder.identity(), tiles)
-    except (*LOAD_ERRORS, ValueError, OSError) as error:
-        fail(str(error))
+        detector = folder.build(name, torch_device, batch_size)
+        settings = folder.tiles(tiles, max_pixels=max_pixels * 1_000_000,
+                                processing=CONDITIONS[condition])
+        return LoadedDetector(detector, folder.identity(), settings)
+    except (*LOAD_ERRORS, ValueError) as error:
+        fail(first_line(error))
+    except OSError as error:
+        fail(f"cannot read the detector in {model or 'the package'}: {first_line(error)}")
+    except Exception as error:  # anything else a malformed file provokes
+        fail(f"{model or 'the shipped detector'} is not a usable detector folder "
+             f"({type(error).__name__}: {first_line(error)})",
+             "make one with 'aigdetect fit-gmm', or leave out --model for the shipped one")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of an error in one line: torch and numpy messages can run to pages."""
+    text = " ".join(str(error).split("\n", 1)[0].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------
@@ -397,15 +433,146 @@ def exit_code(verdicts: Counter) -> int:
     return EXIT_FLAGGED if flagged else EXIT_CLEAN
 
 
+def check_scan_options(output_format: str, output: Path | None, threshold: float | None,
+                       fpr: float | None, resume: bool, verify_hash: bool, null: bool,
+                       paths: list[str]) -> None:
+    """Usage errors, found before the detector loads or any file is read."""
+    if output_format not in FORMATS:
+        fail(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
+    if fpr is not None and threshold is not None:
+        fail("give --threshold or --fpr, not both")
+    if threshold is not None and not math.isfinite(threshold):
+        fail(f"--threshold {threshold} is not a finite number",
+             "a log-likelihood such as --threshold -60, or --fpr 0.01")
+    if fpr is not None and not 0 < fpr < 1:  # also refuses nan
+        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.01 for 1 %")
+    if resume and (output_format != "jsonl" or output is None):
+        fail("--resume continues a JSONL results file", "use -f jsonl -o results.jsonl --resume")
+    if verify_hash and not resume:
+        fail("--verify-hash applies to --resume", "add --resume -f jsonl -o results.jsonl")
+    if null and "-" not in paths:
+        fail("--null reads NUL-separated paths from stdin", "give '-' as the input, e.g. "
+             "find /cases -print0 | aigdetect scan -0 -")
+    if output is not None and not Path(os.path.abspath(output)).parent.is_dir():
+        fail(f"cannot write --output {output}: its folder does not exist")
+    if output is not None and output.is_dir():
+        fail(f"--output {output} is a folder", "give a file name, e.g. -o results.jsonl")
+
+
+def check_output(output: Path, inputs: list[str], files: list[Path], force: bool,
+                 overwrite: bool, resume: bool) -> None:
+    """Refuse an --output that would destroy evidence or earlier results.
+
+    Writing truncates: ``scan photo.jpg -o photo.jpg`` (a slip in the shell history)
+    would wipe the evidence itself, and results written inside a scanned folder mix
+    output with evidence. The same file is found by inode, so hard links and
+    symlinks to an input count too.
+    """
+    target = Path(os.path.abspath(output))
+    if not force:
+        identity = _inode(target)
+        if identity is not None and any(_inode(file) == identity for file in files):
+            fail(f"--output {output} is one of the input files: writing it would destroy "
+                 "evidence", "choose a results path outside the inputs (or --force)")
+        real = target.resolve()
+        for folder in (Path(item) for item in inputs if item != "-" and Path(item).is_dir()):
+            if real.is_relative_to(folder.resolve()):
+                fail(f"--output {output} is inside the input folder {folder}",
+                     "write results outside the evidence (or --force)")
+    # only a regular file holds earlier results: /dev/null or a pipe loses nothing
+    if target.is_file() and not (overwrite or resume):
+        fail(f"--output {output} already exists; its results would be lost",
+             "give --overwrite to replace it, or --resume (with -f jsonl) to continue it")
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def open_results(output: Path, append: bool = False) -> TextIO:
+    """The --output file, UTF-8 whatever the locale (names are made valid Unicode)."""
+    try:
+        return open(output, "a" if append else "w", encoding="utf-8", newline="")
+    except OSError as error:
+        fail(f"cannot write --output {output}: {error.strerror}")
+
+
+def _survive_any_text(stream: TextIO) -> None:
+    """Never crash on a character the terminal's encoding lacks: escape it instead."""
+    if isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(errors="backslashreplace")
+
+
+@dataclass
+class ScanTally:
+    """What a scan has done so far: the exit code, and the line printed on Ctrl-C."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+
+    def add(self, verdict: str) -> None:
+        self.verdicts[verdict] += 1
+
+
+def skip_recorded(files: list[Path], output: Path, verify_hash: bool,
+                  tally: ScanTally) -> tuple[list[Path], Previous]:
+    """Files still to scan after an earlier run recorded some in ``output``; the
+    skipped ones count towards the summary and exit code as they were recorded."""
+    if not output.is_file():
+        return files, Previous()
+    try:
+        previous = read_previous(output)
+    except OSError as error:
+        fail(f"cannot read --output {output} to resume: {error.strerror}")
+    if previous.foreign:
+        fail(f"--output {output} is not a JSONL results file of aigdetect; --resume would "
+             "append to it", "choose another -o, or --overwrite to replace it")
+    try:
+        prepare_append(output, previous)
+    except OSError as error:
+        fail(f"cannot write --output {output}: {error.strerror}")
+    if previous.ignored:
+        err.print(f"[yellow]warning:[/] {previous.ignored} line(s) of "
+                  f"{escape(printable(str(output)))} are not records; their files are "
+                  "scanned again", highlight=False)
+    todo = []
+    for file in files:
+        record = recorded(file, previous, verify_hash)
+        if record is None:
+            todo.append(file)
+        else:
+            tally.skipped += 1
+            tally.add(str(record.get("verdict", "error")))
+    return todo, previous
+
+
 @app.command("scan")
 def scan_command(
     paths: list[str] = typer.Argument(
         ..., help="Files, folders (recursive), globs ('shots/**/*.jpg'), or '-' to read "
-        "paths from stdin, one per line."),
+        "paths from stdin, one per line (NUL-separated with --null)."),
     output_format: str = typer.Option("table", "--format", "-f",
                                       help="table (for people), json, jsonl (streamed), csv."),
-    output: Path | None = typer.Option(None, "--output", "-o",
-                                       help="Write results to this file instead of stdout."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write results to this file instead of stdout. An "
+        "existing file is never replaced without --overwrite (or continued: --resume)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output "
+                                   "file."),
+    resume: bool = typer.Option(
+        False, "--resume", help="With -f jsonl -o FILE: append to FILE and skip files it "
+        "already records with the same path, size and modification time."),
+    verify_hash: bool = typer.Option(False, "--verify-hash", help="With --resume: also "
+                                     "re-hash skipped files; rescan any whose sha256 changed."),
+    force: bool = typer.Option(False, "--force", help="Allow --output to be an input file "
+                               "or to lie inside an input folder."),
+    null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin ('-') are "
+                              "separated by NUL bytes, as find -print0 writes them."),
     include: str | None = typer.Option(
         None, help="Extensions to take from folders and globs, e.g. 'jpg,png' "
         f"(default: {','.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
@@ -435,56 +602,93 @@ def scan_command(
     detector and the one-class (camera-trace) detector, each record keeping both scores.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
-    3 some files could not be read (none flagged); 4 flagged and some unreadable.
+    3 some files could not be read (none flagged); 4 flagged and some unreadable;
+    130 interrupted (Ctrl-C): what was scanned is written.
 
     Examples: `aigdetect scan evidence/` ·
-    `find /cases -name '*.jpg' | aigdetect scan - -f jsonl` ·
+    `find /cases -name '*.jpg' -print0 | aigdetect scan -0 - -f jsonl -o out.jsonl` ·
     `aigdetect scan shots/ --detector oneclass`
     """
-    if output_format not in FORMATS:
-        fail(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
-    if fpr is not None and threshold is not None:
-        fail("give --threshold or --fpr, not both")
-    if fpr is not None and not 0 < fpr < 1:
-        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.01 for 1 %")
-    loaded = load_detector(model, detector_name, device, patches, batch_size, max_pixels)
-    if fpr is not None:
-        loaded.detector.calibration.set_fpr(fpr)
-    problems: list[ScanRecord] = []
-
-    def on_problem(path: str, message: str) -> None:
-        problems.append(ScanRecord(path=path, error=message, model=loaded.identity,
-                                   detector=loaded.detector.name))
-
-    files = list(iter_inputs(paths, parse_extensions(include), on_problem))
+    check_scan_options(output_format, output, threshold, fpr, resume, verify_hash, null, paths)
+    tally = ScanTally()
+    found: list[tuple[str, str]] = []  # inputs that are not files: error records below
+    try:  # Ctrl-C before scanning: nothing is written, and no traceback
+        files = list(iter_inputs(paths, parse_extensions(include),
+                                 lambda path, message: found.append((path, message)),
+                                 null=null))
+        if output is not None:
+            check_output(output, paths, files, force, overwrite, resume)
+        tally.total = len(files)
+        loaded = load_detector(model, detector_name, device, patches, batch_size, max_pixels)
+        if fpr is not None:
+            loaded.detector.calibration.set_fpr(fpr)
+        previous = Previous()
+        if resume:
+            files, previous = skip_recorded(files, output, verify_hash, tally)
+            tally.done = tally.skipped
+    except KeyboardInterrupt:
+        err.print("interrupted before scanning; nothing written", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    problems = []
+    for path, message in found:
+        tally.add("error")
+        if (unicode_safe(path), unicode_safe(message)) not in previous.problems:
+            problems.append(ScanRecord(path=path, error=message, model=loaded.identity,
+                                       detector=loaded.detector.name))
     streaming = output_format == "jsonl"  # records are written, not kept: memory stays flat
+    stream = open_results(output, append=resume) if output and streaming else sys.stdout
+    _survive_any_text(sys.stdout)
     records: list[ScanRecord] = [] if streaming else list(problems)
-    verdicts = Counter(r.verdict for r in problems)
-    try:
-        stream = open(output, "w") if output else sys.stdout  # noqa: SIM115 (closed below)
-    except OSError as error:
-        fail(f"cannot write --output {output}: {error.strerror}")
+    interrupted = False
     try:
         if streaming:
             for record in problems:
                 write_jsonl_record(record, stream)
-        with progress_bar(len(files), "scanning", disable=quiet) as advance:
-            for record in scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
-                               threshold):
-                verdicts[record.verdict] += 1
+        with progress_bar(len(files), "scanning", disable=quiet) as advance, \
+                closing(scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
+                             threshold)) as results:
+            for record in results:
+                tally.add(record.verdict)
                 if streaming:
                     write_jsonl_record(record, stream)
                 else:
                     records.append(record)
+                tally.done += 1
                 advance(1)
-        if not streaming:
-            write_scan(records, output_format, stream)
+    except KeyboardInterrupt:  # stop cleanly: keep every finished record
+        interrupted = True
     finally:
-        if output:
+        if output and streaming:
             stream.close()
-    code = exit_code(verdicts)
+    if not streaming:
+        write_results(records, output_format, output, interrupted)
+    report_scan(tally, output_format, quiet, interrupted,
+                printable(str(output)) if output else "stdout")
+
+
+def write_results(records: list[ScanRecord], output_format: str, output: Path | None,
+                  interrupted: bool) -> None:
+    """Table, JSON and CSV are written when scanning ends, so an earlier results file
+    given with --overwrite survives a run that is killed before then."""
+    if output is None:
+        write_scan(records, output_format, sys.stdout, interrupted=interrupted)
+        return
+    with open_results(output) as stream:
+        write_scan(records, output_format, stream, interrupted=interrupted)
+
+
+def report_scan(tally: ScanTally, output_format: str, quiet: bool, interrupted: bool,
+                where: str) -> NoReturn:
+    """The summary line on stderr, then exit with the documented code."""
+    if interrupted:  # always said, even with --quiet: the results are incomplete
+        err.print(f"interrupted: {tally.done}/{tally.total} files done; results in {where}",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    code = exit_code(tally.verdicts)
+    verdicts = tally.verdicts
+    skipped = f" ({tally.skipped} already recorded, skipped)" if tally.skipped else ""
     if not quiet and output_format != "table":  # the table prints its own summary
-        err.print(f"[dim]{verdicts.total()} files: {verdicts['ai']} ai, "
+        err.print(f"[dim]{verdicts.total()} files{skipped}: {verdicts['ai']} ai, "
                   f"{verdicts['uncertain']} uncertain, {verdicts['real']} real, "
                   f"{verdicts['error']} unreadable; exit code {code}[/]")
     raise typer.Exit(code)

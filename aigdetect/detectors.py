@@ -20,6 +20,7 @@ folder written by ``aigdetect fit-gmm`` alone offers ``oneclass``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -273,6 +274,9 @@ class DetectorFolder:
                 raise DetectorError(f"{self.path} is not a one-class detector folder: "
                                     f"{path.name} is missing (make one with 'aigdetect fit-gmm')")
         density = RealPhotoDensity.load(density_path)
+        if not math.isfinite(density.threshold):
+            raise DetectorError(f"{density_path}: its threshold is not a finite number; refit "
+                                "with 'aigdetect fit-gmm'")
         expected = density.provenance.get("extractor_sha256")
         if expected and expected != file_sha256(extractor_path):
             raise DetectorError(f"{density_path.name} was fitted on another extractor than "

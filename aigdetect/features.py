@@ -7,7 +7,11 @@ bounded whatever the number of files, and results come back in input order.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -38,6 +42,9 @@ MIN_CHUNK = 8
 #: to bound memory (a 12 MP image is 36 MB while decoded, its tiles far less).
 PREFETCH_PER_WORKER = 2
 
+#: ``prctl`` option (linux/prctl.h): signal to send this process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
 
 @dataclass
 class PreparedImage:
@@ -46,6 +53,8 @@ class PreparedImage:
     path: str
     tiles: np.ndarray | None = None
     sha256: str | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
     format: str | None = None
     width: int | None = None
     height: int | None = None
@@ -72,6 +81,8 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
     try:
         if Path(path).exists() and not Path(path).is_file():
             raise ImageReadError("not a regular file (a folder, pipe or device)")
+        stat = os.stat(path)  # before hashing: a file changed since is rescanned on resume
+        record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
         record.sha256 = file_sha256(path)
         image = load_image(path, settings.max_pixels)
         record.format, record.width, record.height = image.format, image.width, image.height
@@ -94,8 +105,26 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
     return record
 
 
-def _worker_init() -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies, even by SIGKILL: an
+    orphaned decoder would keep reading evidence and holding memory. No-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl in this libc: best effort only
+        return
+    if os.getppid() != parent:  # the parent died before prctl: the signal will never come
+        os._exit(1)
+
+
+def _worker_init(parent: int) -> None:
+    """Decoding workers: one thread, die with the parent, and leave Ctrl-C to the
+    parent, which stops the pool itself and writes what was scanned."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
 
 
 def prepare_stream(
@@ -109,7 +138,9 @@ def prepare_stream(
         return
     context = multiprocessing.get_context("fork" if "fork" in
                                           multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    try:
         pending: deque[Future] = deque()
         for path in paths:
             pending.append(pool.submit(prepare_image, path, settings))
@@ -117,6 +148,8 @@ def prepare_stream(
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+    finally:  # also on Ctrl-C or an abandoned stream: drop queued files, stop the workers
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class FeatureExtractor:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 #: Extensions scanned by default (lower case, without the dot).
 IMAGE_EXTENSIONS = (
-    "jpg", "jpeg", "jpe", "png", "webp", "tif", "tiff", "bmp", "gif", "mpo", "heic", "avif",
+    "jpg", "jpeg", "jpe", "jfif", "jif", "png", "webp", "tif", "tiff", "bmp", "gif", "mpo",
+    "heic", "heif", "avif",
 )
 
 Problem = Callable[[str, str], None]
@@ -25,6 +26,23 @@ Problem = Callable[[str, str], None]
 
 def _ignore(path: str, message: str) -> None:
     """Default problem handler: drop it (callers who care pass their own)."""
+
+
+def unicode_safe(text: str | Path) -> str:
+    """``text`` as valid Unicode: bytes of a file name that are not UTF-8 (which
+    Python keeps as lone surrogates, e.g. ``\\udcff``) become ``\\xNN``.
+
+    Such a name would otherwise crash every UTF-8 writer (CSV, the table) or make
+    strict JSON parsers reject the output; results must account for every file,
+    whatever its name. Same as ``os.fsencode(path).decode("utf-8", "backslashreplace")``
+    on POSIX.
+    """
+    text = str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoder made (e.g. from a Windows name)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def parse_extensions(text: str | None) -> tuple[str, ...]:
@@ -67,31 +85,51 @@ def iter_inputs(
     extensions: Iterable[str] = IMAGE_EXTENSIONS,
     on_problem: Problem = _ignore,
     stdin: Iterable[str] | None = None,
+    null: bool = False,
 ) -> Iterator[Path]:
     """Expand command-line inputs into image paths, each once.
 
     A file named explicitly is taken whatever its extension (the user asked for
     it); folders and globs are filtered by ``extensions``. ``-`` reads one path
-    per line from standard input.
+    per line from standard input, or with ``null`` one path per NUL byte
+    (``find -print0``), the only separator no file name can contain.
     """
     extensions = tuple(extensions)
     emitted: set[str] = set()
     for item in inputs:
-        for path in _expand(item, extensions, on_problem, stdin):
+        for path in _expand(item, extensions, on_problem, stdin, null):
             key = os.path.abspath(path)
             if key not in emitted:
                 emitted.add(key)
                 yield path
 
 
+def stdin_paths(stdin: Iterable[str] | None = None, null: bool = False) -> Iterator[str]:
+    """Paths listed on standard input (or in ``stdin``), empty entries skipped.
+
+    The real stdin is read as bytes and decoded like file names (``os.fsdecode``),
+    so a name that is not UTF-8 is still found rather than crashing the decoder.
+    """
+    if stdin is not None:
+        if null:
+            yield from (name for name in "".join(stdin).split("\0") if name)
+        else:
+            yield from (name for line in stdin if (name := line.rstrip("\r\n")))
+        return
+    if null:
+        names = sys.stdin.buffer.read().split(b"\0")
+    else:
+        names = (line.rstrip(b"\r\n") for line in sys.stdin.buffer)
+    yield from (os.fsdecode(name) for name in names if name)
+
+
 def _expand(
-    item: str, extensions: tuple[str, ...], on_problem: Problem, stdin: Iterable[str] | None
+    item: str, extensions: tuple[str, ...], on_problem: Problem, stdin: Iterable[str] | None,
+    null: bool = False,
 ) -> Iterator[Path]:
     if item == "-":
-        for line in stdin if stdin is not None else sys.stdin:
-            line = line.rstrip("\r\n")
-            if line:
-                yield from _expand(line, extensions, on_problem, None)
+        for name in stdin_paths(stdin, null):
+            yield from _expand(name, extensions, on_problem, None)
         return
     path = Path(item)
     if path.is_dir():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import IO, Any
@@ -18,6 +19,7 @@ from rich.text import Text
 
 from . import __version__
 from .evaluation import GroupMetrics
+from .files import unicode_safe
 from .scanning import ScanRecord
 
 SCHEMA_VERSION = 2
@@ -28,8 +30,44 @@ CSV_COLUMNS = (
     "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
     "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "patches",
     "elapsed_ms", "detector", "model_name", "model_version", *MODEL_HASHES, "notes", "error",
+    "size", "mtime_ns",
 )
 _VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta"}
+#: C0 and C1 control characters (terminal escape sequences start with one) and the
+#: bidirectional overrides that can make a name display as another.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show: undecodable bytes as ``\\xNN`` (see ``unicode_safe``)
+    and control characters visibly escaped (``\\x1b``, ``\\u202e``).
+
+    File names are attacker-controlled: a name holding an escape sequence must not
+    reach a terminal raw (through the table, or ``cat results.csv``).
+    """
+    return _UNPRINTABLE.sub(_escape_char, unicode_safe(text))
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def record_json(record: ScanRecord) -> dict[str, Any]:
+    """A record as JSON-ready data: text fields made valid Unicode (``unicode_safe``;
+    JSON itself escapes control characters), so strict parsers accept every line."""
+    data = record.to_dict()
+    for key in ("path", "error"):
+        if data[key] is not None:
+            data[key] = unicode_safe(data[key])
+    data["notes"] = [unicode_safe(note) for note in data["notes"]]
+    return data
+
+
+def dumps(data: Any, **options: Any) -> str:
+    """``json.dumps`` that refuses NaN and infinity (which are not JSON) rather than
+    writing a file other tools cannot read."""
+    return json.dumps(data, allow_nan=False, **options)
 
 
 def ranked(records: Sequence[ScanRecord]) -> list[ScanRecord]:
@@ -68,7 +106,9 @@ def scan_table(records: Sequence[ScanRecord]) -> Table:
         parts = [_fmt(r.components.get(name, {}).get("score")) for name in components]
         percentile = f"{r.percentile:.1f}" if r.percentile is not None else "-"
         note = r.error or "; ".join(r.notes)
-        table.add_row(r.path, _fmt(r.score), verdict, *parts, percentile, _size(r), note)
+        # Text, not str: a name like "a[/b].jpg" is not rich markup
+        table.add_row(Text(printable(r.path)), _fmt(r.score), verdict, *parts, percentile,
+                      _size(r), Text(printable(note)))
     return table
 
 
@@ -81,30 +121,38 @@ def _csv_row(record: ScanRecord) -> dict[str, Any]:
                 oneclass_score=components.get("oneclass", {}).get("score"),
                 binary_score=components.get("binary", {}).get("score"),
                 notes="; ".join(record.notes))
-    return {column: data.get(column) for column in CSV_COLUMNS}
+    row = {column: data.get(column) for column in CSV_COLUMNS}
+    return {key: printable(value) if isinstance(value, str) else value
+            for key, value in row.items()}
 
 
 def write_jsonl_record(record: ScanRecord, stream: IO[str]) -> None:
     """One record per line, written as soon as it is scored (streaming)."""
-    stream.write(json.dumps(record.to_dict()) + "\n")
+    stream.write(dumps(record_json(record)) + "\n")
     stream.flush()
 
 
 def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
-               console: Console | None = None) -> None:
-    """Write all records in one of the non-streaming formats, ranked."""
+               console: Console | None = None, interrupted: bool = False) -> None:
+    """Write all records in one of the non-streaming formats, ranked.
+
+    ``interrupted`` (Ctrl-C) marks the results as partial in the table and in JSON
+    (``"interrupted": true``), so a file read later does not pass for a whole scan.
+    """
     if fmt == "table":
         # a pipe or file gets wide rows rather than folded paths
         console = console or Console(file=stream, width=None if stream.isatty() else 200)
         console.print(scan_table(records))
         s = summary(records)
         console.print(f"{s['files']} files: {s['ai']} ai, {s['uncertain']} uncertain, "
-                      f"{s['real']} real, {s['error']} unreadable")
+                      f"{s['real']} real, {s['error']} unreadable"
+                      + (" (interrupted: partial results)" if interrupted else ""))
     elif fmt == "json":
         document = {"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
+                    **({"interrupted": True} if interrupted else {}),
                     "summary": summary(records),
-                    "results": [r.to_dict() for r in ranked(records)]}
-        json.dump(document, stream, indent=2)
+                    "results": [record_json(r) for r in ranked(records)]}
+        stream.write(dumps(document, indent=2))
         stream.write("\n")
     elif fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -140,9 +188,9 @@ def evaluation_table(rows: Sequence[GroupMetrics], threshold_note: str) -> Table
 def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
                      threshold_note: str, extra: dict[str, Any]) -> None:
     if fmt == "json":
-        json.dump({"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
-                   "positive_class": "ai", **extra,
-                   "groups": [row.to_dict() for row in rows]}, stream, indent=2)
+        stream.write(dumps({"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
+                            "positive_class": "ai", **extra,
+                            "groups": [row.to_dict() for row in rows]}, indent=2))
         stream.write("\n")
     else:
         console = Console(file=stream, width=None if stream.isatty() else 200)

@@ -7,13 +7,14 @@ in this one, and records come back in input order.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .detectors import Detector
+from .detectors import Detector, Judgement
 from .features import PreparedImage, prepare_stream
 
 #: Most tiles an "all tiles" scan uses (attention over the tile set grows with its square).
@@ -26,6 +27,10 @@ class ScanRecord:
 
     path: str
     sha256: str | None = None
+    #: size and modification time when hashed: ``scan --resume`` skips a file only
+    #: when both still match (and, with --verify-hash, the sha256 too)
+    size: int | None = None
+    mtime_ns: int | None = None
     format: str | None = None
     width: int | None = None
     height: int | None = None
@@ -52,8 +57,9 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
     """Turn one decoded image into a record (errors included)."""
     started = time.perf_counter()
     record = ScanRecord(
-        path=prepared.path, sha256=prepared.sha256, format=prepared.format,
-        width=prepared.width, height=prepared.height, notes=prepared.notes,
+        path=prepared.path, sha256=prepared.sha256, size=prepared.size,
+        mtime_ns=prepared.mtime_ns, format=prepared.format, width=prepared.width,
+        height=prepared.height, notes=prepared.notes,
         error=prepared.error, model=identity, detector=detector.name,
     )
     if prepared.tiles is not None:
@@ -62,16 +68,29 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
         except RuntimeError as error:  # e.g. out of memory on a huge "all tiles" scan
             record.error = f"network failed: {error}"
         else:
-            record.raw_score = round(judgement.raw, 4)
-            record.score = round(judgement.score, 6)
-            record.threshold = round(judgement.threshold, 4)
-            record.percentile = round(judgement.percentile, 2)
-            record.verdict = judgement.verdict
-            record.components = judgement.components or {detector.name: judgement.summary()}
-            record.log_likelihood = _log_likelihood(record.components)
-            record.patches = len(prepared.tiles)
+            _fill_scores(record, judgement, detector.name)
+            record.patches = len(prepared.tiles) if record.error is None else 0
     record.elapsed_ms = round(prepared.decode_ms + (time.perf_counter() - started) * 1000, 1)
     return record
+
+
+def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
+    """Fill the score fields, or an error when any of them is not a finite number.
+
+    NaN or infinity is no evidence (a damaged model or a degenerate feature can give
+    one), and it would make the JSON output invalid: such a file is an error record.
+    """
+    values = (judgement.raw, judgement.score, judgement.threshold, judgement.percentile)
+    if not all(math.isfinite(v) for v in values):
+        record.error = "the detector gave a non-finite score (damaged model folder?)"
+        return
+    record.raw_score = round(judgement.raw, 4)
+    record.score = round(judgement.score, 6)
+    record.threshold = round(judgement.threshold, 4)
+    record.percentile = round(judgement.percentile, 2)
+    record.verdict = judgement.verdict
+    record.components = judgement.components or {name: judgement.summary()}
+    record.log_likelihood = _log_likelihood(record.components)
 
 
 def _log_likelihood(components: dict[str, dict[str, Any]]) -> float | None:
