@@ -40,7 +40,15 @@ from .detectors import (
     DetectorFolder,
     default_model_dir,
 )
-from .evaluation import AI, REAL, evaluate_groups, labelled_sets, pair_metrics, plot_roc
+from .evaluation import (
+    AI,
+    REAL,
+    component_results,
+    evaluate_groups,
+    labelled_sets,
+    pair_metrics,
+    plot_roc,
+)
 from .features import TileSettings
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe, walk_folder
 from .labelled import files_from_csv, files_from_folders
@@ -765,12 +773,18 @@ def evaluate_command(
     note = (f"detector {loaded.detector.name}, threshold {calibration.threshold:.3f} = "
             f"{calibration.fpr:.1%} FPR on held-out real photos; "
             f"{CONDITIONS[condition].describe()}")
+    components = sorted({n for _, records in results.values() for r in records
+                         for n in r.components} - {loaded.detector.name})
     write_evaluation(rows, output_format, sys.stdout, note, {
         "detector": loaded.detector.name, "threshold": calibration.threshold,
         "calibrated_fpr": calibration.fpr, "condition": condition,
         "processing": CONDITIONS[condition].describe(),
         "matched_processing": condition == "matched", "model": loaded.identity,
         "pairs": pair_metrics(results),
+        "components": {name: {"groups": [g.to_dict() for g in evaluate_groups(view)],
+                              "pairs": pair_metrics(view)}
+                       for name in components
+                       for view in [component_results(results, name)]},
     })
     if plot is not None:
         try:

@@ -8,7 +8,7 @@ images; each real folder reports its false-positive rate; "overall" pools all.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +114,21 @@ def pair_metrics(
                           "n_real": row.n_real, "auc": row.auc,
                           "average_precision": row.average_precision})
     return pairs
+
+
+def component_results(
+    results: dict[str, tuple[str, list[ScanRecord]]], name: str,
+) -> dict[str, tuple[str, list[ScanRecord]]]:
+    """The same results as one component of a fused detector scored them: each
+    record's raw score and threshold replaced by that component's."""
+    def view(record: ScanRecord) -> ScanRecord:
+        opinion = record.components.get(name)
+        if opinion is None:
+            return replace(record, raw_score=None, threshold=None)
+        return replace(record, raw_score=opinion["raw_score"], threshold=opinion["threshold"])
+
+    return {group: (label, [view(r) for r in records])
+            for group, (label, records) in results.items()}
 
 
 def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> None:

@@ -79,17 +79,15 @@ def write_csv(rows: list[tuple[str, str, str]], path: Path) -> Path:
     return path
 
 
-def summarise(document: dict) -> dict:
-    """The benchmark's view of one ``evaluate`` JSON document."""
+def summarise(groups: list[dict], pairs: list[dict]) -> dict:
+    """The benchmark's view of one detector's groups and pairs from ``evaluate``."""
     def short(name: str) -> str:
         return name.split(":", 1)[-1]
 
-    pairs = {f"{short(p['ai'])} vs {short(p['real'])}": p["auc"] for p in document["pairs"]}
-    aucs = [v for v in pairs.values() if v is not None]
-    groups = document["groups"]
+    pair_auc = {f"{short(p['ai'])} vs {short(p['real'])}": p["auc"] for p in pairs}
+    aucs = [v for v in pair_auc.values() if v is not None]
     return {
-        "threshold": document["threshold"],
-        "pairs_auc": pairs,
+        "pairs_auc": pair_auc,
         "mean_pair_auc": sum(aucs) / len(aucs) if aucs else None,
         "fpr": {short(g["name"]): g["fpr"] for g in groups if g["label"] == "real"},
         "tpr": {short(g["name"]): g["tpr"] for g in groups if g["label"] == "ai"},
@@ -98,12 +96,18 @@ def summarise(document: dict) -> dict:
 
 
 def evaluate(csv_path: Path, model: Path | None, detector: str, condition: str,
-             workers: int) -> dict:
+             workers: int) -> dict[str, dict]:
+    """One ``aigdetect evaluate`` run: the detector's summary, and each component's
+    when it is a fusion (their scores are in the same records)."""
     args = ["evaluate", "--csv", str(csv_path), "-f", "json", "-q", "--detector", detector,
             "--condition", condition, "--workers", str(workers)]
     if model is not None:
         args += ["--model", str(model)]
-    return summarise(json.loads(aigdetect(*args)))
+    document = json.loads(aigdetect(*args))
+    summaries = {detector: summarise(document["groups"], document["pairs"])}
+    for name, part in document.get("components", {}).items():
+        summaries[name] = summarise(part["groups"], part["pairs"])
+    return summaries
 
 
 def print_results(title: str, results: dict) -> None:
@@ -133,16 +137,22 @@ def _fmt(value: float | None) -> str:
 
 def run_matrix(csv_path: Path, model: Path | None, detectors: list[str],
                conditions: list[str], workers: int) -> dict:
+    """detector -> condition -> summary. A fused run also gives its components, which
+    are then not run again."""
     results: dict[str, dict] = {}
-    for detector in detectors:
-        for condition in conditions:
+    for condition in conditions:
+        for detector in detectors:
+            if condition in results.get(detector, {}):
+                continue  # measured as a component of the fused run
             started = time.monotonic()
-            results.setdefault(detector, {})[condition] = evaluate(
-                csv_path, model, detector, condition, workers)
+            summaries = evaluate(csv_path, model, detector, condition, workers)
+            for name, summary in summaries.items():
+                if name in detectors:
+                    results.setdefault(name, {})[condition] = summary
             log.print(f"{detector} / {condition}: mean pair AUC "
-                      f"{_fmt(results[detector][condition]['mean_pair_auc'])} "
+                      f"{_fmt(summaries[detector]['mean_pair_auc'])} "
                       f"({time.monotonic() - started:.0f} s)")
-    return results
+    return {name: results[name] for name in detectors}
 
 
 def read_rows(path: Path) -> list[dict]:

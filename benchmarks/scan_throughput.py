@@ -1,12 +1,13 @@
 """Scan throughput on 12-megapixel JPEGs, beside the decode-only floor.
 
     python benchmarks/scan_throughput.py [--images 24] [--workers 2] [--patches N]
+                                         [--detector fused|binary|oneclass] [--model DIR]
 
 Makes a folder of 4000x3000 camera-like JPEGs (a real photo from ../shared,
 upscaled, with sensor-like noise, saved at quality 92: the decode cost of a real
 12 MP JPEG; no camera trace is claimed), then times, on the same files:
   1. decode only (hash + decode + tiling, the same worker pool as a scan);
-  2. a full scan with the default detector.
+  2. a full scan with the detector (default: the shipped folder's default).
 Prints images/s, the model's share of the time, and peak memory.
 """
 
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aigdetect.detectors import DetectorFolder
 from aigdetect.features import prepare_stream
 from aigdetect.runtime import pick_device
-from aigdetect.scanning import Detector, scan
+from aigdetect.scanning import scan
 
 SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
 
@@ -60,13 +62,16 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=None,
                         help="tiles per image (default: the detector's)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--detector", default=None, help="default: the folder's default")
+    parser.add_argument("--model", type=Path, default=None, help="default: the shipped one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print(f"making {args.images} 4000x3000 JPEGs ...")
         paths = make_images(Path(tmp), args.images)
         megabytes = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
-        detector = Detector.load(None, pick_device(args.device), args.patches)
-        tiles = detector.tiles
+        folder = DetectorFolder.open(args.model)
+        detector = folder.build(args.detector, pick_device(args.device))
+        tiles = folder.tiles(args.patches)
 
         started = time.perf_counter()
         stream = prepare_stream(paths, tiles, args.workers)
@@ -74,12 +79,12 @@ def main() -> None:
         decode_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        records = list(scan(paths, detector, args.workers))
+        records = list(scan(paths, detector, folder.identity(), tiles, args.workers))
         scan_s = time.perf_counter() - started
 
     errors = sum(r.error is not None for r in records)
     print(f"{len(paths)} images, {megabytes:.1f} MB each, {tiles.max_tiles} tiles each, "
-          f"{args.workers} decode workers, device {detector.features.device}")
+          f"{args.workers} decode workers, detector {detector.name}, device {args.device}")
     print(f"decode only : {decode_s:6.2f} s  {decoded / decode_s:6.2f} images/s")
     print(f"full scan   : {scan_s:6.2f} s  {len(records) / scan_s:6.2f} images/s "
           f"({errors} errors)")
