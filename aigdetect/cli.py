@@ -8,12 +8,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import socket
 import sys
 from collections import Counter
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -53,8 +55,24 @@ from .features import TileSettings
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe, walk_folder
 from .labelled import files_from_csv, files_from_folders
 from .oneclass import fit_detector
-from .patches import CONDITIONS, DEFAULT_MAX_PIXELS
-from .report import FORMATS, printable, write_evaluation, write_jsonl_record, write_scan
+from .patches import (
+    CONDITIONS,
+    DEFAULT_MAX_DECODE_MB,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SCANS,
+    DecodeLimits,
+)
+from .report import (
+    FORMATS,
+    VERDICTS,
+    printable,
+    read_run_file,
+    run_file,
+    write_evaluation,
+    write_jsonl_record,
+    write_run_file,
+    write_scan,
+)
 from .resume import Previous, prepare_append, read_previous, recorded
 from .runtime import pick_device
 from .scanning import MAX_TILES, ScanRecord, scan
@@ -237,6 +255,17 @@ BATCH_OPTION = typer.Option(256, min=8, help="Tiles per forward pass: memory and
 MAX_PIXELS_OPTION = typer.Option(
     DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
     help="Refuse images larger than this many megapixels (decompression-bomb guard).")
+MAX_DECODE_OPTION = typer.Option(
+    DEFAULT_MAX_DECODE_MB, "--max-decode-mb", min=1,
+    help="Refuse an image whose decoding would need more memory than this (MB), judged "
+    "from its header: size, channels and bit depth.")
+MAX_SCANS_OPTION = typer.Option(
+    DEFAULT_MAX_SCANS, "--max-scans", min=1,
+    help="Refuse a progressive JPEG with more scans than this (each re-decodes the image).")
+TIMEOUT_OPTION = typer.Option(
+    120.0, "--timeout", min=0.001,
+    help="Seconds one file may take to decode before it is stopped and recorded as an "
+    "error (not enforced with --workers 0).")
 
 
 def parse_patches(text: str | None) -> int | None:
@@ -264,7 +293,7 @@ class LoadedDetector:
 
 
 def load_detector(model: Path | None, name: str | None, device: str, patches: str | None,
-                  batch_size: int, max_pixels: int = DEFAULT_MAX_PIXELS // 1_000_000,
+                  batch_size: int, limits: DecodeLimits | None = None,
                   condition: str = "asis") -> LoadedDetector:
     """Open a detector folder and build one of its detectors, or exit 2 with one line
     saying what is wrong with it.
@@ -283,7 +312,7 @@ def load_detector(model: Path | None, name: str | None, device: str, patches: st
     try:
         folder = DetectorFolder.open(model)
         detector = folder.build(name, torch_device, batch_size)
-        settings = folder.tiles(tiles, max_pixels=max_pixels * 1_000_000,
+        settings = folder.tiles(tiles, limits=limits or DecodeLimits(),
                                 processing=CONDITIONS[condition])
         return LoadedDetector(detector, folder.identity(), settings)
     except (*LOAD_ERRORS, ValueError) as error:
@@ -597,6 +626,9 @@ def scan_command(
     batch_size: int = BATCH_OPTION,
     workers: int = WORKERS_OPTION,
     max_pixels: int = MAX_PIXELS_OPTION,
+    max_decode_mb: int = MAX_DECODE_OPTION,
+    max_scans: int = MAX_SCANS_OPTION,
+    timeout: float = TIMEOUT_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on "
                                "stderr."),
 ) -> None:
@@ -605,9 +637,10 @@ def scan_command(
     **score** is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
     logistic of how far the detector's raw score lies above the threshold, in units of the
     real photos' spread. **verdict** is ai, real, uncertain (within half a spread of the
-    threshold) or error (unreadable). **real pct** is the share of held-out real photos
-    that score at least as suspicious. The default detector is **fused**: the binary
-    detector and the one-class (camera-trace) detector, each record keeping both scores.
+    threshold, or a damaged file) or error (unreadable, or over a limit). **real pct** is the
+    share of held-out real photos that score at least as suspicious. The default detector is
+    **fused**: the binary detector and the one-class (camera-trace) detector, each record
+    keeping both scores.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable;
@@ -617,6 +650,7 @@ def scan_command(
     `find /cases -name '*.jpg' -print0 | aigdetect scan -0 - -f jsonl -o out.jsonl` ·
     `aigdetect scan shots/ --detector oneclass`
     """
+    started = datetime.now(timezone.utc)
     check_scan_options(output_format, output, threshold, fpr, resume, verify_hash, null, paths)
     tally = ScanTally()
     found: list[tuple[str, str]] = []  # inputs that are not files: error records below
@@ -626,8 +660,11 @@ def scan_command(
                                  null=null))
         if output is not None:
             check_output(output, paths, files, force, overwrite, resume)
+            if sidecar_wanted(output, output_format):
+                check_output(run_file(output), paths, files, force, overwrite, resume)
         tally.total = len(files)
-        loaded = load_detector(model, detector_name, device, patches, batch_size, max_pixels)
+        limits = DecodeLimits(max_pixels * 1_000_000, max_decode_mb, max_scans)
+        loaded = load_detector(model, detector_name, device, patches, batch_size, limits)
         if fpr is not None:
             loaded.detector.calibration.set_fpr(fpr)
         previous = Previous()
@@ -654,7 +691,7 @@ def scan_command(
                 write_jsonl_record(record, stream)
         with progress_bar(len(files), "scanning", disable=quiet) as advance, \
                 closing(scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
-                             threshold)) as results:
+                             threshold, timeout)) as results:
             for record in results:
                 tally.add(record.verdict)
                 if streaming:
@@ -668,21 +705,75 @@ def scan_command(
     finally:
         if output and streaming:
             stream.close()
+    run = run_header(started, loaded, threshold, tally, interrupted,
+                     {"workers": workers, "timeout_s": timeout if workers > 0 else None,
+                      "max_pixels_mp": max_pixels, "max_decode_mb": max_decode_mb,
+                      "max_scans": max_scans})
     if not streaming:
-        write_results(records, output_format, output, interrupted)
+        write_results(records, output_format, output, interrupted, run)
+    if output is not None and sidecar_wanted(output, output_format):
+        save_run_file(output, run, resume)
     report_scan(tally, output_format, quiet, interrupted,
                 printable(str(output)) if output else "stdout")
 
 
 def write_results(records: list[ScanRecord], output_format: str, output: Path | None,
-                  interrupted: bool) -> None:
+                  interrupted: bool, run: dict[str, Any]) -> None:
     """Table, JSON and CSV are written when scanning ends, so an earlier results file
     given with --overwrite survives a run that is killed before then."""
     if output is None:
-        write_scan(records, output_format, sys.stdout, interrupted=interrupted)
+        write_scan(records, output_format, sys.stdout, interrupted=interrupted, run=run)
         return
     with open_results(output) as stream:
-        write_scan(records, output_format, stream, interrupted=interrupted)
+        write_scan(records, output_format, stream, interrupted=interrupted, run=run)
+
+
+def run_header(started: datetime, loaded: LoadedDetector, threshold: float | None,
+               tally: ScanTally, interrupted: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    """Who scanned what, how and when: the chain-of-custody record of one run."""
+    detector = loaded.detector
+    parts = getattr(detector, "parts", [])
+    verdicts = tally.verdicts
+    return {
+        "aigdetect_version": __version__,
+        "command": [unicode_safe(arg) for arg in sys.argv],
+        "host": unicode_safe(socket.gethostname()),
+        "started": started.isoformat(timespec="milliseconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        **({"interrupted": True} if interrupted else {}),
+        "detector": detector.name,
+        "threshold": detector.calibration.threshold if threshold is None else threshold,
+        "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
+        "component_thresholds": {part.name: part.calibration.threshold for part in parts},
+        "model": loaded.identity,
+        "settings": {"patches": loaded.tiles.max_tiles or "all", **settings},
+        "counts": {"files": verdicts.total(), **{v: verdicts[v] for v in VERDICTS},
+                   "skipped": tally.skipped},
+    }
+
+
+def sidecar_wanted(output: Path, output_format: str) -> bool:
+    """JSONL and CSV have no room for the run header: it goes beside them, in
+    ``FILE.run.json``, when FILE is a regular file (not /dev/null or a pipe)."""
+    return output_format in ("jsonl", "csv") and (output.is_file() or not output.exists())
+
+
+def save_run_file(output: Path, run: dict[str, Any], resume: bool) -> None:
+    """Write ``FILE.run.json`` atomically; a resumed run keeps the earlier runs' headers."""
+    path = run_file(output)
+    earlier = []
+    if resume and path.is_file():
+        try:
+            earlier = read_run_file(path)
+        except (OSError, ValueError) as error:
+            err.print(f"[yellow]warning:[/] {escape(printable(str(path)))} is unreadable "
+                      f"({escape(first_line(error))}); the earlier runs' headers are lost",
+                      highlight=False)
+    try:
+        write_run_file(path, run, earlier)
+    except OSError as error:
+        err.print(f"[yellow]warning:[/] cannot write {escape(printable(str(path)))}: "
+                  f"{error.strerror}", highlight=False)
 
 
 def report_scan(tally: ScanTally, output_format: str, quiet: bool, interrupted: bool,
@@ -809,6 +900,14 @@ def progress_bar(total: int, label: str, disable: bool = False):
     """A progress bar on stderr; yields a function that advances it."""
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=disable, transient=True) as progress:
+    # redrawn as files finish, not from a timer thread: with --workers 0 a redraw during
+    # a decode would land in the decoder's captured stderr (see patches.decoder_output)
+    with Progress(*columns, console=err, disable=disable, transient=True,
+                  auto_refresh=False) as progress:
         task = progress.add_task(label, total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+            progress.refresh()
+
+        yield advance

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, ExifLabels, Vocabulary, read_labels
 from .files import atomic_write
-from .patches import ImageReadError, grid_tiles, load_image, random_crops
+from .patches import ImageReadError, grid_tiles, image_formats, load_image, random_crops
 
 CACHE_VERSION = 1
 
@@ -39,7 +39,7 @@ def _opens_as_image(path: Path) -> bool:
     try:
         with open(path, "rb") as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(handle) as image:
+            with Image.open(handle, formats=image_formats()) as image:
                 return image.size[0] > 0 and image.size[1] > 0
     except Exception:
         return False

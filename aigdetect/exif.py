@@ -23,6 +23,8 @@ from typing import Any
 import piexif
 from PIL import ExifTags, Image
 
+from .patches import image_formats
+
 #: Ordinal tags, ranked pairwise. Value ranges outside which a reading is absurd.
 ORDINAL_TAGS: dict[str, tuple[float, float]] = {
     "fnumber": (0.5, 128.0),
@@ -185,7 +187,7 @@ def _read_with_piexif(path: str | Path) -> dict[str, Any]:
 def _read_with_pillow(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns on damaged EXIF; we mask what it misses
-        with Image.open(handle) as image:
+        with Image.open(handle, formats=image_formats()) as image:
             exif = image.getexif()
             raw: dict[str, Any] = {ExifTags.TAGS.get(t, str(t)): v for t, v in exif.items()}
             sub = exif.get_ifd(ExifTags.IFD.Exif)

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from .files import file_sha256
 from .network import ExifExtractor
 from .patches import (
-    DEFAULT_MAX_PIXELS,
+    DecodeLimits,
     ImageReadError,
     Processing,
     apply_processing,
@@ -69,7 +70,7 @@ class TileSettings:
 
     patch_size: int = 64
     max_tiles: int | None = 16  # None = every tile of the grid
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
     #: evaluation only: processing applied before tiling (see ``patches.CONDITIONS``)
     processing: Processing | None = None
 
@@ -84,7 +85,7 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
         stat = os.stat(path)  # before hashing: a file changed since is rescanned on resume
         record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
         record.sha256 = file_sha256(path)
-        image = load_image(path, settings.max_pixels)
+        image = load_image(path, settings.limits)
         record.format, record.width, record.height = image.format, image.width, image.height
         record.notes = list(image.notes)
         pixels = image.pixels
@@ -128,28 +129,79 @@ def _worker_init(parent: int) -> None:
 
 
 def prepare_stream(
-    paths: Iterable[str | Path], settings: TileSettings, workers: int
+    paths: Iterable[str | Path], settings: TileSettings, workers: int,
+    timeout: float | None = None,
 ) -> Iterator[PreparedImage]:
     """Decode files in ``workers`` processes (0 = in this process), in input
-    order, with a bounded number in flight."""
+    order, with a bounded number in flight.
+
+    A file whose decoding takes over ``timeout`` seconds gets an error record: its
+    worker is killed (a decoder stuck in C cannot be interrupted otherwise) and the
+    files in flight go to fresh workers. Decoding in this process (``workers=0``)
+    cannot be stopped, so ``timeout`` is not enforced there.
+    """
     if workers <= 0:
         for path in paths:
             yield prepare_image(path, settings)
         return
-    context = multiprocessing.get_context("fork" if "fork" in
-                                          multiprocessing.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                               initargs=(os.getpid(),))
+    pool = DecodingPool(workers, settings)
     try:
-        pending: deque[Future] = deque()
+        pending: deque[tuple[str | Path, Future]] = deque()
         for path in paths:
-            pending.append(pool.submit(prepare_image, path, settings))
+            pending.append((path, pool.submit(path)))
             if len(pending) >= workers * PREFETCH_PER_WORKER:
-                yield pending.popleft().result()
+                yield pool.next_result(pending, timeout)
         while pending:
-            yield pending.popleft().result()
+            yield pool.next_result(pending, timeout)
     finally:  # also on Ctrl-C or an abandoned stream: drop queued files, stop the workers
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.close()
+
+
+class DecodingPool:
+    """Decoding worker processes that can be killed and replaced, for a file that
+    hangs them or a worker that dies (out of memory, a crash in a decoder)."""
+
+    def __init__(self, workers: int, settings: TileSettings) -> None:
+        self.workers = workers
+        self.settings = settings
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context(
+            "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,
+                                   initargs=(os.getpid(),))
+
+    def submit(self, path: str | Path) -> Future:
+        return self.pool.submit(prepare_image, path, self.settings)
+
+    def next_result(self, pending: deque[tuple[str | Path, Future]],
+                    timeout: float | None) -> PreparedImage:
+        """The first pending file's record. It has been running at least since the
+        files before it finished, so it gets ``timeout`` seconds or more."""
+        path, future = pending.popleft()
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            error = f"over the --timeout of {timeout:g} s: decoding stopped"
+        except BrokenProcessPool:
+            error = ("the decoding worker died (out of memory, or a crash in a decoder) "
+                     "while this file was in flight")
+        self.restart()
+        for index, (other, _) in enumerate(pending):
+            pending[index] = (other, self.submit(other))
+        return PreparedImage(path=str(path), error=error)
+
+    def restart(self) -> None:
+        """Kill every worker (one is stuck) and start fresh ones."""
+        # a running task cannot be cancelled: killing its process is the only way
+        for process in list(self.pool._processes.values()):
+            process.kill()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = self._start()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class FeatureExtractor:

@@ -14,9 +14,16 @@ becomes an :class:`ImageReadError` with a message an analyst can act on.
 from __future__ import annotations
 
 import io
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,12 +33,56 @@ from PIL import Image, UnidentifiedImageError
 #: are about 200 MP); more is refused before a single pixel is decoded.
 DEFAULT_MAX_PIXELS = 250_000_000
 
+#: Default memory ceiling of one decode (MB): a 200 MP 8-bit photo needs about 1.4 GB.
+DEFAULT_MAX_DECODE_MB = 2048
+
+#: Default most scans in a progressive JPEG: cameras and encoders write about 10; a
+#: crafted file with thousands makes libjpeg re-decode the image thousands of times.
+DEFAULT_MAX_SCANS = 100
+
+#: The only formats Pillow may open (its format IDs). Pillow also reads EPS (through
+#: Ghostscript, an interpreter), PDF, PSD, ICO and dozens more; none of them is a
+#: camera or generator output, and each is attack surface. A file is matched by its
+#: content, never its name: an EPS named ``.jpg`` is still refused.
+#: MPO (multi-picture JPEG) is no entry: Pillow's JPEG opener returns it.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
+#: Read too when a plugin is registered (pillow-heif for HEIF; AVIF needs libavif).
+OPTIONAL_FORMATS = ("HEIF", "AVIF")
+
+#: Magic bytes of formats that are refused, to say which one a file is.
+_MAGIC = (
+    (b"%!PS", "EPS/PostScript"), (b"\xc5\xd0\xd3\xc6", "EPS/PostScript"),
+    (b"%PDF", "PDF"), (b"<svg", "SVG"), (b"<?xml", "XML (SVG?)"),
+    (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x02\x00", "CUR"), (b"8BPS", "PSD"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"icns", "ICNS"), (b"qoif", "QOI"), (b"DDS ", "DDS"), (b"gimp xcf", "XCF"),
+    (b"SIMPLE  =", "FITS"), (b"\x89HDF", "HDF5"),
+)
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+
+#: Bytes of decoder output kept per file (a damaged file can make libjpeg warn per block).
+MAX_DECODER_OUTPUT = 8192
+#: Distinct decoder messages kept as notes per file.
+MAX_DAMAGE_NOTES = 5
+#: Decoder messages that mean damaged data: libjpeg's corrupt-data warnings.
+_DAMAGE = ("corrupt jpeg data", "premature end of jpeg file")
+
 # Our own guard replaces Pillow's warning-then-error, which would print to stderr.
 Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageReadError(Exception):
     """A file that cannot be used as an image; the message says why."""
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What decoding one file may cost. A file over a limit is refused before its
+    pixels are decoded, so one crafted file cannot exhaust a scan's memory or time."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_decode_mb: int = DEFAULT_MAX_DECODE_MB
+    max_scans: int = DEFAULT_MAX_SCANS
 
 
 @dataclass
@@ -45,40 +96,63 @@ class DecodedImage:
     notes: list[str] = field(default_factory=list)
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+@cache
+def image_formats() -> tuple[str, ...]:
+    """The Pillow formats evidence may be opened as: :data:`IMAGE_FORMATS`, plus
+    HEIF and AVIF when a plugin for them is installed (pillow-heif is registered
+    here if present)."""
+    try:
+        from pillow_heif import register_heif_opener  # optional dependency
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
+    Image.init()
+    return IMAGE_FORMATS + tuple(f for f in OPTIONAL_FORMATS if f in Image.OPEN)
+
+
+def unsupported_format(head: bytes) -> str:
+    """The error for a file no allowed format accepts, naming its format when the
+    first bytes tell it; nothing of the file is decoded to find out."""
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return ("unsupported format: HEIF/AVIF image, but no decoder for it is installed "
+                "(pip install pillow-heif)")
+    stripped = head.lstrip()
+    for magic, name in _MAGIC:
+        if head.startswith(magic) or (magic[:1] == b"<" and stripped.startswith(magic)):
+            return f"unsupported format: {name} is not an image format aigdetect judges"
+    return "not an image (format not recognised)"
+
+
+def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedImage:
     """Decode an image file read-only into 8-bit RGB without resampling.
 
     Palette, greyscale, CMYK, alpha and 16-bit images are converted to 8-bit RGB
     (noted); an animation gives its first frame (noted). Raises
     :class:`ImageReadError` for empty, truncated, corrupt, non-image and
-    oversized files.
+    oversized files, and for files over ``limits``. What the decoders report
+    about damaged data (Pillow's warnings, libjpeg's messages on stderr) becomes
+    a ``damaged: ...`` note, never a line on the terminal.
     """
+    limits = limits or DecodeLimits()
     path = Path(path)
     try:
-        with open(path, "rb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with open(path, "rb") as handle, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             if handle.seek(0, 2) == 0:
                 raise ImageReadError("empty file (0 bytes)")
             handle.seek(0)
-            with Image.open(handle) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageReadError(
-                        f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
-                        f"exceeds the {max_pixels / 1e6:.1f} MP guard (raise it with --max-pixels)"
-                    )
-                notes = []
-                if getattr(image, "n_frames", 1) > 1:
-                    notes.append(f"{image.n_frames} frames: first frame used")
-                pixels = _decode_jpeg_fast(handle, image) if image.format == "JPEG" else None
+            with _open(handle) as image:
+                check_limits(image, handle, limits)
+                notes = _frames_notes(image)
+                with decoder_output() as printed:
+                    pixels = _decode(handle, image)
+                notes += damage_notes(_pillow_warnings(caught), printed)
                 if pixels is None:
-                    image.load()
                     pixels = _to_rgb8(image, notes)
-                return DecodedImage(pixels, image.format, width, height, notes)
+                return DecodedImage(pixels, image.format, image.size[0], image.size[1], notes)
     except ImageReadError:
         raise
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image (format not recognised)") from None
     except IsADirectoryError:
         raise ImageReadError("is a directory") from None
     except PermissionError:
@@ -94,25 +168,136 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         raise ImageReadError(f"decoder failed: {type(error).__name__}: {error}") from None
 
 
-def _decode_jpeg_fast(handle, image: Image.Image) -> np.ndarray | None:
+def _open(handle: BinaryIO) -> Image.Image:
+    """``Image.open`` restricted to :func:`image_formats`; other formats are named."""
+    try:
+        return Image.open(handle, formats=image_formats())
+    except UnidentifiedImageError:
+        handle.seek(0)
+        raise ImageReadError(unsupported_format(handle.read(64))) from None
+
+
+def check_limits(image: Image.Image, handle: BinaryIO, limits: DecodeLimits) -> None:
+    """Refuse, from the header alone, a file whose decoding would exceed ``limits``."""
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageReadError(
+            f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
+            f"exceeds the {limits.max_pixels / 1e6:.1f} MP guard (raise it with --max-pixels)")
+    needed = width * height * decode_bytes_per_pixel(image.mode)
+    if needed > limits.max_decode_mb * 1_000_000:
+        raise ImageReadError(
+            f"decoding would need {needed / 1e9:.1f} GB ({width}x{height} {image.mode}), over "
+            f"--max-decode-mb {limits.max_decode_mb}")
+    if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
+        handle.seek(0)
+        # SOS markers: coded data stuffs every 0xFF with 0x00, so 0xFFDA starts a scan (or
+        # one of an embedded EXIF thumbnail: a few more, never a hundred)
+        scans = handle.read().count(b"\xff\xda")
+        if scans > limits.max_scans:
+            raise ImageReadError(
+                f"progressive JPEG with {scans} scans, over --max-scans {limits.max_scans} "
+                "(each scan re-decodes the image)")
+
+
+def decode_bytes_per_pixel(mode: str) -> int:
+    """Approximate peak memory per pixel of decoding an image of ``mode`` to 8-bit RGB:
+    Pillow's buffer (1 byte a pixel for L/P/1, 2 for 16-bit, else 4), the working
+    copies of the conversion, and the RGB array."""
+    if mode.startswith("I;16"):
+        return 2 + 2 + 4 + 1 + 3  # buffer, its array copy, uint32 scaling, grey, RGB
+    if mode in ("I", "F"):
+        return 4 + 4 + 8 + 1 + 3  # buffer, its array copy, float64 scaling, grey, RGB
+    stored = 1 if mode in ("1", "L", "P") else 4
+    return stored + (0 if mode == "RGB" else 4) + 3
+
+
+def _frames_notes(image: Image.Image) -> list[str]:
+    """A note for an animation (only its first frame is decoded). GIF and TIFF are
+    not counted: counting walks the whole file, which a huge animation makes slow."""
+    if image.format in ("GIF", "TIFF"):
+        return ["several frames: first frame used"] if getattr(image, "is_animated", False) \
+            else []
+    count = getattr(image, "n_frames", 1)
+    return [f"{count} frames: first frame used"] if count > 1 else []
+
+
+def _decode(handle: BinaryIO, image: Image.Image) -> np.ndarray | None:
+    """Decode the pixels: JPEG's fast path returns them; else Pillow loads ``image``."""
+    pixels = _decode_jpeg(handle, image) if image.format in ("JPEG", "MPO") else None
+    if pixels is None:
+        image.load()
+    return pixels
+
+
+@contextmanager
+def decoder_output() -> Iterator[list[str]]:
+    """Catch what C decoders print on stderr (file descriptor 2) while decoding:
+    libjpeg writes "Corrupt JPEG data: ..." there itself, bypassing Python. The
+    lines are filled into the yielded list on exit, to become the file's notes.
+
+    Only safe where nothing else writes to stderr meanwhile: decoding workers, or
+    the main process between progress-bar refreshes (see ``cli.progress_bar``).
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = sink.read(MAX_DECODER_OUTPUT).decode("utf-8", "replace")
+                lines.extend(line.strip() for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+
+
+def _pillow_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    """Pillow's warnings about the file (others, such as torchvision's deprecation
+    notice, say nothing about it)."""
+    return [str(w.message) for w in caught
+            if Path(w.filename).parent.name == "PIL" and not issubclass(w.category,
+                                                                      DeprecationWarning)]
+
+
+def damage_notes(warned: list[str], printed: list[str]) -> list[str]:
+    """Notes from what decoding reported: Pillow's warnings (malformed structure) and
+    libjpeg's corrupt-data messages are ``damaged: ...`` (see ``scanning``: such a file
+    is never judged ai or real); other decoder output is kept as ``decoder: ...``."""
+    notes = []
+    for message in dict.fromkeys(warned):
+        notes.append(f"damaged: {message}")
+    for message in dict.fromkeys(printed):
+        damaged = message.lower().startswith(_DAMAGE)
+        notes.append(f"{'damaged' if damaged else 'decoder'}: {message}")
+    return notes[:MAX_DAMAGE_NOTES]
+
+
+
+def _decode_jpeg(handle: BinaryIO, image: Image.Image) -> np.ndarray | None:
     """Decode an RGB or greyscale JPEG with torchvision's libjpeg-turbo binding.
 
     It gives the same pixels as Pillow (same library, same IDCT) in about 60 %
     of the time, since it skips Pillow's extra copies; decoding is the floor of
-    a scan's speed. Returns None (Pillow takes over) for anything unusual.
+    a scan's speed. Unlike Pillow's, its libjpeg reports corrupt data (on stderr,
+    caught by :func:`decoder_output`), so other modes (CMYK) are decoded here too,
+    to check them, and then by Pillow. Returns None for Pillow to decode.
     """
-    if image.mode not in ("RGB", "L"):
-        return None
     # imported here: torchvision's package import costs seconds that --help should not pay
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    fast = image.mode in ("RGB", "L")
     try:
         handle.seek(0)
         data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
-        decoded = decode_jpeg(data, mode=ImageReadMode.RGB)
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB if fast else ImageReadMode.UNCHANGED)
     except (RuntimeError, ValueError):
         return None
-    if tuple(decoded.shape[1:]) != (image.size[1], image.size[0]):
+    if not fast or tuple(decoded.shape[1:]) != (image.size[1], image.size[0]):
         return None
     return decoded.permute(1, 2, 0).numpy()
 
@@ -120,9 +305,16 @@ def _decode_jpeg_fast(handle, image: Image.Image) -> np.ndarray | None:
 def _to_rgb8(image: Image.Image, notes: list[str]) -> np.ndarray:
     """Convert any Pillow mode to H x W x 3 uint8, noting lossy conversions."""
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if mode.startswith("I;16"):
+        notes.append(f"{mode} image reduced to 8 bits")
+        wide = np.asarray(image, dtype=np.uint32)  # integer rounding: a quarter of float64's memory
+        wide *= 255
+        wide += 32767
+        wide //= 65535
+        return np.repeat(wide.astype(np.uint8)[:, :, None], 3, axis=2)
+    if mode in ("I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        top = 65535.0 if array.max() > 255 else 255.0
         notes.append(f"{mode} image reduced to 8 bits")
         grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)

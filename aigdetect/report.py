@@ -11,6 +11,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from . import __version__
 from .evaluation import GroupMetrics
-from .files import unicode_safe
+from .files import atomic_write, unicode_safe
 from .scanning import ScanRecord
 
 SCHEMA_VERSION = 2
@@ -33,6 +34,7 @@ CSV_COLUMNS = (
     "size", "mtime_ns",
 )
 _VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta"}
+VERDICTS = tuple(_VERDICT_STYLE)
 #: C0 and C1 control characters (terminal escape sequences start with one) and the
 #: bidirectional overrides that can make a name display as another.
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -80,7 +82,7 @@ def ranked(records: Sequence[ScanRecord]) -> list[ScanRecord]:
 
 def summary(records: Sequence[ScanRecord]) -> dict[str, Any]:
     counts = Counter(r.verdict for r in records)
-    return {"files": len(records), **{v: counts.get(v, 0) for v in _VERDICT_STYLE}}
+    return {"files": len(records), **{v: counts.get(v, 0) for v in VERDICTS}}
 
 
 def _size(record: ScanRecord) -> str:
@@ -133,11 +135,13 @@ def write_jsonl_record(record: ScanRecord, stream: IO[str]) -> None:
 
 
 def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
-               console: Console | None = None, interrupted: bool = False) -> None:
+               console: Console | None = None, interrupted: bool = False,
+               run: dict[str, Any] | None = None) -> None:
     """Write all records in one of the non-streaming formats, ranked.
 
     ``interrupted`` (Ctrl-C) marks the results as partial in the table and in JSON
     (``"interrupted": true``), so a file read later does not pass for a whole scan.
+    ``run`` (the run header, see ``cli.run_header``) goes into JSON as ``"run"``.
     """
     if fmt == "table":
         # a pipe or file gets wide rows rather than folded paths
@@ -150,6 +154,7 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
     elif fmt == "json":
         document = {"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
                     **({"interrupted": True} if interrupted else {}),
+                    **({"run": run} if run is not None else {}),
                     "summary": summary(records),
                     "results": [record_json(r) for r in ranked(records)]}
         stream.write(dumps(document, indent=2))
@@ -164,6 +169,26 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
             write_jsonl_record(record, stream)
     else:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def run_file(output: Path) -> Path:
+    """Where the run header of a JSONL or CSV results file goes: ``FILE.run.json``."""
+    return output.with_name(output.name + ".run.json")
+
+
+def write_run_file(path: Path, run: dict[str, Any], earlier: list[dict[str, Any]]) -> None:
+    """Write a run header file atomically: a kill leaves the old one or none."""
+    document = {"schema_version": SCHEMA_VERSION, "run": run, "earlier_runs": earlier}
+    with atomic_write(path) as temporary:
+        temporary.write_text(dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run_file(path: Path) -> list[dict[str, Any]]:
+    """The run headers a run file holds, oldest first (for a resumed run to keep)."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or not isinstance(document.get("run"), dict):
+        raise ValueError("not an aigdetect run file")
+    return [*document.get("earlier_runs", []), document["run"]]
 
 
 def _fmt(value: float | None) -> str:

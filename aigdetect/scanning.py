@@ -88,9 +88,18 @@ def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
     record.score = round(judgement.score, 6)
     record.threshold = round(judgement.threshold, 4)
     record.percentile = round(judgement.percentile, 2)
-    record.verdict = judgement.verdict
+    record.verdict = capped(judgement.verdict, record.notes)
     record.components = judgement.components or {name: judgement.summary()}
     record.log_likelihood = _log_likelihood(record.components)
+
+
+def capped(verdict: str, notes: list[str]) -> str:
+    """``uncertain`` instead of ``ai`` or ``real`` for a damaged file (a ``damaged:``
+    note): its pixels are partly the decoder's filler or garbage, so the score is
+    kept for what it is worth but never decides. Components keep their own verdicts."""
+    if verdict in ("ai", "real") and any(note.startswith("damaged:") for note in notes):
+        return "uncertain"
+    return verdict
 
 
 def _log_likelihood(components: dict[str, dict[str, Any]]) -> float | None:
@@ -106,7 +115,9 @@ def scan(
     tiles,
     workers: int = 2,
     threshold: float | None = None,
+    timeout: float | None = None,
 ) -> Iterator[ScanRecord]:
-    """Score files in input order; unreadable files give ``verdict="error"`` records."""
-    for prepared in prepare_stream(paths, tiles, workers):
+    """Score files in input order; unreadable files give ``verdict="error"`` records,
+    and so does a file whose decoding takes over ``timeout`` seconds (with workers)."""
+    for prepared in prepare_stream(paths, tiles, workers, timeout):
         yield score_prepared(prepared, detector, identity, threshold)
