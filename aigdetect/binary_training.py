@@ -43,6 +43,9 @@ class BinaryConfig(EngineConfig):
     labels_csv: Path | None = None
     teacher: Path
     alpha: float = 0.05
+    #: train the head only, on the teacher's own (frozen) features: the limit of
+    #: ever stronger distillation, for training sets too small to move a network
+    freeze_extractor: bool = False
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +103,14 @@ class BinaryTask:
 
     def new_model(self) -> tuple[nn.Module, ModelMeta]:
         meta = ModelMeta(config=self.teacher_meta.config, task=BINARY)
-        return meta.build_model(), meta
+        model = meta.build_model()
+        if self.config.freeze_extractor:
+            model.extractor.load_state_dict(self.teacher.state_dict())
+        return model, meta
+
+    def configure(self, model: nn.Module) -> None:
+        if self.config.freeze_extractor:
+            model.extractor.requires_grad_(False)
 
     def datasets(self, meta: ModelMeta) -> tuple[BinaryDataset, BinaryDataset]:
         c = self.config
@@ -124,7 +134,8 @@ class BinaryTask:
         groups = len({f.group for f in self.train_files if f.label == AI})
         return (f"binary detector on {real} real and {len(self.train_files) - real} AI images "
                 f"({groups} AI groups), validating on {len(self.val_files)}; "
-                f"distillation alpha {self.config.alpha:g}")
+                + ("extractor frozen to the teacher's, head only" if self.config.freeze_extractor
+                   else f"distillation alpha {self.config.alpha:g}"))
 
     def losses(self, network: nn.Module, batch: tuple, device: torch.device,
                amp: torch.autocast) -> dict[str, torch.Tensor]:
@@ -133,7 +144,7 @@ class BinaryTask:
         with amp:
             logits, features = network(patches)
         losses = {"ce": F.cross_entropy(logits.float(), labels)}
-        if self.config.alpha > 0:
+        if self.config.alpha > 0 and not self.config.freeze_extractor:
             self.teacher.to(device)
             with torch.no_grad(), amp:
                 targets = stage_features(self.teacher, patches)

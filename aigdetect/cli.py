@@ -151,6 +151,10 @@ def train_command(
                                         "regularises the detector. Default: the shipped one."),
     alpha: float = typer.Option(0.05, min=0.0, help="--binary: weight of the feature "
                                 "distillation loss (f1..f5) towards the teacher; 0 turns it off."),
+    freeze_extractor: bool = typer.Option(
+        False, "--freeze-extractor", help="--binary: keep the teacher's extractor as it is "
+        "and train the real/AI head only (the limit of strong distillation; for small "
+        "training sets)."),
     epochs: int = typer.Option(20, min=1, help="Passes over the training photos."),
     batch_size: int = typer.Option(16, min=2, help="Photos per step and per process; ranking "
                                    "losses compare every pair in a batch."),
@@ -208,6 +212,7 @@ def train_command(
                 fail("--binary takes --real/--fake folders (or --csv), not a PHOTOS argument",
                      f"aigdetect train --binary --real {photos} --fake generated/")
             train_binary(BinaryConfig(real=real, fake=fake, labels_csv=labels, alpha=alpha,
+                                      freeze_extractor=freeze_extractor,
                                       teacher=teacher or default_model_dir() / EXTRACTOR_FILE,
                                       **common), err)
         else:

@@ -179,6 +179,9 @@ class PretextTask:
         )
         return meta.build_model(), meta
 
+    def configure(self, model: nn.Module) -> None:
+        """Every parameter trains."""
+
     def datasets(self, meta: ModelMeta) -> tuple[PretextDataset, PretextDataset]:
         c = self.config
         train_set = PretextDataset(self.train_photos, meta.vocabularies, c.patches,

@@ -203,6 +203,26 @@ def test_train_binary_without_distillation(runner: CliRunner, binary_run: dict[s
     assert "distill" not in log["train_loss"]
 
 
+def test_frozen_extractor_stays_the_teachers(runner: CliRunner,
+                                             binary_run: dict[str, Any]) -> None:
+    """--freeze-extractor trains the head only, also across --resume."""
+    output = binary_run["work"] / "frozen.pt"
+    common = ["train", "--binary", "--freeze-extractor", "--real", binary_run["real"],
+              "--fake", binary_run["fake"], "-o", output, *TRAIN_FAST]
+    first = invoke(runner, [*common, "--max-steps", "1"])
+    assert first.exit_code == 0, first.stderr
+    assert "head only" in first.stderr
+    after_one, _ = load_model(output, task=BINARY)
+    resumed = invoke(runner, [*common, "--max-steps", "2", "--resume"])
+    assert resumed.exit_code == 0, resumed.stderr
+    model, meta = load_model(output, task=BINARY)
+    teacher, _ = load_model(TEACHER)
+    assert meta.step == 2
+    for name, value in teacher.extractor.state_dict().items():
+        assert torch.equal(model.extractor.state_dict()[name], value), name
+    assert not torch.equal(model.head.weight, after_one.head.weight)  # the head did train
+
+
 @pytest.mark.parametrize("args", [
     ["--binary"],                                   # no data
     ["--binary", "--fake", "."],                    # one class only
