@@ -131,6 +131,26 @@ def print_results(title: str, results: dict) -> None:
         console.print(table)
 
 
+def markdown(results: dict) -> str:
+    """The same tables as :func:`print_results`, as Markdown (for the model card)."""
+    lines = []
+    for detector, by_condition in results.items():
+        conditions = list(by_condition)
+        first = by_condition[conditions[0]]
+        lines += [f"**{detector}**", "", f"| measure | {' | '.join(conditions)} |",
+                  "|---" * (len(conditions) + 1) + "|"]
+        rows = [(f"AUC {k}", [by_condition[c]["pairs_auc"][k] for c in conditions])
+                for k in first["pairs_auc"]]
+        rows.append(("**mean pair AUC**", [by_condition[c]["mean_pair_auc"] for c in conditions]))
+        rows += [(f"FPR {k}", [by_condition[c]["fpr"][k] for c in conditions])
+                 for k in first["fpr"]]
+        rows += [(f"TPR {k}", [by_condition[c]["tpr"][k] for c in conditions])
+                 for k in first["tpr"]]
+        lines += [f"| {name} | {' | '.join(_fmt(v) for v in values)} |" for name, values in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -191,9 +211,9 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
             shutil.copy(shipped / name, folder / name)
         log.print(f"fold {fold}: training {args.train_minutes} min without it")
         aigdetect("train", "--binary", "--csv", str(train_csv), "-o", str(folder / "train.pt"),
-                  "--epochs", str(args.epochs), "--max-minutes", str(args.train_minutes),
-                  "--patches", "8", "--lr", "5e-4", "--workers", str(args.workers),
-                  "--alpha", str(args.alpha))
+                  "--teacher", str(shipped / "extractor.pt"), "--epochs", str(args.epochs),
+                  "--max-minutes", str(args.train_minutes), "--workers", str(args.workers),
+                  *args.train_args.split())
         aigdetect("calibrate", str(folder), "--binary", str(folder / "train.best.pt"),
                   "--real", str(args.splits / "calibration/photos"),
                   "--real", str(args.splits / "calibration/processed"), "--fpr", str(args.fpr))
@@ -222,9 +242,12 @@ def main() -> None:
     parser.add_argument("--logo", help="comma-separated folds to retrain without")
     parser.add_argument("--train-minutes", type=float, default=15.0)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--train-args", default="--patches 8 --lr 5e-4 --alpha 0.05",
+                        help="further options of 'aigdetect train --binary' for the folds "
+                        "(use the shipped model's)")
     parser.add_argument("--fpr", type=float, default=0.05)
     parser.add_argument("--work", type=Path, default=ROOT / "runs/logo")
+    parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown")
     args = parser.parse_args()
     args.detectors = args.detectors.split(",")
     args.conditions = args.conditions.split(",")
@@ -245,6 +268,9 @@ def main() -> None:
                 "groups": sorted({f"{label}:{group}" for _, label, group in rows})}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        tables = results["folds"].values() if args.logo else [results["results"]]
+        args.markdown.write_text("\n".join(markdown(t) for t in tables))
     log.print(f"wrote {args.out} ({results['seconds']} s)")
 
 
