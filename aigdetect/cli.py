@@ -485,7 +485,7 @@ def check_scan_options(output_format: str, output: Path | None, threshold: float
         fail("give --threshold or --fpr, not both")
     if threshold is not None and not math.isfinite(threshold):
         fail(f"--threshold {threshold} is not a finite number",
-             "a log-likelihood such as --threshold -60, or --fpr 0.01")
+             "a raw score such as --threshold 1.5 (see raw_score in the records), or --fpr 0.01")
     if fpr is not None and not 0 < fpr < 1:  # also refuses nan
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.01 for 1 %")
     if resume and (output_format != "jsonl" or output is None):
