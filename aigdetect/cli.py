@@ -51,6 +51,7 @@ from .evaluation import (
     pair_metrics,
     plot_roc,
 )
+from .explain.provenance import read_provenance
 from .features import TileSettings
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe, walk_folder
 from .labelled import files_from_csv, files_from_folders
@@ -636,6 +637,10 @@ def scan_command(
     timeout: float = TIMEOUT_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on "
                                "stderr."),
+    provenance: bool = typer.Option(
+        False, "--provenance", help="Also read each file's metadata (C2PA, XMP "
+        "DigitalSourceType, generator text chunks, EXIF software, camera EXIF) into the "
+        "record's 'provenance' and a table column. Metadata only: a lead, not proof."),
 ) -> None:
     """Score images: how likely each is AI-generated.
 
@@ -698,6 +703,8 @@ def scan_command(
                 closing(scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
                              threshold, timeout)) as results:
             for record in results:
+                if provenance:
+                    record.provenance = read_provenance(record.path)
                 tally.add(record.verdict)
                 if streaming:
                     write_jsonl_record(record, stream)
