@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import socket
 import sys
 from collections import Counter
@@ -51,6 +52,11 @@ from .evaluation import (
     pair_metrics,
     plot_roc,
 )
+from .explain.case import EXPLAIN_SCHEMA_VERSION, Explainer
+from .explain.consistency import PretextReader
+from .explain.console import print_document
+from .explain.html import render as render_html
+from .explain.provenance import read_provenance
 from .features import TileSettings
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe, walk_folder
 from .labelled import files_from_csv, files_from_folders
@@ -65,6 +71,7 @@ from .patches import (
 from .report import (
     FORMATS,
     VERDICTS,
+    dumps,
     printable,
     read_run_file,
     run_file,
@@ -516,15 +523,23 @@ def check_output(output: Path, inputs: list[str], files: list[Path], force: bool
         if identity is not None and any(_inode(file) == identity for file in files):
             fail(f"--output {output} is one of the input files: writing it would destroy "
                  "evidence", "choose a results path outside the inputs (or --force)")
-        real = target.resolve()
-        for folder in (Path(item) for item in inputs if item != "-" and Path(item).is_dir()):
-            if real.is_relative_to(folder.resolve()):
-                fail(f"--output {output} is inside the input folder {folder}",
-                     "write results outside the evidence (or --force)")
+        inside = input_folder_holding(target, inputs)
+        if inside is not None:
+            fail(f"--output {output} is inside the input folder {inside}",
+                 "write results outside the evidence (or --force)")
     # only a regular file holds earlier results: /dev/null or a pipe loses nothing
     if target.is_file() and not (overwrite or resume):
         fail(f"--output {output} already exists; its results would be lost",
              "give --overwrite to replace it, or --resume (with -f jsonl) to continue it")
+
+
+def input_folder_holding(path: Path, inputs: list[str]) -> Path | None:
+    """The input folder that ``path`` lies in (symlinks resolved), or None."""
+    real = Path(os.path.abspath(path)).resolve()
+    for folder in (Path(item) for item in inputs if item != "-" and Path(item).is_dir()):
+        if real.is_relative_to(folder.resolve()):
+            return folder
+    return None
 
 
 def _inode(path: Path) -> tuple[int, int] | None:
@@ -636,6 +651,10 @@ def scan_command(
     timeout: float = TIMEOUT_OPTION,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on "
                                "stderr."),
+    provenance: bool = typer.Option(
+        False, "--provenance", help="Also read each file's metadata (C2PA, XMP "
+        "DigitalSourceType, generator text chunks, EXIF software, camera EXIF) into the "
+        "record's 'provenance' and a table column. Metadata only: a lead, not proof."),
 ) -> None:
     """Score images: how likely each is AI-generated.
 
@@ -698,6 +717,8 @@ def scan_command(
                 closing(scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
                              threshold, timeout)) as results:
             for record in results:
+                if provenance:
+                    record.provenance = read_provenance(record.path)
                 tally.add(record.verdict)
                 if streaming:
                     write_jsonl_record(record, stream)
@@ -895,9 +916,124 @@ def evaluate_command(
 # ---------------------------------------------------------------------------
 
 @app.command("explain")
-def explain_command() -> None:
-    """Show why an image was scored as it was (arrives in a later release)."""
-    fail("'aigdetect explain' arrives in a later release")
+def explain_command(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
+    output_dir: Path | None = typer.Option(
+        None, "--output", "-o", help="Folder for the heat maps (created if needed; existing "
+        "files are never replaced). Default: a new explain-<UTC time>/ here."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
+    html_report: Path | None = typer.Option(
+        None, "--html", help="Also write a self-contained HTML case report to this new file."),
+    map_tiles: int = typer.Option(256, "--tiles", min=1, help="64px tiles scored one by one "
+                                  "for the heat map (an evenly spread subset of the grid)."),
+    detector_name: str | None = DETECTOR_OPTION,
+    model: Path | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
+) -> None:
+    """Explain each image's score: where the evidence lies, how unusual it is, what its
+    pixels say about the camera, and what its metadata says.
+
+    Writes a heat map PNG per image (each tile scored alone: a guide to where to look,
+    not a segmentation; the verdict comes from the whole tile set) and prints the case
+    as a table or JSON. **--html** writes one self-contained report (images embedded,
+    no network). Evidence is opened read-only. Exit codes as for scan: 0 nothing
+    flagged, 1 flagged, 2 usage error, 3 unreadable (4 both).
+
+    Example: `aigdetect explain suspect.jpg --html case-17.html`
+    """
+    if output_format not in ("table", "json"):
+        fail(f"--format {output_format!r} is not table or json")
+    found: list[tuple[str, str]] = []
+    files = list(iter_inputs(paths, IMAGE_EXTENSIONS, lambda p, m: found.append((p, m))))
+    for path, message in found:
+        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(message)}",
+                  highlight=False)
+    if not files:
+        fail("no image files among the inputs", "give image files or folders holding some")
+    started = datetime.now(timezone.utc)
+    if html_report is not None:
+        check_new_file(html_report, "--html", paths, files)
+    folder = explain_folder(output_dir, started, paths)
+    loaded = load_detector(model, detector_name, device, None, 256)
+    explainer = Explainer(loaded.detector, loaded.tiles, load_pretext(model, device), map_tiles)
+    cases = []
+    with progress_bar(len(files), "explaining", disable=quiet) as advance:
+        for index, path in enumerate(files, start=1):
+            cases.append(explainer.explain(path, new_file(folder, index, path)))
+            advance(1)
+    document = {"schema_version": EXPLAIN_SCHEMA_VERSION, "kind": "aigdetect.explain",
+                "aigdetect_version": __version__,
+                "analysed_at": started.isoformat(timespec="seconds"),
+                "command": [unicode_safe(arg) for arg in sys.argv],
+                "detector": loaded.detector.name, "model": loaded.identity,
+                "output_dir": unicode_safe(folder), "images": cases}
+    _survive_any_text(sys.stdout)
+    if output_format == "json":
+        sys.stdout.write(dumps(document, indent=2) + "\n")
+    else:
+        print_document(document, Console(file=sys.stdout, width=None if sys.stdout.isatty()
+                                         else 160))
+    if html_report is not None:
+        with open(html_report, "x", encoding="utf-8") as stream:
+            stream.write(render_html(document))
+        err.print(f"HTML report written to {escape(printable(str(html_report)))}")
+    verdicts = Counter("error" if c["verdict"] is None else c["verdict"]["verdict"]
+                       for c in cases)
+    if not quiet:
+        err.print(f"[dim]heat maps in {escape(printable(str(folder)))}/[/]", highlight=False)
+    raise typer.Exit(exit_code(verdicts))
+
+
+def explain_folder(output_dir: Path | None, started: datetime, inputs: list[str]) -> Path:
+    """The folder for heat maps: never inside an input folder; the default one is new."""
+    folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
+    inside = input_folder_holding(folder, inputs)
+    if inside is not None:
+        fail(f"--output {folder} is inside the input folder {inside}",
+             "write outputs outside the evidence, e.g. -o ~/cases/explain")
+    try:
+        folder.mkdir(parents=True, exist_ok=output_dir is not None)
+    except FileExistsError:
+        fail(f"{folder} already exists", "give -o DIR, or run again in a second")
+    except OSError as error:
+        fail(f"cannot create {folder}: {error.strerror}")
+    return folder
+
+
+def new_file(folder: Path, index: int, image: Path) -> Path:
+    """A heat map name that does not exist yet: ``<index>-<safe stem>.heatmap.png``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", unicode_safe(image.stem))[:60]
+    for attempt in range(1000):
+        suffix = f"-{attempt}" if attempt else ""
+        path = folder / f"{index:03d}-{stem}{suffix}.heatmap.png"
+        if not path.exists():
+            return path
+    fail(f"{folder} holds too many heat maps of {image.name}", "give another -o DIR")
+
+
+def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path]) -> None:
+    """A report file must be new, in an existing folder, and outside the evidence."""
+    if path.exists() or path.is_symlink():
+        fail(f"{option} {path} already exists; it is never replaced",
+             "give a new file name")
+    if not Path(os.path.abspath(path)).parent.is_dir():
+        fail(f"cannot write {option} {path}: its folder does not exist")
+    inside = input_folder_holding(path, inputs)
+    if inside is not None:
+        fail(f"{option} {path} is inside the input folder {inside}",
+             "write reports outside the evidence")
+
+
+def load_pretext(model: Path | None, device: str) -> PretextReader | None:
+    """The folder's EXIF-pretext model with its heads, or None (said in the report)."""
+    path = (model or default_model_dir()) / EXTRACTOR_FILE
+    try:
+        return PretextReader.load(path, pick_device(device))
+    except (CheckpointError, OSError, ValueError, RuntimeError) as error:
+        err.print(f"[yellow]warning:[/] no camera-trace reading: {escape(first_line(error))}",
+                  highlight=False)
+        return None
 
 
 @contextmanager

@@ -123,6 +123,10 @@ class OneClassDetector(SingleDetector):
         log_likelihood = float(self.density.score_samples(self.features(tiles)[None])[0])
         return -log_likelihood, {"log_likelihood": log_likelihood}
 
+    def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """Negated log-likelihood of each tile's own feature (a one-tile set)."""
+        return -self.density.score_samples(self.features.per_tile(tiles))
+
 
 @dataclass
 class BinaryDetector(SingleDetector):
@@ -138,6 +142,13 @@ class BinaryDetector(SingleDetector):
         feature = torch.from_numpy(self.features(tiles)).to(self.head.weight.device)
         logits = self.head(feature).float().cpu()
         return float(logits[1] - logits[0]), {"p_ai": float(logits.softmax(-1)[1])}
+
+    @torch.inference_mode()
+    def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """The logit (AI minus real) of each tile seen alone, as a one-tile set."""
+        features = torch.from_numpy(self.features.per_tile(tiles)).to(self.head.weight.device)
+        logits = self.head(features).float().cpu().numpy()
+        return logits[:, 1] - logits[:, 0]
 
 
 @dataclass

@@ -227,6 +227,21 @@ class FeatureExtractor:
         Tiles go through the conv stack ``batch_size`` at a time (bounded memory
         for "all tiles" scans); the set transformer then sees all of them at once.
         """
+        feature = self.model.set_transformer(self._patch_vectors(tiles))
+        return feature[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def per_tile(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, D) features, each of one tile seen as a one-tile set: what a detector
+        would say of that tile alone (``aigdetect explain``'s map). One conv pass for
+        all tiles, then the set transformer on N sets of one."""
+        vectors = self._patch_vectors(tiles)[0][:, None]  # (N, 1, D): N sets of one tile
+        features = torch.cat([self.model.set_transformer(vectors[start : start + self.batch_size])
+                              for start in range(0, len(vectors), self.batch_size)])
+        return features.float().cpu().numpy()
+
+    def _patch_vectors(self, tiles: np.ndarray) -> torch.Tensor:
+        """(1, N, D) per-tile vectors of the conv stack, ``batch_size`` tiles at a time."""
         tensor = torch.from_numpy(tiles)
         vectors = []
         for start in range(0, len(tensor), self.batch_size):
@@ -235,5 +250,4 @@ class FeatureExtractor:
             if count < MIN_CHUNK:  # pad: tiny batches take other kernels, other roundings
                 part = torch.cat([part, part.new_zeros((MIN_CHUNK - count, *part.shape[1:]))])
             vectors.append(self.model.patch_vectors(part.to(self.device)[None])[0][:, :count])
-        feature = self.model.set_transformer(torch.cat(vectors, dim=1))
-        return feature[0].float().cpu().numpy()
+        return torch.cat(vectors, dim=1)

@@ -408,11 +408,22 @@ def tile_count(height: int, width: int, size: int) -> int:
 def grid_tiles(
     pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None
 ) -> np.ndarray:
-    """Non-overlapping tiles of the centre crop, as (n, 3, size, size) uint8.
+    """Non-overlapping tiles of the centre crop, as (n, 3, size, size) uint8 (see
+    :func:`grid_tiles_at`, which also says where each tile lies)."""
+    return grid_tiles_at(pixels, size, max_tiles, notes)[0]
+
+
+def grid_tiles_at(
+    pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping tiles of the centre crop, as (n, 3, size, size) uint8, and
+    their top-left corners as (n, 2) ``(x, y)`` pixel positions.
 
     When the grid holds more than ``max_tiles``, an evenly spread, deterministic
     subset is kept, so the same image always gives the same tiles and score.
-    An upscaled tiny image is noted in ``notes``.
+    An upscaled tiny image is noted in ``notes`` (its positions are then in the
+    upscaled grid). The positions let ``explain`` put each tile's evidence where
+    it came from.
     """
     pixels = ensure_min_size(pixels, size, notes)
     height, width = pixels.shape[:2]
@@ -421,9 +432,9 @@ def grid_tiles(
     keep = np.arange(rows * cols)
     if max_tiles is not None and len(keep) > max_tiles:
         keep = np.linspace(0, len(keep) - 1, max_tiles).round().astype(int)
+    positions = np.stack([left + (keep % cols) * size, top + (keep // cols) * size], axis=1)
     # copy only the kept tiles: a 12 MP grid holds ~3000, a scan typically keeps 16
     tiles = np.empty((len(keep), 3, size, size), dtype=np.uint8)
-    for out, index in enumerate(keep):
-        y, x = top + (index // cols) * size, left + (index % cols) * size
+    for out, (x, y) in enumerate(positions):
         tiles[out] = pixels[y : y + size, x : x + size].transpose(2, 0, 1)
-    return tiles
+    return tiles, positions

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from . import __version__
 from .evaluation import GroupMetrics
+from .explain.provenance import short_summary
 from .files import atomic_write, unicode_safe
 from .scanning import ScanRecord
 
@@ -31,7 +32,7 @@ CSV_COLUMNS = (
     "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
     "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "patches",
     "elapsed_ms", "detector", "model_name", "model_version", *MODEL_HASHES, "notes", "error",
-    "size", "mtime_ns",
+    "size", "mtime_ns", "provenance",
 )
 _VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta"}
 VERDICTS = tuple(_VERDICT_STYLE)
@@ -103,6 +104,9 @@ def scan_table(records: Sequence[ScanRecord]) -> Table:
     table.add_column("real pct", justify="right")
     table.add_column("size", justify="right")
     table.add_column("note", overflow="fold")
+    metadata = any(r.provenance is not None for r in records)
+    if metadata:
+        table.add_column("metadata (a lead, not proof)", overflow="fold")
     for r in ranked(records):
         verdict = Text(r.verdict, style=_VERDICT_STYLE.get(r.verdict, ""))
         parts = [_fmt(r.components.get(name, {}).get("score")) for name in components]
@@ -110,8 +114,14 @@ def scan_table(records: Sequence[ScanRecord]) -> Table:
         note = r.error or "; ".join(r.notes)
         # Text, not str: a name like "a[/b].jpg" is not rich markup
         table.add_row(Text(printable(r.path)), _fmt(r.score), verdict, *parts, percentile,
-                      _size(r), Text(printable(note)))
+                      _size(r), Text(printable(note)),
+                      *([Text(printable(_provenance(r) or "-"))] if metadata else []))
     return table
+
+
+def _provenance(record: ScanRecord) -> str | None:
+    """The metadata findings in one cell (``scan --provenance``), or None."""
+    return None if record.provenance is None else short_summary(record.provenance)
 
 
 def _csv_row(record: ScanRecord) -> dict[str, Any]:
@@ -122,7 +132,7 @@ def _csv_row(record: ScanRecord) -> dict[str, Any]:
                 **{key: model.get(key) for key in MODEL_HASHES},
                 oneclass_score=components.get("oneclass", {}).get("score"),
                 binary_score=components.get("binary", {}).get("score"),
-                notes="; ".join(record.notes))
+                notes="; ".join(record.notes), provenance=_provenance(record))
     row = {column: data.get(column) for column in CSV_COLUMNS}
     return {key: printable(value) if isinstance(value, str) else value
             for key, value in row.items()}

@@ -1,0 +1,92 @@
+"""One image's case: verdict, where the evidence lies, what the pixels say about
+the camera, what the metadata says. The same data feeds the table, the JSON and
+the HTML report, so the three never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..calibration import UNCERTAIN_BAND, Calibration
+from ..detectors import Detector, Judgement
+from ..features import TileSettings, prepare_image
+from ..files import unicode_safe
+from ..patches import load_image
+from ..scanning import capped
+from .consistency import PretextReader
+from .heatmap import draw_heatmap, tile_evidence
+from .provenance import read_provenance
+
+#: Version of the explain JSON document (``aigdetect explain --format json``).
+EXPLAIN_SCHEMA_VERSION = 1
+
+
+@dataclass
+class Explainer:
+    """What explaining needs: the detector, its tiles, the pretext model, the map."""
+
+    detector: Detector
+    tiles: TileSettings
+    pretext: PretextReader | None
+    map_tiles: int
+
+    def explain(self, path: Path, heatmap: Path) -> dict[str, Any]:
+        """The case of one file; an unreadable file gives a case with ``error``."""
+        prepared = prepare_image(path, self.tiles)
+        case: dict[str, Any] = {
+            "path": unicode_safe(path), "sha256": prepared.sha256, "size": prepared.size,
+            "format": prepared.format, "width": prepared.width, "height": prepared.height,
+            "notes": [unicode_safe(n) for n in prepared.notes],
+            "error": prepared.error and unicode_safe(prepared.error),
+            "verdict": None, "heatmap": None, "camera_traces": None,
+            "provenance": read_provenance(path),
+        }
+        if prepared.tiles is None:
+            return case
+        judgement = self.detector.judge(prepared.tiles)
+        case["verdict"] = {**self.verdict(judgement, prepared.notes),
+                           "patches": len(prepared.tiles)}
+        case["heatmap"] = self.where(path, heatmap)
+        case["camera_traces"] = self.camera(prepared.tiles, path)
+        return case
+
+    def verdict(self, judgement: Judgement, notes: list[str]) -> dict[str, Any]:
+        """The detector's opinion and each component's, with threshold, uncertain
+        band and calibrated false-positive rate."""
+        parts = {p.name: p.calibration for p in getattr(self.detector, "parts", [])}
+        components = judgement.components or {self.detector.name: judgement.summary()}
+        return {
+            "detector": self.detector.name,
+            **opinion(judgement.summary(), self.detector.calibration),
+            "verdict": capped(judgement.verdict, notes),
+            "components": {name: opinion(summary, parts.get(name, self.detector.calibration))
+                           for name, summary in components.items()},
+        }
+
+    def where(self, path: Path, heatmap: Path) -> dict[str, Any]:
+        """Per-tile evidence at native resolution, and the PNG map drawn from it."""
+        pixels = load_image(path, self.tiles.limits).pixels
+        evidence = tile_evidence(self.detector, pixels, self.tiles.patch_size, self.map_tiles)
+        draw_heatmap(pixels, evidence, heatmap, f"aigdetect explain: {unicode_safe(path.name)}")
+        return {"file": str(heatmap), **evidence.to_dict()}
+
+    def camera(self, tiles: Any, path: Path) -> dict[str, Any]:
+        """The pretext heads' reading of the pixels beside the file's EXIF claims."""
+        if self.pretext is None:
+            return {"status": "unavailable", "tags": [],
+                    "note": "the model folder has no EXIF-pretext extractor"}
+        return {"status": "ok", "tags": self.pretext.read(tiles, path),
+                "note": ("Each head is shown with its accuracy or ranking concordance on "
+                         "cameras held out of training, beside chance. Only a head that "
+                         "beats chance by 0.1 or more can raise a flag; ranking scores are "
+                         "raw (higher = larger value), not compared with the claim.")}
+
+
+def opinion(summary: dict[str, Any], calibration: Calibration) -> dict[str, Any]:
+    """A judgement's summary plus the uncertain band (raw units) and calibrated FPR."""
+    band = UNCERTAIN_BAND * calibration.spread
+    return {**summary, "uncertain_band": [round(summary["threshold"] - band, 4),
+                                          round(summary["threshold"] + band, 4)],
+            "calibrated_fpr": calibration.fpr}

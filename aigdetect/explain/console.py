@@ -1,0 +1,100 @@
+"""The explain document as rich tables, for people at a terminal (stdout).
+
+Every string from a file goes through ``printable`` and into ``Text``, never
+into markup: a name like ``a[/b].jpg`` or one holding escape sequences is shown,
+not interpreted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..report import printable
+from .heatmap import region_value
+from .provenance import CAVEAT
+
+
+def cell(value: Any) -> Text:
+    return Text("-" if value is None else printable(str(value)))
+
+
+def print_document(document: dict[str, Any], console: Console) -> None:
+    """Each image's sections in turn: file, verdict, where, camera traces, metadata."""
+    console.print(Text(f"aigdetect {document['aigdetect_version']} explain, detector "
+                       f"{document['detector']}, {document['analysed_at']}", style="bold"))
+    for case in document["images"]:
+        console.rule(Text(printable(case["path"])))
+        console.print(cell(f"sha256 {case['sha256']}  {case['size']} bytes  {case['format']} "
+                           f"{case['width']}x{case['height']}"))
+        if case["error"]:
+            console.print(Text(f"error: {printable(case['error'])}", style="magenta"))
+        if case["verdict"] is not None:
+            console.print(verdict_table(case["verdict"]))
+            heatmap = case["heatmap"]
+            console.print(Text(heatmap["note"], style="italic"))
+            console.print(cell(f"heat map: {heatmap['file']}"))
+            console.print(regions_table(heatmap))
+            console.print(camera_table(case["camera_traces"]))
+        console.print(provenance_table(case["provenance"]))
+
+
+def verdict_table(verdict: dict[str, Any]) -> Table:
+    table = Table(title=f"How unusual ({verdict['patches']} tiles)", title_justify="left")
+    for column in ("detector", "score", "verdict", "raw score", "threshold", "uncertain band",
+                   "real pct", "calib. FPR"):
+        table.add_column(column)
+    for name, c in {verdict["detector"]: verdict, **verdict["components"]}.items():
+        low, high = c["uncertain_band"]
+        table.add_row(name, f"{c['score']:.3f}", c["verdict"], f"{c['raw_score']:.3f}",
+                      f"{c['threshold']:.3f}", f"{low:.3f} .. {high:.3f}",
+                      f"{c['percentile']:.1f}", f"{c['calibrated_fpr']:.1%}")
+    return table
+
+
+def regions_table(heatmap: dict[str, Any]) -> Table:
+    table = Table(title=f"Most suspicious tiles ({heatmap['tiles_scored']} of "
+                  f"{heatmap['tiles_in_grid']} scored; x, y = top-left, native pixels)",
+                  title_justify="left")
+    for column in ("component", "#", "x", "y", "size", "tile value"):
+        table.add_column(column)
+    for name, regions in heatmap["top_regions"].items():
+        for rank, region in enumerate(regions, start=1):
+            key, value = region_value(region)
+            table.add_row(name, str(rank), str(region["x"]), str(region["y"]),
+                          str(region["w"]), f"{key} {value}")
+    return table
+
+
+def camera_table(traces: dict[str, Any]) -> Table | Text:
+    if traces["status"] != "ok":
+        return cell(traces["note"])
+    table = Table(title="What the pixels say about the camera", caption=traces["note"],
+                  title_justify="left", caption_justify="left")
+    for column in ("tag", "pixels suggest", "EXIF claims", "held-out", "status", "check"):
+        table.add_column(column)
+    for row in traces["tags"]:
+        predicted = (f"{row['predicted']} (p {row['probability']:.2f})"
+                     if row["kind"] == "categorical" else f"rank score {row['ranking_score']}")
+        check = "DISAGREES" if row["flag"] else (
+            "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs")
+        reliability = "-" if row["value"] is None else (
+            f"{row['metric']} {row['value']:.2f} / chance {row['chance']:.2f}")
+        table.add_row(row["tag"], cell(predicted), cell(row["claimed"]), reliability,
+                      row["status"], Text(check, style="bold red" if row["flag"] else ""))
+    return table
+
+
+def provenance_table(provenance: dict[str, Any]) -> Table:
+    table = Table(title=f"What the metadata says ({CAVEAT})", title_justify="left",
+                  show_header=False)
+    table.add_column("finding")
+    for line in provenance["findings"] or ["no finding"]:
+        table.add_row(cell(line))
+    camera = provenance["camera_exif"]
+    table.add_row(cell(f"camera EXIF {camera['status']} (make {camera['make']}, model "
+                       f"{camera['model']}); C2PA {provenance['c2pa']['status']}"))
+    return table

@@ -1,0 +1,202 @@
+"""``aigdetect explain``: the heat map lines up with a spliced region, the JSON
+schema, the self-contained HTML report, the consistency rules, and the outputs'
+safety (never inside the evidence, never over an existing file)."""
+
+from __future__ import annotations
+
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+from helpers_images import invoke, noise_array, smooth_array, snapshot
+from PIL import Image, PngImagePlugin
+from typer.testing import CliRunner
+
+from aigdetect.cli import EXIT_USAGE, new_file
+from aigdetect.detectors import EXTRACTOR_FILE, default_model_dir
+from aigdetect.explain.consistency import PretextReader, reliability
+from aigdetect.patches import grid_tiles, grid_tiles_at
+
+#: The spliced test image: left half a camera-like noisy JPEG, right half a smooth
+#: gradient pasted in (8 x 4 tiles of 64 px; the pasted half starts at x = 256).
+SPLICED = (512, 256)
+CASE_KEYS = {"path", "sha256", "size", "format", "width", "height", "notes", "error",
+             "verdict", "heatmap", "camera_traces", "provenance"}
+
+
+def spliced_png(path: Path) -> Path:
+    width = SPLICED[0]
+    buffer = io.BytesIO()
+    Image.fromarray(noise_array(SPLICED, 1)).save(buffer, "JPEG", quality=85)
+    pixels = np.asarray(Image.open(buffer).convert("RGB")).copy()
+    pixels[:, width // 2 :] = smooth_array(SPLICED, 2)[:, width // 2 :]
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One explain run over a spliced image, a generator PNG and an empty file."""
+    root = tmp_path_factory.mktemp("explain")
+    evidence = root / "evidence"
+    evidence.mkdir()
+    spliced_png(evidence / "spliced <b>&.png")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "<script>alert(1)</script> see https://example.com, Steps: 20")
+    Image.fromarray(noise_array((128, 128), 3)).save(evidence / "gen.png", pnginfo=info)
+    (evidence / "empty.jpg").write_bytes(b"")
+    files = sorted(evidence.iterdir())
+    before = snapshot(files)
+    result = invoke(CliRunner(), ["explain", evidence, "-o", root / "out", "-f", "json",
+                                  "--html", root / "report.html", "--tiles", "32", "-q"])
+    return {"result": result, "document": json.loads(result.stdout), "root": root,
+            "files": files, "before": before}
+
+
+def case(run: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in run["document"]["images"] if c["path"].endswith(name))
+
+
+def test_grid_positions_match_the_tiles() -> None:
+    pixels = noise_array((300, 200), 0)
+    tiles, positions = grid_tiles_at(pixels, 64, max_tiles=5)
+    np.testing.assert_array_equal(tiles, grid_tiles(pixels, 64, max_tiles=5))
+    for tile, (x, y) in zip(tiles, positions, strict=True):
+        np.testing.assert_array_equal(tile, pixels[y : y + 64, x : x + 64].transpose(2, 0, 1))
+
+
+def test_heatmap_points_at_the_pasted_half(run: dict[str, Any]) -> None:
+    heatmap = case(run, "&.png")["heatmap"]
+    assert heatmap["tiles_scored"] == heatmap["tiles_in_grid"] == 32
+    # the one-class component tells the smooth paste from the camera-like noise (the
+    # shipped binary detector does not, at one tile): its 8 strangest tiles
+    lowest = sorted(heatmap["tiles"], key=lambda t: t["oneclass_log_likelihood"])[:8]
+    assert sum(t["x"] >= SPLICED[0] // 2 for t in lowest) >= 7
+    assert all(r["x"] >= SPLICED[0] // 2 for r in heatmap["top_regions"]["oneclass"])
+    assert {"binary_logit", "oneclass_log_likelihood"} <= set(heatmap["tiles"][0])
+    assert "not a segmentation" in heatmap["note"]
+
+
+def test_heatmap_png_is_drawn(run: dict[str, Any]) -> None:
+    path = Path(case(run, "&.png")["heatmap"]["file"])
+    assert path.parent == run["root"] / "out" and path.name.endswith(".heatmap.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 3 * 400  # thumbnail + two overlays
+
+
+def test_json_schema(run: dict[str, Any]) -> None:
+    document = run["document"]
+    assert document["schema_version"] == 1 and document["kind"] == "aigdetect.explain"
+    assert {"aigdetect_version", "analysed_at", "command", "detector", "model",
+            "output_dir", "images"} <= set(document)
+    assert document["analysed_at"].endswith("+00:00")
+    assert {"extractor_sha256", "binary_sha256"} <= set(document["model"])
+    assert len(document["images"]) == 3
+    for image in document["images"]:
+        assert set(image) == CASE_KEYS
+    verdict = case(run, "&.png")["verdict"]
+    assert {"detector", "score", "raw_score", "threshold", "verdict", "percentile",
+            "uncertain_band", "calibrated_fpr", "components", "patches"} <= set(verdict)
+    assert set(verdict["components"]) == {"oneclass", "binary"}
+    low, high = verdict["uncertain_band"]
+    assert low < verdict["threshold"] < high
+    traces = case(run, "&.png")["camera_traces"]
+    exposure = next(t for t in traces["tags"] if t["tag"] == "exposure_time")
+    assert exposure["status"] == "informative" and exposure["kind"] == "ordinal"
+    assert next(t for t in traces["tags"] if t["tag"] == "make")["status"] == "not informative"
+    assert not any(t["flag"] for t in traces["tags"])
+
+
+def test_unreadable_file_and_exit_code(run: dict[str, Any]) -> None:
+    empty = case(run, "empty.jpg")
+    assert empty["error"] and empty["verdict"] is None and empty["heatmap"] is None
+    flagged = any(c["verdict"] and c["verdict"]["verdict"] == "ai"
+                  for c in run["document"]["images"])
+    assert run["result"].exit_code == (4 if flagged else 3)
+
+
+def test_evidence_untouched(run: dict[str, Any]) -> None:
+    assert snapshot(run["files"]) == run["before"]
+
+
+class Sections(HTMLParser):
+    """Collects headings, image sources and text of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headings: list[str] = []
+        self.sources: list[str] = []
+        self.tags: list[str] = []
+        self._heading = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self._heading = tag in ("h1", "h2", "h3")
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"] or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._heading:
+            self.headings.append(data)
+            self._heading = False
+
+
+def test_html_report_is_self_contained(run: dict[str, Any]) -> None:
+    text = (run["root"] / "report.html").read_text(encoding="utf-8")
+    page = Sections()
+    page.feed(text)
+    headings = " | ".join(page.headings)
+    for section in ("case report", "Summary", "File", "How unusual", "Where",
+                    "What the pixels say about the camera", "What the metadata says"):
+        assert section in headings
+    assert "spliced <b>&.png" in headings  # the name, escaped, shown as text
+    assert "script" not in page.tags and "<script>" not in text
+    assert "http://" not in text.lower() and "https://" not in text.lower()
+    assert page.sources and all(s.startswith("data:image/png;base64,") for s in page.sources)
+    assert "@media print" in text and "a lead, not proof" in text
+    assert run["document"]["images"][0]["sha256"] in text
+
+
+def test_outputs_never_inside_the_evidence_nor_over_a_file(tmp_path: Path) -> None:
+    photo = write_image(tmp_path / "evidence" / "a.jpg")
+    runner = CliRunner()
+    inside = invoke(runner, ["explain", photo.parent, "-o", photo.parent / "maps"])
+    assert inside.exit_code == EXIT_USAGE and "inside the input folder" in inside.stderr
+    existing = tmp_path / "report.html"
+    existing.write_text("earlier report")
+    refused = invoke(runner, ["explain", photo, "--html", existing, "-o", tmp_path / "o"])
+    assert refused.exit_code == EXIT_USAGE and existing.read_text() == "earlier report"
+    taken = new_file(tmp_path, 1, photo)
+    taken.write_bytes(b"x")
+    assert new_file(tmp_path, 1, photo) != taken
+
+
+@pytest.mark.parametrize(("metrics", "status"), [
+    ({"concordance": 0.641, "chance": 0.5}, "informative"),
+    ({"concordance": 0.551, "chance": 0.5}, "weak"),
+    ({"concordance": 0.324, "chance": 0.5}, "not informative"),
+    ({"accuracy": 0.733, "chance": 0.733}, "not informative"),
+    (None, "not informative"),
+])
+def test_reliability(metrics: dict[str, float] | None, status: str) -> None:
+    name = "accuracy" if metrics and "accuracy" in metrics else "concordance"
+    assert reliability(metrics, name)["status"] == status
+
+
+def test_flag_only_where_an_informative_head_strongly_disagrees() -> None:
+    reader = PretextReader.load(default_model_dir() / EXTRACTOR_FILE, torch.device("cpu"))
+    classes = reader.meta.vocabularies["make"].classes
+    confident = np.full(len(classes), 0.01 / (len(classes) - 1))
+    confident[classes.index("nikon")] = 0.99
+    reader.meta.metrics["make"] = {"accuracy": 0.9, "chance": 0.2}
+    assert reader._categorical("make", confident, "canon")["flag"]
+    assert not reader._categorical("make", confident, "nikon")["flag"]
+    reader.meta.metrics["make"] = {"accuracy": 0.2, "chance": 0.21}  # at chance: no evidence
+    row = reader._categorical("make", confident, "canon")
+    assert not row["flag"] and row["status"] == "not informative" and row["agrees"] is False
