@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from .calibration import Calibration
-from .checkpoint import BINARY, load_model, save_checkpoint
-from .detectors import BINARY_FILE, DetectorError, DetectorFolder, fuse
-from .features import prepare_stream
+from .checkpoint import BINARY, PRETEXT, load_model, save_checkpoint
+from .detectors import BINARY_FILE, EXTRACTOR_FILE, DetectorError, DetectorFolder, fuse
+from .exif import read_labels
+from .features import FeatureExtractor, prepare_stream
 
 
 def add_binary(folder: Path, checkpoint: Path) -> None:
@@ -54,6 +55,7 @@ def calibrate_folder(
     if has_binary:
         parts.append(folder.build("binary", device, batch_size, uncalibrated_ok=True))
     raw: dict[str, list[float]] = {part.name: [] for part in parts}
+    reference = PretextReference(folder.path / EXTRACTOR_FILE, device, batch_size)
     unreadable = 0
     for prepared in prepare_stream(real_paths, folder.tiles(), workers):
         if prepared.tiles is None:
@@ -61,6 +63,7 @@ def calibrate_folder(
         else:
             for part in parts:
                 raw[part.name].append(part.raw(prepared.tiles)[0])
+            reference.add(prepared.tiles, prepared.path)
         if on_image is not None:
             on_image(1)
     count = len(raw["oneclass"])
@@ -75,7 +78,33 @@ def calibrate_folder(
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
     info = {"fpr": fpr, "real_photos": count, "unreadable": unreadable,
-            "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pretext_reference": reference.summary()}
     folder.save_calibrations(calibrations, default, info)
     return {"default": default, "thresholds": {n: c.threshold for n, c in calibrations.items()},
             **info}
+
+
+class PretextReference:
+    """The EXIF-pretext ranking scores of the calibration photos, and the values
+    their own EXIF gives, per ordinal tag (ISO, aperture...): ``explain`` places an
+    image's scores and its claimed values among them, on the same photos."""
+
+    def __init__(self, extractor: Path, device: torch.device, batch_size: int) -> None:
+        self.model, _ = load_model(extractor, task=PRETEXT)
+        self.features = FeatureExtractor(self.model.extractor, device, batch_size)
+        self.scores: dict[str, list[float]] = {t: [] for t in self.model.heads.ranking}
+        self.values: dict[str, list[float]] = {t: [] for t in self.model.heads.ranking}
+
+    @torch.inference_mode()
+    def add(self, tiles: np.ndarray, path: str) -> None:
+        _, scores = self.model.heads(torch.from_numpy(self.features(tiles))[None])
+        labels = read_labels(path)
+        for tag, score in scores.items():
+            self.scores[tag].append(float(score[0]))
+            if getattr(labels, tag) is not None:
+                self.values[tag].append(float(getattr(labels, tag)))
+
+    def summary(self) -> dict[str, dict[str, list[float]]]:
+        return {"scores": {t: sorted(v) for t, v in self.scores.items()},
+                "values": {t: sorted(v) for t, v in self.values.items()}}

@@ -97,8 +97,9 @@ app = typer.Typer(
     name="aigdetect",
     help=(
         "Tell camera photographs from AI-generated images.\n\n"
-        "The detector learns camera traces from real photos only (by predicting their "
-        "EXIF tags from pixels), then flags images whose traces do not look like any camera's."
+        "An extractor learns camera traces by predicting real photos' EXIF tags from their "
+        "pixels. The default detector fuses a one-class model of those traces (images that "
+        "fit no camera) with a binary real/AI classifier regularised by the same extractor."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -1026,11 +1027,13 @@ def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path]
 
 
 def load_pretext(model: Path | None, device: str) -> PretextReader | None:
-    """The folder's EXIF-pretext model with its heads, or None (said in the report)."""
+    """The folder's EXIF-pretext model with its heads and the calibration photos'
+    ranking reference, or None (said in the report)."""
     path = (model or default_model_dir()) / EXTRACTOR_FILE
     try:
-        return PretextReader.load(path, pick_device(device))
-    except (CheckpointError, OSError, ValueError, RuntimeError) as error:
+        reference = DetectorFolder.open(model).pretext_reference
+        return PretextReader.load(path, pick_device(device), reference)
+    except (*LOAD_ERRORS, OSError, ValueError, RuntimeError) as error:
         err.print(f"[yellow]warning:[/] no camera-trace reading: {escape(first_line(error))}",
                   highlight=False)
         return None

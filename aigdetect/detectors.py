@@ -187,6 +187,8 @@ class DetectorFolder:
     name: str
     manifest: dict[str, Any]
     calibrations: dict[str, Calibration]
+    #: the calibration photos' pretext ranking scores and EXIF values (``explain``)
+    pretext_reference: dict[str, dict[str, list[float]]] | None = None
 
     @classmethod
     def open(cls, path: Path | None) -> DetectorFolder:
@@ -200,15 +202,16 @@ class DetectorFolder:
             manifest |= _read_json(path / MANIFEST_FILE, "detector manifest")
             if manifest.get("format") != MANIFEST_FORMAT:
                 raise DetectorError(f"{path / MANIFEST_FILE}: not an aigdetect detector manifest")
-        calibrations = {}
+        calibrations, reference = {}, None
         if (path / CALIBRATION_FILE).is_file():
             stored = _read_json(path / CALIBRATION_FILE, "calibration file")
             try:
                 calibrations = {n: Calibration.from_dict(c)
                                 for n, c in stored.get("detectors", {}).items()}
-            except (KeyError, TypeError, ValueError) as error:
+                reference = _pretext_reference(stored.get("pretext_reference"))
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise DetectorError(f"{path / CALIBRATION_FILE}: damaged ({error})") from None
-        return cls(path, name, manifest, calibrations)
+        return cls(path, name, manifest, calibrations, reference)
 
     @property
     def available(self) -> list[str]:
@@ -318,6 +321,18 @@ class DetectorFolder:
                 {"detectors": {n: c.to_dict() for n, c in calibrations.items()}, **info}))
         with atomic_write(self.path / MANIFEST_FILE) as temporary:
             temporary.write_text(json.dumps(self.manifest, indent=2) + "\n")
+
+
+def _pretext_reference(data: Any) -> dict[str, dict[str, list[float]]] | None:
+    """``{"scores": {tag: [...]}, "values": {tag: [...]}}`` with finite numbers, or None."""
+    if data is None:
+        return None
+    checked = {part: {str(tag): [float(v) for v in values]
+                      for tag, values in data[part].items()} for part in ("scores", "values")}
+    if not all(math.isfinite(v) for part in checked.values() for values in part.values()
+               for v in values):
+        raise ValueError("pretext reference holds a non-finite number")
+    return checked
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

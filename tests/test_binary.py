@@ -261,6 +261,9 @@ def test_calibrate_writes_thresholds_and_fused_default(calibrated: dict[str, Any
     stored = json.loads((folder / "calibration.json").read_text())
     assert set(stored["detectors"]) == {"oneclass", "binary", "fused"}
     assert stored["real_photos"] == 24 and stored["fpr"] == 0.1
+    reference = stored["pretext_reference"]  # for explain: where pixels and claims rank
+    assert all(len(v) == 24 for v in reference["scores"].values())
+    assert set(reference["values"]) == set(reference["scores"])
     for calibration in stored["detectors"].values():
         flagged = np.mean(np.array(calibration["real_scores"]) > calibration["threshold"])
         assert flagged == pytest.approx(0.1, abs=0.05)

@@ -19,8 +19,8 @@ from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_USAGE, new_file
-from aigdetect.detectors import EXTRACTOR_FILE, default_model_dir
-from aigdetect.explain.consistency import PretextReader, reliability
+from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
+from aigdetect.explain.consistency import PretextReader, rank, reliability
 from aigdetect.patches import grid_tiles, grid_tiles_at
 
 #: The spliced test image: left half a camera-like noisy JPEG, right half a smooth
@@ -200,3 +200,36 @@ def test_flag_only_where_an_informative_head_strongly_disagrees() -> None:
     reader.meta.metrics["make"] = {"accuracy": 0.2, "chance": 0.21}  # at chance: no evidence
     row = reader._categorical("make", confident, "canon")
     assert not row["flag"] and row["status"] == "not informative" and row["agrees"] is False
+
+
+def test_rank_is_a_percentile_with_half_ties() -> None:
+    assert rank(5.0, [1.0, 2.0, 8.0, 9.0]) == 50.0
+    assert rank(2.0, [1.0, 2.0, 3.0, 4.0]) == 37.5
+    assert rank(0.0, [1.0]) == 0.0 and rank(2.0, [1.0]) == 100.0
+    assert rank(1.0, []) is None and rank(1.0, None) is None
+
+
+def test_ordinal_heads_rank_pixels_and_claim_among_calibration_photos() -> None:
+    """ISO: the pixels rank at the top of the calibration photos, the claim at the
+    bottom; an informative head flags it, a head at chance says nothing."""
+    reference = {"scores": {"iso": [float(v) for v in range(100)]},
+                 "values": {"iso": [100.0] * 50 + [3200.0] * 50}}
+    reader = PretextReader.load(default_model_dir() / EXTRACTOR_FILE, torch.device("cpu"),
+                                reference)
+    reader.meta.metrics["iso"] = {"concordance": 0.8, "chance": 0.5}
+    row = reader._ordinal("iso", 95.0, 50.0)
+    assert (row["pixels_percentile"], row["claimed_percentile"]) == (95.5, 0.0)  # ties half
+    assert row["flag"] and row["agrees"] is False
+    assert not reader._ordinal("iso", 95.0, 6400.0)["flag"]  # both high: consistent
+    reader.meta.metrics["iso"] = {"concordance": 0.5, "chance": 0.5}
+    assert not reader._ordinal("iso", 95.0, 50.0)["flag"]
+    plain = PretextReader.load(default_model_dir() / EXTRACTOR_FILE, torch.device("cpu"))
+    no_reference = plain._ordinal("iso", 95.0, 50.0)
+    assert no_reference["pixels_percentile"] is None and not no_reference["flag"]
+
+
+def test_shipped_folder_has_a_pretext_reference() -> None:
+    reference = DetectorFolder.open(None).pretext_reference
+    assert reference is not None
+    assert {"iso", "fnumber", "exposure_time", "focal_length"} <= set(reference["scores"])
+    assert all(len(v) >= 100 for v in reference["scores"].values())

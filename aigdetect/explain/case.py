@@ -80,8 +80,10 @@ class Explainer:
         return {"status": "ok", "tags": self.pretext.read(tiles, path),
                 "note": ("Each head is shown with its accuracy or ranking concordance on "
                          "cameras held out of training, beside chance. Only a head that "
-                         "beats chance by 0.1 or more can raise a flag; ranking scores are "
-                         "raw (higher = larger value), not compared with the claim.")}
+                         "beats chance by 0.1 or more can raise a flag. For ISO, aperture, "
+                         "exposure time and focal length the pixels' rank and the claimed "
+                         "value's rank are percentiles among the calibration photos; they "
+                         "disagree when 50 or more points apart.")}
 
 
 def opinion(summary: dict[str, Any], calibration: Calibration) -> dict[str, Any]:

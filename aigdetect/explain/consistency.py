@@ -31,6 +31,9 @@ INFORMATIVE_MARGIN = 0.1
 #: ``CONFIDENT``.
 IMPLAUSIBLE = 0.05
 CONFIDENT = 0.5
+#: An informative ranking head disagrees with the claim when the pixels and the
+#: claimed value rank this many percentile points apart among the calibration photos.
+RANK_GAP = 50.0
 
 
 @dataclass
@@ -40,11 +43,14 @@ class PretextReader:
     model: ExifPretextModel
     meta: ModelMeta
     features: FeatureExtractor
+    #: ranking scores and EXIF values of the calibration photos (``calibrate``)
+    reference: dict[str, dict[str, list[float]]] | None = None
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> PretextReader:
+    def load(cls, path: Path, device: torch.device,
+             reference: dict[str, dict[str, list[float]]] | None = None) -> PretextReader:
         model, meta = load_model(path, task=PRETEXT)
-        return cls(model, meta, FeatureExtractor(model.extractor, device))
+        return cls(model, meta, FeatureExtractor(model.extractor, device), reference)
 
     @torch.inference_mode()
     def read(self, tiles: np.ndarray, image: Path) -> list[dict[str, Any]]:
@@ -56,6 +62,9 @@ class PretextReader:
                 for tag, value in logits.items()]
         rows += [self._ordinal(tag, float(value[0]), getattr(claims, tag))
                  for tag, value in scores.items()]
+        for row in rows:  # a head at chance says nothing, agreeing or not
+            if row["status"] == "not informative":
+                row["agrees"] = None
         return rows
 
     def _categorical(self, tag: str, probabilities: np.ndarray,
@@ -74,11 +83,29 @@ class PretextReader:
         return row
 
     def _ordinal(self, tag: str, score: float, claim: float | None) -> dict[str, Any]:
-        """A raw ranking score: without reference photos it cannot be turned into a
-        value, so it is shown, never compared with the claim."""
-        return {"tag": tag, "kind": "ordinal", "ranking_score": round(score, 4),
-                "claimed": claim, **reliability(self.meta.metrics.get(tag), "concordance"),
-                "agrees": None, "flag": False}
+        """Where the pixels rank among the calibration photos (their ranking scores),
+        beside where the claimed value ranks (their own EXIF values). Without that
+        reference the raw score is shown and never compared with the claim."""
+        reference = self.reference or {}
+        pixels = rank(score, reference.get("scores", {}).get(tag))
+        claimed = None if claim is None else rank(claim, reference.get("values", {}).get(tag))
+        row = {"tag": tag, "kind": "ordinal", "ranking_score": round(score, 4),
+               "pixels_percentile": pixels, "claimed": claim, "claimed_percentile": claimed,
+               **reliability(self.meta.metrics.get(tag), "concordance")}
+        gap = None if pixels is None or claimed is None else abs(pixels - claimed)
+        row["agrees"] = None if gap is None else gap < RANK_GAP
+        row["flag"] = bool(row["status"] == "informative" and gap is not None
+                           and gap >= RANK_GAP)
+        return row
+
+
+def rank(value: float, among: list[float] | None) -> float | None:
+    """Percentile of ``value`` among ``among`` (ties count half); None without them."""
+    if not among:
+        return None
+    ordered = np.asarray(among, dtype=np.float64)
+    below = np.sum(ordered < value) + 0.5 * np.sum(ordered == value)
+    return round(float(100.0 * below / len(ordered)), 1)
 
 
 def reliability(metrics: dict[str, Any] | None, name: str) -> dict[str, Any]:
@@ -94,3 +121,20 @@ def reliability(metrics: dict[str, Any] | None, name: str) -> dict[str, Any]:
               else "weak" if margin > 0 else "not informative")
     return {"metric": name, "value": round(value, 4), "chance": round(chance, 4),
             "margin": round(margin, 4), "status": status}
+
+
+def describe_prediction(row: dict[str, Any]) -> str:
+    """What the pixels suggest, in words: the top class, or the rank among the
+    calibration photos (raw score when there is no reference)."""
+    if row["kind"] == "categorical":
+        return f"{row['predicted']} (p {row['probability']:.2f})"
+    if row.get("pixels_percentile") is None:
+        return f"rank score {row['ranking_score']}"
+    return f"percentile {row['pixels_percentile']:.0f} of real photos"
+
+
+def describe_claim(row: dict[str, Any]) -> str | None:
+    """The file's claim, with its percentile among the calibration photos' own EXIF."""
+    if row["claimed"] is None or row.get("claimed_percentile") is None:
+        return None if row["claimed"] is None else str(row["claimed"])
+    return f"{row['claimed']:g} (percentile {row['claimed_percentile']:.0f})"

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..report import printable
+from .consistency import describe_claim, describe_prediction
 from .heatmap import region_value
 from .provenance import CAVEAT
 
@@ -77,13 +78,12 @@ def camera_table(traces: dict[str, Any]) -> Table | Text:
     for column in ("tag", "pixels suggest", "EXIF claims", "held-out", "status", "check"):
         table.add_column(column)
     for row in traces["tags"]:
-        predicted = (f"{row['predicted']} (p {row['probability']:.2f})"
-                     if row["kind"] == "categorical" else f"rank score {row['ranking_score']}")
+        predicted = describe_prediction(row)
         check = "DISAGREES" if row["flag"] else (
             "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs")
         reliability = "-" if row["value"] is None else (
             f"{row['metric']} {row['value']:.2f} / chance {row['chance']:.2f}")
-        table.add_row(row["tag"], cell(predicted), cell(row["claimed"]), reliability,
+        table.add_row(row["tag"], cell(predicted), cell(describe_claim(row)), reliability,
                       row["status"], Text(check, style="bold red" if row["flag"] else ""))
     return table
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .consistency import describe_claim, describe_prediction
 from .heatmap import region_value
 from .provenance import CAVEAT
 
@@ -137,11 +138,10 @@ def _camera(traces: dict[str, Any]) -> str:
         return f"<h3>What the pixels say about the camera</h3><p>{text(traces['note'])}</p>"
     rows = []
     for row in traces["tags"]:
-        predicted = (f"{row['predicted']} (p {row['probability']:.2f})"
-                     if row["kind"] == "categorical" else f"ranking score {row['ranking_score']}")
+        predicted = describe_prediction(row)
         flag = "<span class=\"flag\">disagrees</span>" if row["flag"] else (
             "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs")
-        rows.append((text(row["tag"]), text(predicted), text(row["claimed"]),
+        rows.append((text(row["tag"]), text(predicted), text(describe_claim(row)),
                      text(f"{row['metric']} {_number(row['value'])} vs chance "
                           f"{_number(row['chance'])}"), text(row["status"]), flag))
     return ("<h3>What the pixels say about the camera (EXIF-pretext heads)</h3>"
