@@ -56,7 +56,6 @@ from .explain.case import EXPLAIN_SCHEMA_VERSION, Explainer
 from .explain.consistency import PretextReader
 from .explain.console import print_document
 from .explain.html import render as render_html
-from .explain.provenance import read_provenance
 from .features import TileSettings
 from .files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe, walk_folder
 from .labelled import files_from_csv, files_from_folders
@@ -68,6 +67,7 @@ from .patches import (
     DEFAULT_MAX_SCANS,
     DecodeLimits,
 )
+from .provenance import read_provenance
 from .report import (
     FORMATS,
     VERDICTS,

@@ -20,8 +20,8 @@ from rich.text import Text
 
 from . import __version__
 from .evaluation import GroupMetrics
-from .explain.provenance import short_summary
 from .files import atomic_write, unicode_safe
+from .provenance import short_summary
 from .scanning import ScanRecord
 
 SCHEMA_VERSION = 2

@@ -47,7 +47,7 @@ class ScanRecord:
     model: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
-    #: ``scan --provenance``: what the metadata says (``explain.provenance``), else None
+    #: ``scan --provenance``: what the metadata says (``aigdetect.provenance``), else None
     provenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from helpers_images import invoke, parse_json_stdout, snapshot
 from PIL import Image, PngImagePlugin
 from typer.testing import CliRunner
 
-from aigdetect.explain.provenance import CAVEAT, read_provenance, short_summary
+from aigdetect.provenance import CAVEAT, read_provenance, short_summary
 
 XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'

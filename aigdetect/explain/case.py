@@ -14,10 +14,10 @@ from ..detectors import Detector, Judgement
 from ..features import TileSettings, prepare_image
 from ..files import unicode_safe
 from ..patches import load_image
+from ..provenance import read_provenance
 from ..scanning import capped
 from .consistency import PretextReader
 from .heatmap import draw_heatmap, tile_evidence
-from .provenance import read_provenance
 
 #: Version of the explain JSON document (``aigdetect explain --format json``).
 EXPLAIN_SCHEMA_VERSION = 1

@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..provenance import CAVEAT
 from ..report import printable
 from .consistency import describe_claim, describe_prediction
 from .heatmap import region_value
-from .provenance import CAVEAT
 
 
 def cell(value: Any) -> Text:

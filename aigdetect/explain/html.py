@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..provenance import CAVEAT
 from .consistency import describe_claim, describe_prediction
 from .heatmap import region_value
-from .provenance import CAVEAT
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #111; max-width: 1300px; }

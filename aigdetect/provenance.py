@@ -18,8 +18,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..exif import labels_from_raw, read_raw_exif, to_text
-from ..patches import image_formats
+from .exif import labels_from_raw, read_raw_exif, to_text
+from .patches import image_formats
 
 CAVEAT = "metadata can be stripped or forged: a lead, not proof"
 #: Bytes of a file searched for an XMP packet (XMP sits near the start in JPEG, PNG, WebP).
