@@ -43,6 +43,9 @@ CALIBRATION_FILE = "calibration.json"
 MANIFEST_FILE = "detector.json"
 MANIFEST_FORMAT = "aigdetect.detector-folder"
 DETECTOR_NAMES = ("oneclass", "binary", "fused")
+#: The files that make a model, by the key their SHA-256 has in every record's ``model``.
+WEIGHT_FILES = {"extractor_sha256": EXTRACTOR_FILE, "density_sha256": DENSITY_FILE,
+                "binary_sha256": BINARY_FILE, "calibration_sha256": CALIBRATION_FILE}
 #: Tiles per image when a folder does not say otherwise.
 DEFAULT_TILES = 16
 
@@ -231,9 +234,7 @@ class DetectorFolder:
 
     def weights(self) -> dict[str, str]:
         """SHA-256 of every weight and calibration file present: the model's identity."""
-        files = {"extractor_sha256": EXTRACTOR_FILE, "density_sha256": DENSITY_FILE,
-                 "binary_sha256": BINARY_FILE, "calibration_sha256": CALIBRATION_FILE}
-        return {key: file_sha256(self.path / file) for key, file in files.items()
+        return {key: file_sha256(self.path / file) for key, file in WEIGHT_FILES.items()
                 if (self.path / file).is_file()}
 
     def identity(self) -> dict[str, str]:

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .detectors import WEIGHT_FILES
 from .evaluation import GroupMetrics
 from .files import atomic_write, unicode_safe
 from .provenance import short_summary
@@ -27,7 +28,7 @@ from .scanning import ScanRecord
 SCHEMA_VERSION = 2
 FORMATS = ("table", "json", "jsonl", "csv")
 #: Weight hashes of a record's model, flattened into CSV columns.
-MODEL_HASHES = ("extractor_sha256", "density_sha256", "binary_sha256", "calibration_sha256")
+MODEL_HASHES = tuple(WEIGHT_FILES)
 CSV_COLUMNS = (
     "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
     "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "patches",
