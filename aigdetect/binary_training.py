@@ -108,7 +108,8 @@ class BinaryTask:
             model.extractor.load_state_dict(self.teacher.state_dict())
         return model, meta
 
-    def configure(self, model: nn.Module) -> None:
+    def configure(self, model: nn.Module, device: torch.device) -> None:
+        self.teacher.to(device)
         if self.config.freeze_extractor:
             model.extractor.requires_grad_(False)
 
@@ -145,7 +146,6 @@ class BinaryTask:
             logits, features = network(patches)
         losses = {"ce": F.cross_entropy(logits.float(), labels)}
         if self.config.alpha > 0 and not self.config.freeze_extractor:
-            self.teacher.to(device)
             with torch.no_grad(), amp:
                 targets = stage_features(self.teacher, patches)
             losses["distill"] = feature_distillation_loss(features, targets)

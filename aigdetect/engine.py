@@ -80,8 +80,9 @@ class TrainingTask(Protocol):
     def new_model(self) -> tuple[nn.Module, ModelMeta]:
         """A freshly initialised model and its metadata (not called on --resume)."""
 
-    def configure(self, model: nn.Module) -> None:
-        """Adjust a new or resumed model before training (e.g. freeze a part)."""
+    def configure(self, model: nn.Module, device: torch.device) -> None:
+        """Adjust a new or resumed model before training (e.g. freeze a part, put a
+        teacher on the training device)."""
 
     def datasets(self, meta: ModelMeta) -> tuple[Dataset, Dataset | None]:
         """Training set (with ``set_epoch``) and validation set (None if no split)."""
@@ -167,7 +168,7 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
     task.prepare(console, dist)
     model, meta, resume_state = _start_model(task, config, console, quiet)
     meta.training = config.to_dict() | task.training_info()
-    task.configure(model)
+    task.configure(model, device)
     model.to(device).train()
 
     train_set, val_set = task.datasets(meta)

@@ -179,7 +179,7 @@ class PretextTask:
         )
         return meta.build_model(), meta
 
-    def configure(self, model: nn.Module) -> None:
+    def configure(self, model: nn.Module, device: torch.device) -> None:
         """Every parameter trains."""
 
     def datasets(self, meta: ModelMeta) -> tuple[PretextDataset, PretextDataset]:
