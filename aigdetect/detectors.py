@@ -212,8 +212,10 @@ class DetectorFolder:
                 calibrations = {n: Calibration.from_dict(c)
                                 for n, c in stored.get("detectors", {}).items()}
                 reference = _pretext_reference(stored.get("pretext_reference"))
+                calibrated = dict(stored.get("weights", {}))
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise DetectorError(f"{path / CALIBRATION_FILE}: damaged ({error})") from None
+            _check_calibrated_weights(path, calibrated)
         return cls(path, name, manifest, calibrations, reference)
 
     @property
@@ -313,15 +315,30 @@ class DetectorFolder:
 
     def save_calibrations(self, calibrations: dict[str, Calibration], default: str,
                           info: dict[str, Any]) -> None:
-        """Write ``calibration.json`` and ``detector.json`` (atomically)."""
+        """Write ``calibration.json`` (with the hashes of the weights it calibrates)
+        and ``detector.json``, atomically."""
         self.calibrations = calibrations
+        weights = {k: v for k, v in self.weights().items() if k != "calibration_sha256"}
         self.manifest = {"format": MANIFEST_FORMAT, "default": default,
                          "tiles": self.manifest.get("tiles") or self._density_tiles()}
         with atomic_write(self.path / CALIBRATION_FILE) as temporary:
             temporary.write_text(json.dumps(
-                {"detectors": {n: c.to_dict() for n, c in calibrations.items()}, **info}))
+                {"detectors": {n: c.to_dict() for n, c in calibrations.items()},
+                 "weights": weights, **info}))
         with atomic_write(self.path / MANIFEST_FILE) as temporary:
             temporary.write_text(json.dumps(self.manifest, indent=2) + "\n")
+
+
+def _check_calibrated_weights(path: Path, calibrated: dict[str, str]) -> None:
+    """Thresholds hold only for the weights they were set on: a density refitted or
+    a binary detector replaced since ``calibrate`` makes them stale."""
+    for key, expected in calibrated.items():
+        if key not in WEIGHT_FILES:
+            raise DetectorError(f"{path / CALIBRATION_FILE}: damaged (unknown weights {key!r})")
+        file = path / WEIGHT_FILES[key]
+        if not file.is_file() or file_sha256(file) != expected:
+            raise DetectorError(f"{file} changed since its thresholds were calibrated: run "
+                                f"'aigdetect calibrate {path} --real HELD_OUT_PHOTOS' again")
 
 
 def _pretext_reference(data: Any) -> dict[str, dict[str, list[float]]] | None:

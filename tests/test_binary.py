@@ -293,6 +293,23 @@ def test_scan_with_each_detector(runner: CliRunner, calibrated: dict[str, Any],
     assert {r["detector"] for r in json.loads(default.stdout)["results"]} == {"fused"}
 
 
+def test_refit_after_calibrate_asks_to_recalibrate(runner: CliRunner, calibrated: dict[str, Any],
+                                                   binary_run: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    """Thresholds hold only for the weights they were set on."""
+    stored = json.loads((calibrated["folder"] / "calibration.json").read_text())
+    assert set(stored["weights"]) == {"extractor_sha256", "density_sha256", "binary_sha256"}
+    folder = tmp_path / "refit"
+    shutil.copytree(calibrated["folder"], folder)
+    refit = invoke(runner, ["fit-gmm", binary_run["real"], "-o", folder, "--extractor", TEACHER,
+                            "--patches", "4", "--components", "2", "--pca-dim", "3",
+                            "--workers", "0", "--no-cache"])
+    assert refit.exit_code == 0, refit.stderr
+    result = invoke(runner, ["scan", binary_run["fake"] / "f0.png", "--model", folder, "-q"])
+    assert result.exit_code == EXIT_USAGE
+    assert "calibrate" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_scan_refuses_a_detector_the_folder_lacks(runner: CliRunner, tmp_path: Path,
                                                    binary_run: dict[str, Any]) -> None:
     result = invoke(runner, ["scan", binary_run["fake"] / "f0.png", "--model",
