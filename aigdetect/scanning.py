@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .detectors import Detector, Judgement
-from .features import PreparedImage, prepare_stream
+from .features import PreparedImage, TileSettings, prepare_stream
 
 #: Most tiles an "all tiles" scan uses (attention over the tile set grows with its square).
 MAX_TILES = 20_000
@@ -114,7 +114,7 @@ def scan(
     paths: Iterable[str | Path],
     detector: Detector,
     identity: dict[str, str],
-    tiles,
+    tiles: TileSettings,
     workers: int = 2,
     threshold: float | None = None,
     timeout: float | None = None,
