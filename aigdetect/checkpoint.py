@@ -22,9 +22,18 @@ from .network import BinaryClassifier, ExifPretextModel, ExtractorConfig
 
 FORMAT = "aigdetect.exif-extractor"
 FORMAT_VERSION = 1
-#: What a checkpoint's network was trained for; both carry an ``extractor``.
-PRETEXT, BINARY = "pretext", "binary"
-TASKS = (PRETEXT, BINARY)
+#: What a checkpoint's network was trained for; all carry an ``extractor``.
+#: ``faces`` is the face-manipulation pretext (arXiv 2501.02207): ranking heads only.
+PRETEXT, BINARY, FACES = "pretext", "binary", "faces"
+TASKS = (PRETEXT, BINARY, FACES)
+
+#: The faces pretext's EXIF tags: the four the paper ranks (ISO, aperture, exposure
+#: time, focal length); camera make and model are not learned from faces.
+FACE_TAGS = ("iso", "fnumber", "exposure_time", "focal_length")
+#: The faces pretext's manipulation head: a higher score means an original face.
+ORIGINAL = "original"
+#: Every ranking head of a ``faces`` model, in the order of its training targets.
+FACE_HEADS = (*FACE_TAGS, ORIGINAL)
 
 
 class CheckpointError(Exception):
@@ -81,6 +90,8 @@ class ModelMeta:
     def build_model(self) -> ExifPretextModel | BinaryClassifier:
         if self.task == BINARY:
             return BinaryClassifier(self.config)
+        if self.task == FACES:  # no categorical heads: faces do not tell the camera model
+            return ExifPretextModel(self.config, {}, self.ordinal_tags)
         counts = {tag: len(vocab) for tag, vocab in self.vocabularies.items()}
         return ExifPretextModel(self.config, counts, self.ordinal_tags)
 

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,31 @@ class Photo:
     labels: ExifLabels
 
 
-def _signature(path: Path) -> list[int]:
+def file_signature(path: Path) -> list[int]:
+    """Size and modification time: a cache entry with another signature is stale."""
     stat = path.stat()
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def read_cache(cache_file: Path | None, header: dict[str, Any]) -> dict[str, dict]:
+    """The entries of a JSON cache written by :func:`write_cache` with the same
+    ``header`` (format version, settings); empty when there is none, it is
+    unreadable, or it was made with another header."""
+    if cache_file is None or not cache_file.exists():
+        return {}
+    try:
+        stored = json.loads(cache_file.read_text())
+        if all(stored.get(key) == value for key, value in header.items()):
+            return stored["entries"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return {}
+
+
+def write_cache(cache_file: Path, header: dict[str, Any], entries: dict[str, dict]) -> None:
+    """Atomically replace ``cache_file`` with ``header`` and ``entries``."""
+    with atomic_write(cache_file) as temporary:
+        temporary.write_text(json.dumps({**header, "entries": entries}))
 
 
 def _opens_as_image(path: Path) -> bool:
@@ -55,19 +78,12 @@ def load_labels(
 
     Returns the usable photos and the paths of unreadable files (skipped).
     """
-    cache: dict[str, dict] = {}
-    if cache_file is not None and cache_file.exists():
-        try:
-            stored = json.loads(cache_file.read_text())
-            if stored.get("version") == CACHE_VERSION:
-                cache = stored["entries"]
-        except (OSError, ValueError, KeyError):
-            cache = {}
+    cache = read_cache(cache_file, {"version": CACHE_VERSION})
     photos, unreadable, changed = [], [], False
     for number, path in enumerate(paths, 1):
         key = str(path.resolve())
         try:
-            signature = _signature(path)
+            signature = file_signature(path)
         except OSError:
             unreadable.append(str(path))
             continue
@@ -84,8 +100,7 @@ def load_labels(
         if on_progress is not None:
             on_progress(number, len(paths))
     if changed and cache_file is not None:
-        with atomic_write(cache_file) as temporary:
-            temporary.write_text(json.dumps({"version": CACHE_VERSION, "entries": cache}))
+        write_cache(cache_file, {"version": CACHE_VERSION}, cache)
     return photos, unreadable
 
 

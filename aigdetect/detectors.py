@@ -4,8 +4,9 @@ Every detector turns an image's tiles into a *raw* statistic, higher = more
 AI-like, and judges it with its :class:`~aigdetect.calibration.Calibration`
 (threshold, score, verdict, percentile among held-out real photos):
 
-* ``oneclass``: negated log-likelihood of the EXIF-trained extractor's feature
-  under the density of real-photo features (``extractor.pt`` + ``density.npz``).
+* ``oneclass``: atypicality of the EXIF-trained extractor's feature under the
+  density of real-photo features, i.e. how far its log-likelihood lies from the
+  typical real photo's, either way (``extractor.pt`` + ``density.npz``).
 * ``binary``: the binary detector's logit, AI minus real (``binary.pt``).
 * ``fused``: the mean of its components' raw statistics, each standardised by
   its own real-photo median and spread: it rises with every component, so
@@ -31,9 +32,10 @@ import torch
 
 from . import __version__
 from .calibration import Calibration
-from .checkpoint import BINARY, PRETEXT, CheckpointError, load_model
+from .checkpoint import BINARY, FACES, PRETEXT, CheckpointError, load_model
 from .density import DensityError, RealPhotoDensity
-from .features import FeatureExtractor, TileSettings
+from .faces import ENLARGE
+from .features import FaceSettings, FeatureExtractor, TileSettings
 from .files import atomic_write, file_sha256
 
 EXTRACTOR_FILE = "extractor.pt"
@@ -43,11 +45,15 @@ CALIBRATION_FILE = "calibration.json"
 MANIFEST_FILE = "detector.json"
 MANIFEST_FORMAT = "aigdetect.detector-folder"
 DETECTOR_NAMES = ("oneclass", "binary", "fused")
+#: The one-class raw statistic that ``calibration.json`` thresholds were set on.
+ONECLASS_STATISTIC = "atypicality"
 #: The files that make a model, by the key their SHA-256 has in every record's ``model``.
 WEIGHT_FILES = {"extractor_sha256": EXTRACTOR_FILE, "density_sha256": DENSITY_FILE,
                 "binary_sha256": BINARY_FILE, "calibration_sha256": CALIBRATION_FILE}
 #: Tiles per image when a folder does not say otherwise.
 DEFAULT_TILES = 16
+#: The face detector's folder inside a detector folder (``scan --faces``).
+FACES_DIR = "faces"
 
 
 class DetectorError(Exception):
@@ -115,7 +121,8 @@ class SingleDetector:
 
 @dataclass
 class OneClassDetector(SingleDetector):
-    """Negated log-likelihood under the density of real-photo features."""
+    """Atypicality of the image's feature under the density of real-photo features:
+    how far its log-likelihood lies from real photos' typical one, either way."""
 
     features: FeatureExtractor
     density: RealPhotoDensity
@@ -124,11 +131,12 @@ class OneClassDetector(SingleDetector):
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
         log_likelihood = float(self.density.score_samples(self.features(tiles)[None])[0])
-        return -log_likelihood, {"log_likelihood": log_likelihood}
+        return abs(log_likelihood - self.density.typical_log_likelihood), {
+            "log_likelihood": log_likelihood}
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
-        """Negated log-likelihood of each tile's own feature (a one-tile set)."""
-        return -self.density.score_samples(self.features.per_tile(tiles))
+        """Atypicality of each tile's own feature (a one-tile set)."""
+        return self.density.atypicality(self.features.per_tile(tiles))
 
 
 @dataclass
@@ -216,6 +224,7 @@ class DetectorFolder:
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise DetectorError(f"{path / CALIBRATION_FILE}: damaged ({error})") from None
             _check_calibrated_weights(path, calibrated)
+            _check_oneclass_statistic(path, calibrations, stored.get("oneclass_statistic"))
         return cls(path, name, manifest, calibrations, reference)
 
     @property
@@ -247,6 +256,13 @@ class DetectorFolder:
         if patches is None:
             patches = self.manifest.get("tiles") or self._density_tiles()
         return TileSettings(max_tiles=None if patches == 0 else patches, **settings)
+
+    def face_settings(self, aligned: bool = False) -> FaceSettings:
+        """How faces are cut out for this folder: as for the faces its density was
+        fitted on (``fit-gmm --faces`` records the enlargement)."""
+        provenance = RealPhotoDensity.load(self.path / DENSITY_FILE).provenance
+        return FaceSettings(enlarge=float(provenance.get("face_enlarge", ENLARGE)),
+                            aligned=aligned)
 
     def _density_tiles(self) -> int:
         if (self.path / DENSITY_FILE).is_file():
@@ -298,7 +314,10 @@ class DetectorFolder:
         if expected and expected != file_sha256(extractor_path):
             raise DetectorError(f"{density_path.name} was fitted on another extractor than "
                                 f"{extractor_path.name}; refit with 'aigdetect fit-gmm'")
-        model, _ = load_model(extractor_path, task=PRETEXT)
+        model, meta = load_model(extractor_path)
+        if meta.task not in (PRETEXT, FACES):
+            raise DetectorError(f"{extractor_path}: a {meta.task} checkpoint, where an EXIF "
+                                "(pretext or faces) extractor is needed")
         calibration = self.calibrations.get("oneclass") or density.calibration
         return OneClassDetector(FeatureExtractor(model.extractor, device, batch_size), density,
                                 calibration)
@@ -324,7 +343,7 @@ class DetectorFolder:
         with atomic_write(self.path / CALIBRATION_FILE) as temporary:
             temporary.write_text(json.dumps(
                 {"detectors": {n: c.to_dict() for n, c in calibrations.items()},
-                 "weights": weights, **info}))
+                 "weights": weights, "oneclass_statistic": ONECLASS_STATISTIC, **info}))
         with atomic_write(self.path / MANIFEST_FILE) as temporary:
             temporary.write_text(json.dumps(self.manifest, indent=2) + "\n")
 
@@ -339,6 +358,15 @@ def _check_calibrated_weights(path: Path, calibrated: dict[str, str]) -> None:
         if not file.is_file() or file_sha256(file) != expected:
             raise DetectorError(f"{file} changed since its thresholds were calibrated: run "
                                 f"'aigdetect calibrate {path} --real HELD_OUT_PHOTOS' again")
+
+
+def _check_oneclass_statistic(path: Path, calibrations: dict[str, Calibration],
+                              statistic: Any) -> None:
+    """Thresholds set on another one-class statistic (the negated log-likelihood of
+    aigdetect 0.1) would be silently wrong for today's atypicality."""
+    if statistic != ONECLASS_STATISTIC and ({"oneclass", "fused"} & calibrations.keys()):
+        raise DetectorError(f"{path / CALIBRATION_FILE} was calibrated for an older one-class "
+                            f"score: run 'aigdetect calibrate {path} --real HELD_OUT_PHOTOS' again")
 
 
 def _pretext_reference(data: Any) -> dict[str, dict[str, list[float]]] | None:

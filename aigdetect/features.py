@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .faces import ENLARGE, crop_box, find_faces
 from .files import file_sha256
 from .network import ExifExtractor
 from .patches import (
@@ -48,11 +49,24 @@ PR_SET_PDEATHSIG = 1
 
 
 @dataclass
+class PreparedFace:
+    """One face of an image, cut out without resampling and tiled on its own."""
+
+    #: the detected face (x, y, w, h) and the enlarged crop (x0, y0, x1, y1), native pixels
+    box: tuple[int, int, int, int]
+    crop: tuple[int, int, int, int]
+    tiles: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PreparedImage:
     """One file after decoding: its tiles, or the reason it could not be read."""
 
     path: str
     tiles: np.ndarray | None = None
+    #: face mode only (``TileSettings.faces``): every face found, most supported first
+    faces: list[PreparedFace] | None = None
     sha256: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
@@ -65,14 +79,25 @@ class PreparedImage:
 
 
 @dataclass(frozen=True)
+class FaceSettings:
+    """Face mode: find every face, crop it (box enlarged ``enlarge`` times, no
+    resampling) and tile each crop alone; ``aligned`` inputs are one face each."""
+
+    enlarge: float = ENLARGE
+    aligned: bool = False
+
+
+@dataclass(frozen=True)
 class TileSettings:
     """How tiles are taken from an image; fit and scan must use the same."""
 
     patch_size: int = 64
     max_tiles: int | None = 16  # None = every tile of the grid
     limits: DecodeLimits = field(default_factory=DecodeLimits)
-    #: evaluation only: processing applied before tiling (see ``patches.CONDITIONS``)
+    #: evaluation only: processing applied before tiling (see ``patches.CONDITIONS``);
+    #: in face mode it is applied to each face crop, the unit that is judged
     processing: Processing | None = None
+    faces: FaceSettings | None = None
 
 
 def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
@@ -89,7 +114,9 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
         record.format, record.width, record.height = image.format, image.width, image.height
         record.notes = list(image.notes)
         pixels = image.pixels
-        if settings.processing is not None and settings.processing != Processing():
+        if settings.faces is not None:
+            record.faces = prepare_faces(pixels, settings.faces, settings)
+        if _processes(settings):
             pixels = apply_processing(pixels, settings.processing)
             record.notes.append(f"processed for evaluation: {settings.processing.describe()}")
         upscaled = min(pixels.shape[:2]) < settings.patch_size
@@ -104,6 +131,25 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
         record.error = f"unexpected {type(error).__name__}: {error}"
     record.decode_ms = (time.perf_counter() - started) * 1000
     return record
+
+
+def _processes(settings: TileSettings) -> bool:
+    return settings.processing is not None and settings.processing != Processing()
+
+
+def prepare_faces(pixels: np.ndarray, faces: FaceSettings,
+                  settings: TileSettings) -> list[PreparedFace]:
+    """Every face of ``pixels``: its native crop (processed for evaluation if asked),
+    tiled as a whole image would be."""
+    prepared = []
+    for face in find_faces(pixels, aligned=faces.aligned):
+        x0, y0, x1, y1 = crop_box(pixels.shape, face, faces.enlarge)
+        crop, notes = pixels[y0:y1, x0:x1], []
+        if _processes(settings):
+            crop = apply_processing(crop, settings.processing)
+        tiles = grid_tiles(crop, settings.patch_size, settings.max_tiles, notes)
+        prepared.append(PreparedFace(face.box, (x0, y0, x1, y1), tiles, notes))
+    return prepared
 
 
 def _die_with_parent(parent: int) -> None:

@@ -20,7 +20,7 @@ from .dataset import Photo, split_by_camera
 from .density import DensityError, RealPhotoDensity
 from .detectors import DENSITY_FILE, EXTRACTOR_FILE
 from .exif import read_labels
-from .features import FeatureExtractor, TileSettings, prepare_stream
+from .features import FaceSettings, FeatureExtractor, TileSettings, prepare_stream
 from .files import atomic_write, file_sha256
 from .runtime import pick_device
 
@@ -29,7 +29,8 @@ Progress = Callable[[int], None]
 
 @dataclass
 class FolderFeatures:
-    """Features of the readable files of a folder, and what could not be read."""
+    """Features of the readable files of a folder, and what could not be read. In
+    face mode a row is a face, and ``paths`` names its photo once per face."""
 
     paths: list[str]
     features: np.ndarray
@@ -84,6 +85,10 @@ def extract_features(
     for prepared in prepare_stream(paths, tiles, workers):
         if prepared.tiles is None:
             errors[prepared.path] = prepared.error or "unreadable"
+        elif prepared.faces is not None:  # face mode: one row per face, none without
+            for face in prepared.faces:
+                kept.append(prepared.path)
+                features.append(extractor(face.tiles))
         else:
             kept.append(prepared.path)
             features.append(extractor(prepared.tiles))
@@ -113,22 +118,30 @@ def fit_detector(
     workers: int = 2,
     cache_dir: Path | None = None,
     on_image: Progress | None = None,
+    faces: FaceSettings | None = None,
 ) -> tuple[RealPhotoDensity, FolderFeatures]:
     """Fit and calibrate a density of real-photo features; write a detector folder
-    (``extractor.pt`` + ``density.npz``) that ``aigdetect scan --model`` loads."""
+    (``extractor.pt`` + ``density.npz``) that ``aigdetect scan --model`` loads.
+
+    With ``faces``, the features are those of every face found in the photos (a face
+    folder for ``scan --faces``); the held-out split is still by camera and photo.
+    """
     model, meta = load_model(extractor_path)
-    tiles = TileSettings(patch_size=meta.config.patch_size, max_tiles=patches)
+    tiles = TileSettings(patch_size=meta.config.patch_size, max_tiles=patches, faces=faces)
     extractor = FeatureExtractor(model.extractor, pick_device(device))
     folder = extract_features(real_paths, extractor, file_sha256(extractor_path), tiles,
                               workers, cache_dir, on_image)
+    unit = "faces" if faces else "readable photos"
     if len(folder.paths) < 4:
-        raise DensityError(f"only {len(folder.paths)} readable photos: a density needs more "
+        raise DensityError(f"only {len(folder.paths)} {unit}: a density needs more "
                            "(hundreds for a trustworthy threshold)")
-    photos = [Photo(path, read_labels(path)) for path in folder.paths]
+    rows: dict[str, list[int]] = {}
+    for row, path in enumerate(folder.paths):
+        rows.setdefault(path, []).append(row)
+    photos = [Photo(path, read_labels(path)) for path in rows]
     fit_photos, calibration_photos = split_by_camera(photos, calibration_fraction, seed)
-    index = {path: i for i, path in enumerate(folder.paths)}
-    fit_rows = [index[p.path] for p in fit_photos]
-    calibration_rows = [index[p.path] for p in calibration_photos]
+    fit_rows = [row for p in fit_photos for row in rows[p.path]]
+    calibration_rows = [row for p in calibration_photos for row in rows[p.path]]
 
     density = RealPhotoDensity(components=components, covariance_type=covariance_type,
                                pca_dim=pca_dim, reg_covar=reg_covar, seed=seed)
@@ -143,9 +156,11 @@ def fit_detector(
         "extractor_sha256": file_sha256(shipped_extractor),
         "patches": patches,
         "patch_size": meta.config.patch_size,
-        "fit_photos": len(fit_rows),
-        "calibration_photos": len(calibration_rows),
+        "fit_photos": len(fit_photos),
+        "calibration_photos": len(calibration_photos),
         "unreadable": len(folder.errors),
+        **({"face_enlarge": faces.enlarge, "aligned": faces.aligned, "fit_faces": len(fit_rows),
+            "calibration_faces": len(calibration_rows)} if faces else {}),
     }
     density.save(output_dir / DENSITY_FILE)
     return density, folder

@@ -23,7 +23,7 @@ from .detectors import WEIGHT_FILES
 from .evaluation import GroupMetrics
 from .files import atomic_write, unicode_safe
 from .provenance import short_summary
-from .scanning import ScanRecord
+from .scanning import NO_FACE, ScanRecord
 
 SCHEMA_VERSION = 2
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -33,9 +33,10 @@ CSV_COLUMNS = (
     "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
     "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "patches",
     "elapsed_ms", "detector", "model_name", "model_version", *MODEL_HASHES, "notes", "error",
-    "size", "mtime_ns", "provenance",
+    "size", "mtime_ns", "provenance", "faces", "image_score",
 )
-_VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta"}
+_VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta",
+                  NO_FACE: "dim"}
 VERDICTS = tuple(_VERDICT_STYLE)
 #: C0 and C1 control characters (terminal escape sequences start with one) and the
 #: bidirectional overrides that can make a name display as another.
@@ -103,6 +104,10 @@ def scan_table(records: Sequence[ScanRecord]) -> Table:
     for name in components:
         table.add_column(name, justify="right")
     table.add_column("real pct", justify="right")
+    face_mode = any(r.faces is not None for r in records)
+    if face_mode:
+        table.add_column("faces", justify="right")
+        table.add_column("whole image", justify="right")
     table.add_column("size", justify="right")
     table.add_column("note", overflow="fold")
     metadata = any(r.provenance is not None for r in records)
@@ -114,10 +119,20 @@ def scan_table(records: Sequence[ScanRecord]) -> Table:
         percentile = f"{r.percentile:.1f}" if r.percentile is not None else "-"
         note = r.error or "; ".join(r.notes)
         # Text, not str: a name like "a[/b].jpg" is not rich markup
+        faces = [_face_count(r), _fmt(_image_score(r))] if face_mode else []
         table.add_row(Text(printable(r.path)), _fmt(r.score), verdict, *parts, percentile,
-                      _size(r), Text(printable(note)),
+                      *faces, _size(r), Text(printable(note)),
                       *([Text(printable(_provenance(r) or "-"))] if metadata else []))
     return table
+
+
+def _face_count(record: ScanRecord) -> str:
+    return "-" if record.faces is None else str(len(record.faces))
+
+
+def _image_score(record: ScanRecord) -> float | None:
+    """Face mode: the general detector's score of the whole image."""
+    return None if record.image is None else record.image.get("score")
 
 
 def _provenance(record: ScanRecord) -> str | None:
@@ -133,7 +148,9 @@ def _csv_row(record: ScanRecord) -> dict[str, Any]:
                 **{key: model.get(key) for key in MODEL_HASHES},
                 oneclass_score=components.get("oneclass", {}).get("score"),
                 binary_score=components.get("binary", {}).get("score"),
-                notes="; ".join(record.notes), provenance=_provenance(record))
+                notes="; ".join(record.notes), provenance=_provenance(record),
+                faces=None if record.faces is None else len(record.faces),
+                image_score=_image_score(record))
     row = {column: data.get(column) for column in CSV_COLUMNS}
     return {key: printable(value) if isinstance(value, str) else value
             for key, value in row.items()}
@@ -161,6 +178,7 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
         s = summary(records)
         console.print(f"{s['files']} files: {s['ai']} ai, {s['uncertain']} uncertain, "
                       f"{s['real']} real, {s['error']} unreadable"
+                      + (f", {s[NO_FACE]} without a face" if s[NO_FACE] else "")
                       + (" (interrupted: partial results)" if interrupted else ""))
     elif fmt == "json":
         document = {"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from .detectors import Detector, Judgement
-from .features import PreparedImage, TileSettings, prepare_stream
+from .features import PreparedFace, PreparedImage, TileSettings, prepare_stream
 
 #: Most tiles an "all tiles" scan uses (attention over the tile set grows with its square).
 MAX_TILES = 20_000
+#: Face mode's verdict for a readable image in which no face was found.
+NO_FACE = "no-face"
 
 
 @dataclass
@@ -49,14 +51,21 @@ class ScanRecord:
     error: str | None = None
     #: ``scan --provenance``: what the metadata says (``aigdetect.provenance``), else None
     provenance: dict[str, Any] | None = None
+    #: ``scan --faces``: one entry per face found (box, crop, score, verdict, components);
+    #: the record's own score and verdict are then its most suspicious face's
+    faces: list[dict[str, Any]] | None = None
+    #: ``scan --faces``: the general detector's opinion of the whole image
+    image: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[str, str],
-                   threshold: float | None = None) -> ScanRecord:
-    """Turn one decoded image into a record (errors included)."""
+                   threshold: float | None = None,
+                   face_detector: Detector | None = None) -> ScanRecord:
+    """Turn one decoded image into a record (errors included); with a
+    ``face_detector``, the record judges the image by its faces."""
     started = time.perf_counter()
     record = ScanRecord(
         path=prepared.path, sha256=prepared.sha256, size=prepared.size,
@@ -72,8 +81,51 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
         else:
             _fill_scores(record, judgement, detector.name)
             record.patches = len(prepared.tiles) if record.error is None else 0
+    if face_detector is not None and record.error is None:
+        _judge_by_faces(record, prepared.faces or [], face_detector)
     record.elapsed_ms = round(prepared.decode_ms + (time.perf_counter() - started) * 1000, 1)
     return record
+
+
+def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Detector) -> None:
+    """Face mode: each face is judged alone and the image takes its most suspicious
+    face's score and verdict (one generated face makes a forged image); the general
+    detector's opinion of the whole image moves to ``record.image``."""
+    record.image = {"detector": record.detector, "score": record.score,
+                    "raw_score": record.raw_score, "threshold": record.threshold,
+                    "verdict": record.verdict, "percentile": record.percentile,
+                    "components": record.components}
+    record.faces = [judge_face(face, detector) for face in faces]
+    record.detector = f"faces:{detector.name}"
+    record.score = record.raw_score = record.threshold = record.percentile = None
+    record.log_likelihood, record.components = None, {}
+    judged = [face for face in record.faces if "score" in face]
+    if not judged:
+        record.verdict = NO_FACE if not faces else "error"
+        record.notes.append("no face found: nothing for the face detector to judge (the "
+                            "general detector's opinion is in 'image')" if not faces else
+                            "no face could be scored")
+        return
+    worst = max(judged, key=lambda face: face["score"])
+    record.score, record.raw_score = worst["score"], worst["raw_score"]
+    record.threshold, record.percentile = worst["threshold"], worst["percentile"]
+    record.verdict = capped(worst["verdict"], record.notes)
+    record.components = worst["components"]
+    record.log_likelihood = _log_likelihood(record.components)
+
+
+def judge_face(face: PreparedFace, detector: Detector) -> dict[str, Any]:
+    """One face's entry: where it is, and the face detector's opinion (or an error)."""
+    entry: dict[str, Any] = {"box": list(face.box), "crop": list(face.crop),
+                             "patches": len(face.tiles), "notes": face.notes}
+    try:
+        judgement = detector.judge(face.tiles)
+    except RuntimeError as error:
+        return {**entry, "error": f"network failed: {error}"}
+    summary = judgement.summary()
+    if not all(math.isfinite(summary[k]) for k in ("score", "raw_score", "threshold")):
+        return {**entry, "error": "the detector gave a non-finite score (damaged model folder?)"}
+    return {**entry, **summary, "components": judgement.components or {detector.name: summary}}
 
 
 def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
@@ -118,8 +170,12 @@ def scan(
     workers: int = 2,
     threshold: float | None = None,
     timeout: float | None = None,
+    face_detector: Detector | None = None,
 ) -> Iterator[ScanRecord]:
     """Score files in input order; unreadable files give ``verdict="error"`` records,
-    and so does a file whose decoding takes over ``timeout`` seconds (with workers)."""
+    and so does a file whose decoding takes over ``timeout`` seconds (with workers).
+
+    Face mode takes ``tiles.faces`` (how faces are cut out) and a ``face_detector``.
+    """
     for prepared in prepare_stream(paths, tiles, workers, timeout):
-        yield score_prepared(prepared, detector, identity, threshold)
+        yield score_prepared(prepared, detector, identity, threshold, face_detector)

@@ -7,9 +7,10 @@ shared :mod:`aigdetect.engine` runs; :func:`train` is the entry point.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from rich.console import Console
@@ -27,6 +28,8 @@ from .network import ExifPretextModel, ExtractorConfig
 from .runtime import Distributed
 
 __all__ = ["PretextTask", "TrainConfig", "TrainingError", "train"]
+
+T = TypeVar("T")
 
 
 @dataclass(kw_only=True)
@@ -46,25 +49,41 @@ class TrainConfig(EngineConfig):
         return self.head_weights.get(tag, 1.0)
 
 
-def gather_photos(config: TrainConfig, console: Console, dist: Distributed) -> list[Photo]:
-    """Find the photos, parse (or reuse cached) EXIF labels, drop the unusable."""
-    paths = list(walk_folder(config.photos, IMAGE_EXTENSIONS))
-    if not paths:
-        raise TrainingError(f"no images found under {config.photos}")
+def main_first(dist: Distributed, work: Callable[[], T]) -> T:
+    """``work()`` in the main process, then in the others: the main process fills a
+    cache (labels, faces) that the others then only read, so no file is parsed by
+    every process at once and no two processes write the cache."""
     if dist.is_main:
-        console.print(f"Reading EXIF of {len(paths)} files (cached in {config.label_cache})")
-        photos, unreadable = load_labels(paths, config.label_cache)
+        result = work()
     dist.barrier()
     if not dist.is_main:
-        photos, unreadable = load_labels(paths, config.label_cache)
-    usable = [p for p in photos if p.labels.known_count() > 0]
+        result = work()
+    return result
+
+
+def read_photos(folder: Path, label_cache: Path, console: Console,
+                dist: Distributed) -> list[Photo]:
+    """Every readable image below ``folder`` with its EXIF labels (parsed once, then
+    reused from ``label_cache``), whether or not any tag is usable."""
+    paths = list(walk_folder(folder, IMAGE_EXTENSIONS))
+    if not paths:
+        raise TrainingError(f"no images found under {folder}")
     if dist.is_main:
-        if unreadable:
-            console.print(f"[yellow]warning:[/] skipped {len(unreadable)} unreadable files, "
-                          f"e.g. {unreadable[0]}")
-        if len(usable) < len(photos):
-            console.print(f"[yellow]warning:[/] skipped {len(photos) - len(usable)} photos "
-                          "without any usable EXIF tag")
+        console.print(f"Reading EXIF of {len(paths)} files (cached in {label_cache})")
+    photos, unreadable = main_first(dist, lambda: load_labels(paths, label_cache))
+    if dist.is_main and unreadable:
+        console.print(f"[yellow]warning:[/] skipped {len(unreadable)} unreadable files, "
+                      f"e.g. {unreadable[0]}")
+    return photos
+
+
+def gather_photos(config: TrainConfig, console: Console, dist: Distributed) -> list[Photo]:
+    """Find the photos, parse (or reuse cached) EXIF labels, drop the unusable."""
+    photos = read_photos(config.photos, config.label_cache, console, dist)
+    usable = [p for p in photos if p.labels.known_count() > 0]
+    if dist.is_main and len(usable) < len(photos):
+        console.print(f"[yellow]warning:[/] skipped {len(photos) - len(usable)} photos "
+                      "without any usable EXIF tag")
     if len(usable) < 2:
         raise TrainingError("fewer than 2 photos with usable EXIF: nothing to learn from")
     return usable
@@ -141,18 +160,21 @@ def majority_classes(dataset: PretextDataset) -> dict[str, int]:
     return {tag: c.most_common(1)[0][0] for tag, c in counts.items() if c}
 
 def metrics_table(metrics: dict[str, dict[str, float]], losses: dict[str, float],
-                  config: TrainConfig, title: str) -> Table:
+                  weight: Callable[[str], float], title: str,
+                  heads: Sequence[str] = (*CATEGORICAL_TAGS, *ORDINAL_TAGS)) -> Table:
+    """One row per trained head of ``heads``: its loss weight, mean training loss,
+    and validation accuracy (categorical tags) or concordance (ranking heads)."""
     table = Table(title=title)
     for column in ("head", "weight", "train loss", "validation", "chance", "n"):
         table.add_column(column, justify="left" if column == "head" else "right")
-    for tag in (*CATEGORICAL_TAGS, *ORDINAL_TAGS):
+    for tag in heads:
         if tag not in losses:
             continue
         m = metrics.get(tag, {})
         kind = "accuracy" if tag in CATEGORICAL_TAGS else "concordance"
         value = f"{m[kind]:.3f} {kind[:4]}" if kind in m else "-"
         chance = f"{m['chance']:.3f}" if "chance" in m else "-"
-        table.add_row(tag, f"{config.weight(tag):g}", f"{losses[tag] + 0.0:.4f}", value, chance,
+        table.add_row(tag, f"{weight(tag):g}", f"{losses[tag] + 0.0:.4f}", value, chance,
                       str(m.get("n", "-")))
     return table
 
@@ -220,7 +242,8 @@ class PretextTask:
 
     def metrics_table(self, metrics: dict[str, dict[str, float]], losses: dict[str, float],
                       title: str) -> Table:
-        return metrics_table(metrics, losses, self.config, title + " (held-out cameras)")
+        return metrics_table(metrics, losses, self.config.weight,
+                             title + " (held-out cameras)")
 
     def finish(self, console: Console, best_score: float | None) -> None:
         if best_score is not None and best_score <= 0:

@@ -81,15 +81,18 @@ def test_auto_candidates_limited_by_sample_count() -> None:
     assert density.info["pca_dim"] <= 4  # at most n - 1 principal components
 
 
-def test_calibrate_threshold_is_fpr_quantile(
+def test_calibrate_threshold_is_fpr_quantile_of_atypicality(
     fitted: RealPhotoDensity, held_out: np.ndarray
 ) -> None:
     scores = fitted.score_samples(held_out)
     assert fitted.fpr == 0.05
     assert np.array_equal(fitted.calibration_scores, np.sort(scores))
-    below = float(np.mean(scores < fitted.threshold))
-    assert abs(below - 0.05) <= 1.0 / len(scores) + 1e-12
-    assert fitted.threshold == pytest.approx(float(np.quantile(scores, 0.05)))
+    assert fitted.typical_log_likelihood == pytest.approx(float(np.median(scores)))
+    atypicality = fitted.atypicality(held_out)
+    np.testing.assert_allclose(atypicality, np.abs(scores - np.median(scores)))
+    above = float(np.mean(atypicality > fitted.threshold))
+    assert abs(above - 0.05) <= 1.0 / len(scores) + 1e-12
+    assert fitted.threshold == pytest.approx(float(np.quantile(atypicality, 0.95)))
 
 
 def test_set_fpr_moves_threshold(features: np.ndarray, held_out: np.ndarray) -> None:
@@ -99,12 +102,14 @@ def test_set_fpr_moves_threshold(features: np.ndarray, held_out: np.ndarray) -> 
         density.set_fpr(fpr)
         assert density.fpr == fpr
         assert density.threshold == pytest.approx(
-            float(np.quantile(density.calibration_scores, fpr)))
+            float(np.quantile(density.atypicality(held_out), 1 - fpr)))
         thresholds.append(density.threshold)
-    assert thresholds[0] < thresholds[1] < thresholds[2]
+    assert thresholds[0] > thresholds[1] > thresholds[2]  # more false alarms, lower bar
 
 
-def test_score_samples_lower_far_away(fitted: RealPhotoDensity, features: np.ndarray) -> None:
+def test_atypicality_flags_both_far_and_too_likely(
+    fitted: RealPhotoDensity, features: np.ndarray
+) -> None:
     centre = features.mean(axis=0)
     direction = np.random.default_rng(3).normal(size=DIM)
     direction /= np.linalg.norm(direction)
@@ -113,23 +118,20 @@ def test_score_samples_lower_far_away(fitted: RealPhotoDensity, features: np.nda
     assert scores.shape == (5,)
     assert np.all(np.isfinite(scores))
     assert np.all(np.diff(scores) < 0), scores
-    # a far point is below the threshold, the centre above it
-    assert scores[-1] < fitted.threshold < scores[0]
-    # a single vector is accepted too
-    assert fitted.score_samples(centre).shape == (1,)
+    # far away: unlikely, flagged; the mode itself is likelier than real photos
+    # ever are (their typical point lies off the mode in many dimensions): flagged too
+    atypicality = fitted.atypicality(points)
+    assert atypicality[-1] > fitted.threshold
+    assert scores[0] > fitted.typical_log_likelihood and atypicality[0] > 0
+    assert fitted.score_samples(centre).shape == (1,)  # a single vector is accepted too
 
 
-def test_calibration_is_the_negated_log_likelihood(fitted: RealPhotoDensity) -> None:
+def test_calibration_is_the_atypicality(fitted: RealPhotoDensity, held_out: np.ndarray) -> None:
     calibration = fitted.calibration
-    assert calibration.threshold == -fitted.threshold and calibration.fpr == fitted.fpr
-    # the same photos flagged either way: raw > threshold <=> log-likelihood < threshold
-    lls = np.linspace(fitted.threshold - 50, fitted.threshold + 50, 101)
-    flagged_raw = np.array([calibration.margin(-ll) > 0 for ll in lls])
-    assert np.array_equal(flagged_raw, lls < fitted.threshold)
-    # a percentile among real photos: share of them with a lower log-likelihood
-    median = float(np.median(fitted.calibration_scores))
-    assert calibration.percentile(-median) == pytest.approx(50.0, abs=1.0)
-    assert calibration.percentile(1e12) == 0.0 and calibration.percentile(-1e12) == 100.0
+    assert calibration.threshold == fitted.threshold and calibration.fpr == fitted.fpr
+    np.testing.assert_allclose(calibration.real_scores, np.sort(fitted.atypicality(held_out)))
+    # a percentile among real photos: the typical photo is the least atypical
+    assert calibration.percentile(0.0) == 100.0 and calibration.percentile(1e12) == 0.0
 
 
 @pytest.mark.parametrize("covariance", ["full", "diag", "tied", "spherical"])
@@ -157,7 +159,8 @@ def test_save_load_round_trip(
     assert np.array_equal(loaded.score_samples(probe), density.score_samples(probe))
     # set_fpr still works after loading (calibration scores were saved)
     loaded.set_fpr(0.5)
-    assert loaded.threshold == pytest.approx(float(np.median(density.calibration_scores)))
+    assert loaded.threshold == pytest.approx(
+        float(np.median(np.abs(density.calibration_scores - density.typical_log_likelihood))))
 
 
 def test_saved_file_has_no_pickle(tmp_path: Path, fitted: RealPhotoDensity) -> None:

@@ -76,10 +76,10 @@ def test_heatmap_points_at_the_pasted_half(run: dict[str, Any]) -> None:
     assert heatmap["tiles_scored"] == heatmap["tiles_in_grid"] == 32
     # the one-class component tells the smooth paste from the camera-like noise (the
     # shipped binary detector does not, at one tile): its 8 strangest tiles
-    lowest = sorted(heatmap["tiles"], key=lambda t: t["oneclass_log_likelihood"])[:8]
-    assert sum(t["x"] >= SPLICED[0] // 2 for t in lowest) >= 7
+    strangest = sorted(heatmap["tiles"], key=lambda t: -t["oneclass_atypicality"])[:8]
+    assert sum(t["x"] >= SPLICED[0] // 2 for t in strangest) >= 7
     assert all(r["x"] >= SPLICED[0] // 2 for r in heatmap["top_regions"]["oneclass"])
-    assert {"binary_logit", "oneclass_log_likelihood"} <= set(heatmap["tiles"][0])
+    assert {"binary_logit", "oneclass_atypicality"} <= set(heatmap["tiles"][0])
     assert "not a segmentation" in heatmap["note"]
 
 

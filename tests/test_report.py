@@ -61,8 +61,10 @@ def test_ranked_highest_raw_score_first_errors_last(records: list[ScanRecord]) -
 
 
 def test_summary_counts(records: list[ScanRecord]) -> None:
-    assert summary(records) == {"files": 6, "ai": 2, "uncertain": 1, "real": 1, "error": 2}
-    assert summary([]) == {"files": 0, "ai": 0, "uncertain": 0, "real": 0, "error": 0}
+    assert summary(records) == {"files": 6, "ai": 2, "uncertain": 1, "real": 1, "error": 2,
+                                "no-face": 0}
+    assert summary([]) == {"files": 0, "ai": 0, "uncertain": 0, "real": 0, "error": 0,
+                           "no-face": 0}
 
 
 def test_record_defaults() -> None:

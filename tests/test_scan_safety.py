@@ -482,7 +482,7 @@ def test_malformed_extractor_exit_2(runner, good, tmp_path, kind) -> None:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "random bytes", "header not an object",
-                                  "nan threshold"])
+                                  "nan calibration score"])
 def test_malformed_density_exit_2(runner, good, tmp_path, kind) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
@@ -497,8 +497,9 @@ def test_malformed_density_exit_2(runner, good, tmp_path, kind) -> None:
         with np.load(default_model_dir() / DENSITY_FILE) as data:
             arrays = {k: data[k] for k in data.files}
         header = json.loads(str(arrays["header"]))
-        if kind == "nan threshold":
-            header["threshold"] = float("nan")
+        if kind == "nan calibration score":  # the typical value and threshold become NaN
+            arrays["calibration_scores"] = arrays["calibration_scores"].copy()
+            arrays["calibration_scores"][0] = float("nan")
             header.get("provenance", {}).pop("extractor_sha256", None)
             arrays["header"] = np.array(json.dumps(header))
         else:

@@ -11,13 +11,13 @@ from typing import Any
 
 from ..calibration import UNCERTAIN_BAND, Calibration
 from ..detectors import Detector, Judgement
-from ..features import TileSettings, prepare_image
+from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
 from ..patches import load_image
 from ..provenance import read_provenance
-from ..scanning import capped
+from ..scanning import NO_FACE, capped, judge_face
 from .consistency import PretextReader
-from .heatmap import draw_heatmap, tile_evidence
+from .heatmap import draw_faces, draw_heatmap, tile_evidence
 
 #: Version of the explain JSON document (``aigdetect explain --format json``).
 EXPLAIN_SCHEMA_VERSION = 1
@@ -31,6 +31,8 @@ class Explainer:
     tiles: TileSettings
     pretext: PretextReader | None
     map_tiles: int
+    #: ``explain --faces``: judges each face (``tiles.faces`` says how they are cut)
+    face_detector: Detector | None = None
 
     def explain(self, path: Path, heatmap: Path) -> dict[str, Any]:
         """The case of one file; an unreadable file gives a case with ``error``."""
@@ -40,7 +42,7 @@ class Explainer:
             "format": prepared.format, "width": prepared.width, "height": prepared.height,
             "notes": [unicode_safe(n) for n in prepared.notes],
             "error": prepared.error and unicode_safe(prepared.error),
-            "verdict": None, "heatmap": None, "camera_traces": None,
+            "verdict": None, "heatmap": None, "camera_traces": None, "faces": None,
             "provenance": read_provenance(path),
         }
         if prepared.tiles is None:
@@ -50,7 +52,13 @@ class Explainer:
                            "patches": len(prepared.tiles)}
         case["heatmap"] = self.where(path, heatmap)
         case["camera_traces"] = self.camera(prepared.tiles, path)
+        if self.face_detector is not None:
+            faces_png = heatmap.with_name(heatmap.name.replace(".heatmap.png", ".faces.png"))
+            case["faces"] = faces_case(self.face_detector, path, prepared.faces or [],
+                                       faces_png, self.tiles)
         return case
+
+
 
     def verdict(self, judgement: Judgement, notes: list[str]) -> dict[str, Any]:
         """The detector's opinion and each component's, with threshold, uncertain
@@ -84,6 +92,19 @@ class Explainer:
                          "exposure time and focal length the pixels' rank and the claimed "
                          "value's rank are percentiles among the calibration photos; they "
                          "disagree when 50 or more points apart.")}
+
+
+def faces_case(detector: Detector, path: Path, faces: list[PreparedFace], drawing: Path,
+               tiles: TileSettings) -> dict[str, Any]:
+    """Each face's box and opinion, the image's face verdict (its most suspicious
+    face, as ``scan --faces``) and a PNG with the boxes drawn."""
+    entries = [judge_face(face, detector) for face in faces]
+    judged = [face for face in entries if "score" in face]
+    verdict = max(judged, key=lambda f: f["score"])["verdict"] if judged else NO_FACE
+    pixels = load_image(path, tiles.limits).pixels
+    draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(path.name)}")
+    return {"file": str(drawing), "detector": f"faces:{detector.name}", "verdict": verdict,
+            "faces": entries}
 
 
 def opinion(summary: dict[str, Any], calibration: Calibration) -> dict[str, Any]:

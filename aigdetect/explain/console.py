@@ -40,6 +40,8 @@ def print_document(document: dict[str, Any], console: Console) -> None:
             console.print(cell(f"heat map: {heatmap['file']}"))
             console.print(regions_table(heatmap))
             console.print(camera_table(case["camera_traces"]))
+        if case.get("faces") is not None:
+            console.print(faces_table(case["faces"]))
         console.print(provenance_table(case["provenance"]))
 
 
@@ -53,6 +55,21 @@ def verdict_table(verdict: dict[str, Any]) -> Table:
         table.add_row(name, f"{c['score']:.3f}", c["verdict"], f"{c['raw_score']:.3f}",
                       f"{c['threshold']:.3f}", f"{low:.3f} .. {high:.3f}",
                       f"{c['percentile']:.1f}", f"{c['calibrated_fpr']:.1%}")
+    return table
+
+
+def faces_table(faces: dict[str, Any]) -> Table:
+    """``explain --faces``: one row per face, numbered as in the drawing."""
+    table = Table(title=f"Faces ({faces['detector']}): image verdict {faces['verdict']}; "
+                  f"boxes drawn in {faces['file']}", title_justify="left")
+    for column in ("#", "box x, y, w, h", "score", "verdict", "real pct", "tiles"):
+        table.add_column(column)
+    for number, face in enumerate(faces["faces"], start=1):
+        table.add_row(str(number), ", ".join(map(str, face["box"])),
+                      f"{face['score']:.3f}" if "score" in face else "-",
+                      face.get("verdict", face.get("error", "-")),
+                      f"{face['percentile']:.1f}" if "percentile" in face else "-",
+                      str(face["patches"]))
     return table
 
 

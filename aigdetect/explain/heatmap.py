@@ -3,7 +3,7 @@
 Each 64 px tile of the grid (an evenly spread, deterministic subset when there
 are more than asked for) is scored alone, as a one-tile set, by every component
 of the detector: the binary detector's logit and the one-class density's
-log-likelihood. The image's verdict comes from the whole tile set, and a tile
+atypicality. The image's verdict comes from the whole tile set, and a tile
 alone is a far weaker witness than the set, so the map is a guide to where to
 look, not a segmentation of what was generated.
 
@@ -26,8 +26,8 @@ GUIDE_NOTE = ("The verdict comes from the whole tile set; this map scores each t
 #: How each component's per-tile value reads, higher = more AI-like.
 MEANINGS = {
     "binary": "binary logit per tile (AI minus real); red = looks more AI-generated",
-    "oneclass": "one-class strangeness per tile (negated log-likelihood under real photos); "
-                "red = less like any camera seen in training",
+    "oneclass": "one-class strangeness per tile (distance of its log-likelihood from real "
+                "photos' typical one); red = less like the camera photos seen in training",
 }
 #: Colour ramp from least (blue) to most (red) suspicious, through pale yellow.
 RAMP = np.array([(49, 54, 149), (116, 173, 209), (255, 255, 191), (244, 109, 67),
@@ -68,14 +68,14 @@ class TileEvidence:
 
 
 def region_value(region: dict[str, Any]) -> tuple[str, float]:
-    """The named value of a top region (``binary_logit``, ``oneclass_log_likelihood``)."""
+    """The named value of a top region (``binary_logit``, ``oneclass_atypicality``)."""
     return next((key, value) for key, value in region.items() if key not in ("x", "y", "w", "h"))
 
 
 def _tile_fields(name: str, raw: float) -> dict[str, float]:
-    """A tile's value as reported: the binary logit, or the log-likelihood itself."""
+    """A tile's value as reported: the binary logit, or the one-class atypicality."""
     if name == "oneclass":
-        return {"oneclass_log_likelihood": round(-raw, 3)}
+        return {"oneclass_atypicality": round(raw, 3)}
     return {f"{name}_logit": round(raw, 4)}
 
 
@@ -114,6 +114,30 @@ def draw_heatmap(pixels: np.ndarray, evidence: TileEvidence, path: Path, title: 
         sheet.save(handle, "PNG")
 
 
+#: Face box colours by verdict (``explain --faces``).
+FACE_COLOURS = {"ai": (220, 30, 30), "uncertain": (240, 160, 0), "real": (30, 170, 60)}
+
+
+def draw_faces(pixels: np.ndarray, faces: list[dict[str, Any]], path: Path, title: str) -> None:
+    """A PNG of the image with every face's box, numbered, coloured by its verdict
+    and labelled with its score. Exclusive creation, as for the heat map."""
+    scale = PANEL * 2 / max(pixels.shape[:2])
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    image = Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(image)
+    for number, face in enumerate(faces, start=1):
+        x, y, w, h = (value * scale for value in face["box"])
+        colour = FACE_COLOURS.get(face.get("verdict", ""), (128, 128, 128))
+        draw.rectangle([x, y, x + w, y + h], outline=colour, width=3)
+        label = f"{number}: {face['score']:.2f}" if "score" in face else f"{number}: error"
+        draw.text((x + 3, max(0, y - 16)), label, fill=colour, font=_font(14))
+    caption = (f"{len(faces)} face(s); box colour = verdict (red ai, orange uncertain, green "
+               "real), label = face number: score")
+    sheet = _sheet([_captioned(image, caption, None)], title, PANEL * 2, note="")
+    with open(path, "xb") as handle:
+        sheet.save(handle, "PNG")
+
+
 def _overlay(thumbnail: Image.Image, evidence: TileEvidence, name: str,
              scale: float) -> Image.Image:
     """Semi-transparent tile colours over the thumbnail; unscored tiles stay clear."""
@@ -136,9 +160,9 @@ def _captioned(panel: Image.Image, caption: str,
                scale: tuple[float, float] | None) -> Image.Image:
     """A panel with, below it, its colour bar (low..high) and the caption."""
     font = _font(13)
-    lines = _wrap(caption, font, PANEL)
+    lines = _wrap(caption, font, panel.width)
     bar = 34 if scale else 0
-    out = Image.new("RGB", (PANEL, panel.height + bar + 8 + 17 * len(lines)), "white")
+    out = Image.new("RGB", (panel.width, panel.height + bar + 8 + 17 * len(lines)), "white")
     out.paste(panel, (0, 0))
     draw = ImageDraw.Draw(out)
     top = panel.height + 6
@@ -153,19 +177,21 @@ def _captioned(panel: Image.Image, caption: str,
     return out
 
 
-def _sheet(panels: list[Image.Image], title: str) -> Image.Image:
-    """Panels side by side under a title, with the guide note at the bottom."""
+def _sheet(panels: list[Image.Image], title: str, panel_width: int = PANEL,
+           note: str = GUIDE_NOTE + " Numbered boxes: the 5 most suspicious tiles.") -> Image.Image:
+    """Panels side by side under a title, with a note at the bottom."""
     font = _font(14)
-    width = PANEL * len(panels) + 10 * (len(panels) + 1)
-    note = _wrap(GUIDE_NOTE + " Numbered boxes: the 5 most suspicious tiles.", font, width - 20)
-    height = 30 + max(p.height for p in panels) + 10 + 18 * len(note)
+    width = panel_width * len(panels) + 10 * (len(panels) + 1)
+    note_lines = _wrap(note, font, width - 20)
+    height = 30 + max(p.height for p in panels) + 10 + 18 * len(note_lines)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((10, 8), title, fill="black", font=_font(15))
     for index, panel in enumerate(panels):
-        sheet.paste(panel, (10 + index * (PANEL + 10), 30))
-    for index, line in enumerate(note):
-        draw.text((10, height - 18 * (len(note) - index) - 4), line, fill="black", font=font)
+        sheet.paste(panel, (10 + index * (panel_width + 10), 30))
+    for index, line in enumerate(note_lines):
+        draw.text((10, height - 18 * (len(note_lines) - index) - 4), line, fill="black",
+                  font=font)
     return sheet
 
 

@@ -89,8 +89,25 @@ def _case(index: int, case: dict[str, Any]) -> str:
     if case["verdict"] is not None:
         parts += [_verdict_section(case["verdict"]), _where(case["heatmap"]),
                   _camera(case["camera_traces"])]
+    if case.get("faces") is not None:
+        parts.append(_faces(case["faces"]))
     parts.append(_provenance(case["provenance"]))
     return "".join(parts)
+
+
+def _faces(faces: dict[str, Any]) -> str:
+    data = base64.b64encode(Path(faces["file"]).read_bytes()).decode("ascii")
+    rows = [(number, ", ".join(map(str, face["box"])), _number(face.get("score")),
+             _verdict(face["verdict"]) if "verdict" in face else text(face.get("error", "")),
+             _number(face.get("percentile"), 1))
+            for number, face in enumerate(faces["faces"], start=1)]
+    return ("<h3>Faces</h3>"
+            f"<p>Each face judged alone by the <b>{text(faces['detector'])}</b> detector; the "
+            f"image's face verdict is its most suspicious face: {_verdict(faces['verdict'])}."
+            "</p>"
+            f"<img alt=\"face boxes\" src=\"data:image/png;base64,{data}\">"
+            + _table(["#", "box x, y, w, h", "score", "verdict", "real pct"], rows,
+                     raw_columns={3}))
 
 
 def _file(case: dict[str, Any]) -> str:

@@ -1,0 +1,185 @@
+"""Training data for the faces pretext (arXiv 2501.02207): faces found once, served
+as native-pixel crops, half of them manipulated.
+
+Face detection costs far more than reading EXIF, so every photo is searched once,
+by the main process, and the boxes and landmarks are cached as JSON keyed by path,
+size and modification time (a changed file is searched again) and by the
+detector's settings (a cache made with other settings is not reused). Each item is
+one face: its crop, cut from the stored pixels without resampling, replaced half of
+the time by one manipulation of itself (:mod:`aigdetect.manipulations`), then cut
+into random native patches as the EXIF pretext does with whole photos (a crop
+smaller than one patch, a small face at the border, is upscaled to fit by
+:func:`~aigdetect.patches.ensure_min_size`, the one resampling). A
+manipulated face keeps its photo's EXIF targets: only the ``original`` head learns
+the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from . import faces
+from .checkpoint import FACE_TAGS
+from .dataset import Photo, file_signature, read_cache, write_cache
+from .exif import ExifLabels
+from .faces import ENLARGE, Face, crop_landmarks, face_crop, find_faces
+from .manipulations import manipulate
+from .patches import ImageReadError, grid_tiles, load_image, random_crops
+
+CACHE_VERSION = 1
+
+MANIPULATED_SHARE = 0.5
+"""Share of items replaced by a manipulation of their face: half, as in the paper,
+so the ``original`` head starts from balanced classes."""
+
+
+@dataclass(frozen=True)
+class FaceSample:
+    """One face of one photo: the photo (path and EXIF labels) and where the face is."""
+
+    photo: Photo
+    face: Face
+
+
+@dataclass
+class FaceItem:
+    """What the dataset serves for one index, before it becomes tensors: kept
+    apart so that tests and ``--debug-dir`` can see the crop the patches came from."""
+
+    sample: FaceSample
+    crop: np.ndarray
+    manipulation: str | None  # None: the original face
+    patches: np.ndarray
+    attempt: int
+
+
+def cache_header(aligned: bool) -> dict[str, Any]:
+    """Everything detection depends on besides the pixels, so that a cache made with
+    other settings (or by ``--aligned``) is searched again rather than trusted."""
+    settings = {name: getattr(faces, name) for name in (
+        "FACE_CASCADE", "EYE_CASCADE", "SCALE_FACTOR", "MIN_NEIGHBORS", "MIN_FACE",
+        "MAX_DETECT_SIDE", "EYE_SCALE_FACTOR", "EYE_MIN_NEIGHBORS")}
+    return {"version": CACHE_VERSION, "aligned": aligned, "detector": settings}
+
+
+def _face_from_dict(data: dict[str, Any]) -> Face:
+    points = {key: tuple(data[key]) for key in ("left_eye", "right_eye", "mouth")}
+    return Face(**{**data, **points})
+
+
+def _search(path: Path, aligned: bool) -> list[dict[str, Any]] | None:
+    """The faces of one file as JSON-ready dictionaries; None when it cannot be decoded."""
+    try:
+        pixels = load_image(path).pixels
+    except ImageReadError:
+        return None
+    return [asdict(face) for face in find_faces(pixels, aligned=aligned)]
+
+
+def detect_faces(
+    photos: Sequence[Photo],
+    cache_file: Path | None,
+    aligned: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[FaceSample], list[str]]:
+    """Every face of ``photos`` (with ``aligned``, each whole image is one face),
+    reusing the JSON cache at ``cache_file``. Returns the faces, in photo order,
+    and the paths of the files that could not be decoded."""
+    header = cache_header(aligned)
+    cache = read_cache(cache_file, header)
+    samples: list[FaceSample] = []
+    unreadable: list[str] = []
+    changed = False
+    for number, photo in enumerate(photos, 1):
+        path = Path(photo.path)
+        key = str(path.resolve())
+        try:
+            signature = file_signature(path)
+        except OSError:
+            unreadable.append(photo.path)
+            continue
+        entry = cache.get(key)
+        if entry is None or entry["signature"] != signature:
+            entry = cache[key] = {"signature": signature, "faces": _search(path, aligned)}
+            changed = True
+        if entry["faces"] is None:
+            unreadable.append(photo.path)
+        else:
+            samples += [FaceSample(photo, _face_from_dict(face)) for face in entry["faces"]]
+        if on_progress is not None:
+            on_progress(number, len(photos))
+    if changed and cache_file is not None:
+        write_cache(cache_file, header, cache)
+    return samples, unreadable
+
+
+def face_targets(labels: ExifLabels, original: bool) -> torch.Tensor:
+    """Targets in the order of :data:`~aigdetect.checkpoint.FACE_HEADS`: the photo's
+    four tag values (NaN when unknown: the ranking losses mask them, as in the EXIF
+    pretext), then 1 for an original face and 0 for a manipulated one."""
+    values = [getattr(labels, tag) for tag in FACE_TAGS]
+    return torch.tensor([float("nan") if v is None else v for v in values] + [float(original)])
+
+
+class FaceDataset(Dataset):
+    """One item per face: ``(patches, targets, attempts)``, patches as
+    (N, 3, P, P) uint8 like :class:`~aigdetect.dataset.PretextDataset`.
+
+    Training draws the manipulation and the patch positions from (seed, epoch,
+    index), so a run is reproducible whatever the worker count; validation draws
+    them from (seed, index) and takes a fixed grid of tiles, so every epoch is
+    measured on the same items. A file that fails to decode mid-run is replaced by
+    the next face and counted, rather than ending the run.
+    """
+
+    def __init__(self, samples: Sequence[FaceSample], patches: int, patch_size: int,
+                 train: bool, seed: int = 0, enlarge: float = ENLARGE) -> None:
+        self.samples = list(samples)
+        self.patches = patches
+        self.patch_size = patch_size
+        self.train = train
+        self.seed = seed
+        self.enlarge = enlarge
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        item = self.item(index)
+        targets = face_targets(item.sample.photo.labels, item.manipulation is None)
+        return torch.from_numpy(item.patches), targets, item.attempt
+
+    def item(self, index: int) -> FaceItem:
+        """The face at ``index``: its crop, original or manipulated, and its patches."""
+        for attempt in range(len(self.samples)):
+            sample = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                pixels = load_image(sample.photo.path).pixels
+            except ImageReadError:
+                continue
+            rng = np.random.default_rng(
+                [self.seed, self.epoch, index] if self.train else [self.seed, index])
+            crop = face_crop(pixels, sample.face, self.enlarge)
+            manipulation = None
+            if rng.random() < MANIPULATED_SHARE:
+                landmarks = crop_landmarks(pixels.shape, sample.face, self.enlarge)
+                crop, manipulation = manipulate(crop, landmarks, rng)
+            return FaceItem(sample, crop, manipulation, self._patches(crop, rng), attempt)
+        raise RuntimeError("no face in the training set could be decoded")
+
+    def _patches(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.train:
+            return random_crops(crop, self.patches, self.patch_size, rng)
+        tiles = grid_tiles(crop, self.patch_size, self.patches)
+        return np.resize(tiles, (self.patches, *tiles.shape[1:]))  # fill small faces
