@@ -64,8 +64,14 @@ class Augmentation:
 
     downscale_p: float = 0.3
     downscale_min: float = 0.5
+    #: web images are often enlarged too (a small AI image upscaled for a post): without
+    #: upscaled examples of both classes, interpolation itself reads as "real"
+    upscale_p: float = 0.15
+    upscale_max: float = 2.0
     blur_p: float = 0.1
     blur_sigma_max: float = 1.0
+    #: editors sharpen exports; unseen, sharpening halos can read as "AI"
+    sharpen_p: float = 0.1
     jpeg_p: float = 0.9
     jpeg_quality: tuple[int, int] = (60, 100)
     #: work on a random native-resolution region of at most this side (speed)
@@ -76,12 +82,15 @@ class Augmentation:
         pixels = _random_region(pixels, self.region, rng)
         image = Image.fromarray(pixels)
         if rng.random() < self.downscale_p:
-            scale = rng.uniform(self.downscale_min, 1.0)
-            size = (round(image.width * scale), round(image.height * scale))
-            if min(size) >= patch_size:
-                image = image.resize(size, Image.Resampling.BICUBIC)
+            image = _rescale(image, rng.uniform(self.downscale_min, 1.0), patch_size, rng)
+        elif rng.random() < self.upscale_p:
+            image = _rescale(image, rng.uniform(1.0, self.upscale_max), patch_size, rng)
         if rng.random() < self.blur_p:
             image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.1, self.blur_sigma_max)))
+        if rng.random() < self.sharpen_p:
+            image = image.filter(ImageFilter.UnsharpMask(radius=rng.uniform(0.5, 2.0),
+                                                         percent=int(rng.integers(50, 151)),
+                                                         threshold=int(rng.integers(0, 4))))
         if rng.random() < self.jpeg_p:
             buffer = io.BytesIO()
             low, high = self.jpeg_quality
@@ -89,6 +98,19 @@ class Augmentation:
             buffer.seek(0)
             image = Image.open(buffer).convert("RGB")
         return np.asarray(image, dtype=np.uint8)
+
+
+#: Resampling filters drawn for rescaling: editors and browsers use all of them.
+RESAMPLERS = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+
+
+def _rescale(image: Image.Image, scale: float, patch_size: int,
+             rng: np.random.Generator) -> Image.Image:
+    """``image`` resized by ``scale`` with a random filter; unchanged if too small then."""
+    size = (round(image.width * scale), round(image.height * scale))
+    if min(size) < patch_size:
+        return image
+    return image.resize(size, RESAMPLERS[int(rng.integers(len(RESAMPLERS)))])
 
 
 def _random_region(pixels: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:

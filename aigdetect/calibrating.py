@@ -5,6 +5,11 @@ and should look like the evidence: camera originals *and* processed photos
 (resized, recompressed, edited), or processed photos will raise false alarms.
 Each detector (one-class, binary, and their fusion) gets its threshold at the
 same false-positive rate on the same photos, which makes them comparable.
+
+With held-out AI images too (``--fake``: generators the detectors were not
+trained on, or held-out images of those they were), the fused detector's
+components are weighted by how well each separates them from the real photos,
+so a component that carries no signal there cannot dilute one that does.
 """
 
 from __future__ import annotations
@@ -16,10 +21,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from .calibration import Calibration
 from .checkpoint import BINARY, PRETEXT, load_model, save_checkpoint
-from .detectors import BINARY_FILE, EXTRACTOR_FILE, DetectorError, DetectorFolder, fuse
+from .detectors import (
+    BINARY_FILE,
+    EXTRACTOR_FILE,
+    Detector,
+    DetectorError,
+    DetectorFolder,
+    fuse,
+)
 from .exif import read_labels
 from .features import FeatureExtractor, prepare_stream
 
@@ -43,10 +57,12 @@ def calibrate_folder(
     workers: int = 2,
     batch_size: int = 256,
     on_image: Callable[[int], None] | None = None,
+    fake_paths: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Score ``real_paths`` with every detector of the folder, write the thresholds at
-    ``fpr`` (``calibration.json``) and the default detector (``detector.json``).
-    Returns what was written, for a summary."""
+    ``fpr`` (``calibration.json``) and the default detector (``detector.json``);
+    ``fake_paths`` (held-out AI images) set the fused detector's weights. Returns what
+    was written, for a summary."""
     if binary is not None:
         add_binary(folder_path, binary)
     folder = DetectorFolder.open(folder_path)
@@ -54,35 +70,83 @@ def calibrate_folder(
     parts = [folder.build("oneclass", device, batch_size)]
     if has_binary:
         parts.append(folder.build("binary", device, batch_size, uncalibrated_ok=True))
-    raw: dict[str, list[float]] = {part.name: [] for part in parts}
     reference = PretextReference(folder.path / EXTRACTOR_FILE, device, batch_size)
-    unreadable = 0
-    for prepared in prepare_stream(real_paths, folder.tiles(), workers):
-        if prepared.tiles is None:
-            unreadable += 1
-        else:
-            for part in parts:
-                raw[part.name].append(part.raw(prepared.tiles)[0])
-            reference.add(prepared.tiles, prepared.path)
-        if on_image is not None:
-            on_image(1)
+    raw, unreadable = score_parts(parts, real_paths, folder, workers, on_image, reference)
     count = len(raw["oneclass"])
     if count < 20:
         raise DetectorError(f"only {count} readable real photos: a threshold at a stated "
                             "false-positive rate needs hundreds")
     calibrations = {name: Calibration.fit(np.array(values), fpr) for name, values in raw.items()}
+    if fake_paths and not has_binary:
+        raise DetectorError("--fake weights the fused detector's components: the folder needs "
+                            "a binary detector too (add one with --binary)")
+    weights, validation = None, None
+    if has_binary and fake_paths:
+        fake, _ = score_parts(parts, fake_paths, folder, workers, on_image)
+        weights, validation = fusion_weights(calibrations, raw, fake)
     if has_binary:
-        fused = [fuse([(calibrations[name], raw[name][i]) for name in raw]) for i in range(count)]
+        order = list(raw)
+        fused = [fuse([(calibrations[name], raw[name][i]) for name in order],
+                      None if weights is None else [weights[name] for name in order])
+                 for i in range(count)]
         calibrations["fused"] = Calibration.fit(np.array(fused), fpr)
     default = default or ("fused" if has_binary else "oneclass")
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
     info = {"fpr": fpr, "real_photos": count, "unreadable": unreadable,
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "pretext_reference": reference.summary()}
-    folder.save_calibrations(calibrations, default, info)
+            "fusion_validation": validation, "pretext_reference": reference.summary()}
+    folder.save_calibrations(calibrations, default, info, weights)
     return {"default": default, "thresholds": {n: c.threshold for n, c in calibrations.items()},
-            **info}
+            "fusion_weights": weights, **info}
+
+
+def score_parts(parts: Sequence[Detector], paths: Sequence[Path], folder: DetectorFolder,
+                workers: int, on_image: Callable[[int], None] | None = None,
+                reference: PretextReference | None = None) -> tuple[dict[str, list[float]], int]:
+    """Each component's raw score of every readable file, and the unreadable count."""
+    raw: dict[str, list[float]] = {part.name: [] for part in parts}
+    unreadable = 0
+    for prepared in prepare_stream(paths, folder.tiles(), workers):
+        if prepared.tiles is None:
+            unreadable += 1
+        else:
+            for part in parts:
+                raw[part.name].append(part.raw(prepared.tiles)[0])
+            if reference is not None:
+                reference.add(prepared.tiles, prepared.path)
+        if on_image is not None:
+            on_image(1)
+    return raw, unreadable
+
+
+def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],
+                   fake: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, Any]]:
+    """The fused detector's component weights, and what they were learned from.
+
+    A logistic regression (AI = 1) on the standardised raw scores of held-out real and
+    AI images; a negative coefficient becomes 0 (a component that ranks these AI images
+    below real photos is switched off, not inverted, which nothing else would justify);
+    the rest are scaled to sum to 1. Equal weights if no coefficient is positive.
+    """
+    names = list(real)
+    count = len(fake[names[0]])
+    if count < 10:
+        raise DetectorError(f"only {count} readable --fake images: weighting the fusion "
+                            "needs dozens")
+    standardised = {name: [calibrations[name].standardise(v) for v in [*real[name], *fake[name]]]
+                    for name in names}
+    features = np.array([standardised[name] for name in names]).T
+    labels = np.array([0] * len(real[names[0]]) + [1] * count)
+    coefficients = LogisticRegression().fit(features, labels).coef_[0].clip(min=0.0)
+    if coefficients.sum() <= 0:
+        coefficients = np.ones(len(names))
+    weights = {name: float(c / coefficients.sum()) for name, c in zip(names, coefficients,
+                                                                     strict=True)}
+    fused = features @ np.array([weights[name] for name in names])
+    aucs = {name: float(roc_auc_score(labels, features[:, i])) for i, name in enumerate(names)}
+    return weights, {"ai_images": count, "real_photos": len(labels) - count,
+                     "auc": {**aucs, "fused": float(roc_auc_score(labels, fused))}}
 
 
 class PretextReference:

@@ -218,8 +218,9 @@ def train_command(
 
     **--binary**: a fresh extractor of the same architecture plus a real/AI head, on
     scrambled native-resolution patches; loss = cross-entropy + alpha x feature distillation
-    towards the frozen EXIF-trained extractor. Both classes are augmented alike (downscale,
-    blur, JPEG q60-100, crops) so format and size cannot decide; AI groups are balanced.
+    towards the frozen EXIF-trained extractor. Both classes are augmented alike (down- and
+    upscaling, blur, sharpening, JPEG q60-100, crops) so format and size cannot decide; AI
+    groups are balanced.
 
     For several GPUs or machines run the same command under **torchrun**.
 
@@ -534,32 +535,46 @@ def calibrate_command(
     workers: int = WORKERS_OPTION,
     batch_size: int = BATCH_OPTION,
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
+    fake: list[Path] = typer.Option(
+        [], "--fake", exists=True, file_okay=False, help="Folder of held-out AI images "
+        "(never trained on); repeatable. Weights the fused detector's components by how "
+        "well each separates them from the real photos (default: equal weights)."),
 ) -> None:
     """Set every detector's threshold at one false-positive rate on held-out real photos.
 
     Scores the photos with the one-class detector, the binary detector (if the folder has
     one, or --binary adds it) and their fusion, and writes calibration.json and
     detector.json into the folder. Example:
-    `aigdetect calibrate my-detector/ --binary binary.pt --real held-out/ --real web/`
+    `aigdetect calibrate my-detector/ --binary binary.pt --real held-out/ --real web/
+    --fake held-out-ai/`
     """
     if not 0 < fpr < 1:
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.05 for 5 %")
     if default is not None and default not in DETECTOR_NAMES:
         fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
     paths = [p for d in real for p in walk_folder(d, parse_extensions(include))]
+    fakes = [p for d in fake for p in walk_folder(d, parse_extensions(include))]
     if not paths:
         fail("no images found in the --real folders")
-    with progress_bar(len(paths), "calibrating") as advance:
+    if fake and not fakes:
+        fail("no images found in the --fake folders")
+    with progress_bar(len(paths) + len(fakes), "calibrating") as advance:
         try:
             written = calibrate_folder(folder, paths, fpr, pick_device(device), binary=binary,
                                        default=default, workers=workers,
-                                       batch_size=batch_size, on_image=advance)
+                                       batch_size=batch_size, on_image=advance,
+                                       fake_paths=fakes)
         except (*LOAD_ERRORS, ValueError, OSError) as error:
             fail(str(error))
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in written["thresholds"].items())
+    weights = written["fusion_weights"]
+    weighting = ("equal fusion weights" if weights is None else "fusion weights " + ", ".join(
+        f"{n} {w:.2f}" for n, w in weights.items()) + " (validation AUC " + ", ".join(
+        f"{n} {a:.3f}" for n, a in written["fusion_validation"]["auc"].items()) + ")")
     err.print(f"Calibrated on {written['real_photos']} real photos ({written['unreadable']} "
-              f"unreadable) at {fpr:.1%} FPR: thresholds {thresholds}; default detector "
-              f"{written['default']}. Wrote {folder}/calibration.json and detector.json")
+              f"unreadable) at {fpr:.1%} FPR: thresholds {thresholds}; {weighting}; default "
+              f"detector {written['default']}. Wrote {folder}/calibration.json and "
+              "detector.json")
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -164,10 +165,15 @@ class BinaryDetector(SingleDetector):
 
 @dataclass
 class FusedDetector:
-    """Mean of the components' standardised raw statistics; keeps each opinion."""
+    """Weighted mean of the components' standardised raw statistics; keeps each opinion.
+
+    ``weights`` (by component name, summing to 1) come from ``calibrate --fake``;
+    without held-out AI images the components weigh the same.
+    """
 
     parts: list[Detector]
     calibration: Calibration
+    weights: dict[str, float] | None = None
     name: str = "fused"
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -176,7 +182,12 @@ class FusedDetector:
 
     def _opinions(self, tiles: np.ndarray) -> tuple[float, dict[str, Judgement]]:
         opinions = {part.name: part.judge(tiles) for part in self.parts}
-        return fuse([(part.calibration, opinions[part.name].raw) for part in self.parts]), opinions
+        raw = fuse([(part.calibration, opinions[part.name].raw) for part in self.parts],
+                   [self.weight(part.name) for part in self.parts])
+        return raw, opinions
+
+    def weight(self, name: str) -> float:
+        return 1.0 / len(self.parts) if self.weights is None else self.weights[name]
 
     def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
         raw, opinions = self._opinions(tiles)
@@ -185,9 +196,11 @@ class FusedDetector:
         return judgement
 
 
-def fuse(parts: list[tuple[Calibration, float]]) -> float:
-    """Mean of raw statistics, each standardised by its calibration: monotone in each."""
-    return float(np.mean([calibration.standardise(raw) for calibration, raw in parts]))
+def fuse(parts: list[tuple[Calibration, float]], weights: Sequence[float] | None = None) -> float:
+    """Weighted mean (equal weights by default) of raw statistics, each standardised by
+    its calibration: with non-negative weights it never falls as a component rises."""
+    standardised = [calibration.standardise(raw) for calibration, raw in parts]
+    return float(np.average(standardised, weights=weights))
 
 
 @dataclass
@@ -200,6 +213,8 @@ class DetectorFolder:
     calibrations: dict[str, Calibration]
     #: the calibration photos' pretext ranking scores and EXIF values (``explain``)
     pretext_reference: dict[str, dict[str, list[float]]] | None = None
+    #: the fused detector's component weights (``calibrate --fake``), else equal
+    fusion_weights: dict[str, float] | None = None
 
     @classmethod
     def open(cls, path: Path | None) -> DetectorFolder:
@@ -213,7 +228,7 @@ class DetectorFolder:
             manifest |= _read_json(path / MANIFEST_FILE, "detector manifest")
             if manifest.get("format") != MANIFEST_FORMAT:
                 raise DetectorError(f"{path / MANIFEST_FILE}: not an aigdetect detector manifest")
-        calibrations, reference = {}, None
+        calibrations, reference, fusion = {}, None, None
         if (path / CALIBRATION_FILE).is_file():
             stored = _read_json(path / CALIBRATION_FILE, "calibration file")
             try:
@@ -221,11 +236,12 @@ class DetectorFolder:
                                 for n, c in stored.get("detectors", {}).items()}
                 reference = _pretext_reference(stored.get("pretext_reference"))
                 calibrated = dict(stored.get("weights", {}))
+                fusion = _fusion_weights(stored.get("fusion_weights"))
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise DetectorError(f"{path / CALIBRATION_FILE}: damaged ({error})") from None
             _check_calibrated_weights(path, calibrated)
             _check_oneclass_statistic(path, calibrations, stored.get("oneclass_statistic"))
-        return cls(path, name, manifest, calibrations, reference)
+        return cls(path, name, manifest, calibrations, reference, fusion)
 
     @property
     def available(self) -> list[str]:
@@ -291,7 +307,8 @@ class DetectorFolder:
             return self._binary(device, batch_size, uncalibrated_ok)
         parts = [self._oneclass(device, batch_size),
                  self._binary(device, batch_size, uncalibrated_ok)]
-        return FusedDetector(parts, self._calibration("fused", uncalibrated_ok))
+        return FusedDetector(parts, self._calibration("fused", uncalibrated_ok),
+                             self.fusion_weights)
 
     def _calibration(self, name: str, uncalibrated_ok: bool) -> Calibration:
         if name in self.calibrations:
@@ -333,17 +350,19 @@ class DetectorFolder:
                               self._calibration("binary", uncalibrated_ok))
 
     def save_calibrations(self, calibrations: dict[str, Calibration], default: str,
-                          info: dict[str, Any]) -> None:
+                          info: dict[str, Any],
+                          fusion_weights: dict[str, float] | None = None) -> None:
         """Write ``calibration.json`` (with the hashes of the weights it calibrates)
         and ``detector.json``, atomically."""
-        self.calibrations = calibrations
+        self.calibrations, self.fusion_weights = calibrations, fusion_weights
         weights = {k: v for k, v in self.weights().items() if k != "calibration_sha256"}
         self.manifest = {"format": MANIFEST_FORMAT, "default": default,
                          "tiles": self.manifest.get("tiles") or self._density_tiles()}
         with atomic_write(self.path / CALIBRATION_FILE) as temporary:
             temporary.write_text(json.dumps(
                 {"detectors": {n: c.to_dict() for n, c in calibrations.items()},
-                 "weights": weights, "oneclass_statistic": ONECLASS_STATISTIC, **info}))
+                 "weights": weights, "oneclass_statistic": ONECLASS_STATISTIC,
+                 "fusion_weights": fusion_weights, **info}))
         with atomic_write(self.path / MANIFEST_FILE) as temporary:
             temporary.write_text(json.dumps(self.manifest, indent=2) + "\n")
 
@@ -367,6 +386,16 @@ def _check_oneclass_statistic(path: Path, calibrations: dict[str, Calibration],
     if statistic != ONECLASS_STATISTIC and ({"oneclass", "fused"} & calibrations.keys()):
         raise DetectorError(f"{path / CALIBRATION_FILE} was calibrated for an older one-class "
                             f"score: run 'aigdetect calibrate {path} --real HELD_OUT_PHOTOS' again")
+
+
+def _fusion_weights(data: Any) -> dict[str, float] | None:
+    """``{"oneclass": w, "binary": w}`` with non-negative weights summing to 1, or None."""
+    if data is None:
+        return None
+    weights = {"oneclass": float(data["oneclass"]), "binary": float(data["binary"])}
+    if min(weights.values()) < 0 or not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"fusion weights {weights} are not non-negative with sum 1")
+    return weights
 
 
 def _pretext_reference(data: Any) -> dict[str, dict[str, list[float]]] | None:

@@ -8,6 +8,9 @@ Writes, under ``--out`` (symlinks only: the shared images stay where they are):
 * ``calibration/photos``, ``calibration/processed``: ``ship_ok`` real photos
   never trained on (whole camera models; a share of the processed photos):
   the thresholds are set at the target false-positive rate on them.
+* ``fusion/ai``: the ``ship_ok`` AI images that ``aigdetect train --binary --csv
+  train.csv`` holds out for validation (15 %, seed 0: never trained on): with the
+  calibration photos, ``calibrate --fake`` weights the fused detector on them.
 * ``ship_ok_photos/``: every ``ship_ok`` camera photo (the EXIF pretext).
 * ``train_real/``: the real side of ``train.csv`` (camera and processed photos):
   the one-class density is fitted on it.
@@ -28,8 +31,13 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from aigdetect.binary_data import split_for_validation
+from aigdetect.labelled import AI, files_from_csv
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CALIBRATION_SHARE = 0.2
+#: ``aigdetect train --val-fraction``'s default, with which the shipped binary trained.
+BINARY_VAL_FRACTION = 0.15
 
 
 def camera(row: dict) -> str:
@@ -57,6 +65,15 @@ def held_out_cameras(photos: list[dict], share: float, seed: int) -> set[str]:
             held.add(name)
             count += by_camera[name]
     return held
+
+
+def link_binary_validation(train_csv: Path, folder: Path, seed: int) -> None:
+    """The AI files the binary detector's training holds out (its own split function)."""
+    _, held_out = split_for_validation(files_from_csv(train_csv), BINARY_VAL_FRACTION, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in held_out:
+        if file.label == AI and not (folder / Path(file.path).name).is_symlink():
+            os.symlink(file.path, folder / Path(file.path).name)
 
 
 def main() -> None:
@@ -87,6 +104,7 @@ def main() -> None:
                 writer.writerow([SHARED / row["path"], "real", group])
         for row in ai:
             writer.writerow([SHARED / row["path"], "ai", row["family"]])
+    link_binary_validation(args.out / "train.csv", args.out / "fusion" / "ai", args.seed)
     link_all(calibration_photos, args.out / "calibration" / "photos")
     link_all(calibration_processed, args.out / "calibration" / "processed")
     link_all(photos, args.out / "ship_ok_photos")

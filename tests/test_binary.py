@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 from aigdetect import weights as shipped_weights
 from aigdetect.binary_data import Augmentation, BinaryDataset, balanced_draw, split_for_validation
+from aigdetect.calibrating import fusion_weights
 from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import BINARY, load_model
 from aigdetect.cli import EXIT_USAGE
-from aigdetect.detectors import EXTRACTOR_FILE, FusedDetector, Judgement
+from aigdetect.detectors import EXTRACTOR_FILE, DetectorError, FusedDetector, Judgement, fuse
 from aigdetect.labelled import AI, REAL, LabelledFile, files_from_csv
 from aigdetect.losses import feature_distillation_loss
 from aigdetect.network import BinaryClassifier, ExifExtractor, ExtractorConfig, stage_features
@@ -77,7 +78,8 @@ def test_balanced_draw_follows_square_root_of_group_size() -> None:
 def test_augmentation_ignores_the_label_and_keeps_patches_native() -> None:
     """Both classes go through the same random processing for the same draw."""
     pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    augment = Augmentation(downscale_p=0.0, blur_p=0.0, jpeg_p=1.0, region=256)
+    augment = Augmentation(downscale_p=0.0, upscale_p=0.0, blur_p=0.0, sharpen_p=0.0,
+                           jpeg_p=1.0, region=256)
     first = augment(pixels, np.random.default_rng(5), 64)
     again = augment(pixels, np.random.default_rng(5), 64)
     assert np.array_equal(first, again)
@@ -86,6 +88,9 @@ def test_augmentation_ignores_the_label_and_keeps_patches_native() -> None:
     shrunk = Augmentation(downscale_p=1.0, downscale_min=0.5, blur_p=0.0, jpeg_p=0.0)(
         pixels, np.random.default_rng(1), 64)
     assert shrunk.shape[0] < 300 and min(shrunk.shape[:2]) >= 64
+    enlarged = Augmentation(downscale_p=0.0, upscale_p=1.0, upscale_max=2.0, blur_p=0.0,
+                            sharpen_p=1.0, jpeg_p=0.0)(pixels, np.random.default_rng(2), 64)
+    assert enlarged.shape[0] > 300 and enlarged.shape[1] > 400  # region of all 300 x 400
 
 
 def test_dataset_epoch_is_class_balanced(tmp_path: Path) -> None:
@@ -142,6 +147,26 @@ def test_fused_score_rises_with_each_component() -> None:
         assert np.all(np.diff(scores) > 0)
     judgement = fused.judge(np.zeros(1))
     assert set(judgement.components) == {"oneclass", "binary"}
+
+
+def test_weighted_fusion_follows_the_component_that_separates() -> None:
+    rng = np.random.default_rng(1)
+    real = {"oneclass": list(rng.normal(0, 1, 200)), "binary": list(rng.normal(0, 1, 200))}
+    # on these AI images the binary score rises, the one-class score falls
+    fake = {"oneclass": list(rng.normal(-1, 1, 60)), "binary": list(rng.normal(3, 1, 60))}
+    calibrations = {name: Calibration.fit(np.array(values), 0.05) for name, values in real.items()}
+    weights, validation = fusion_weights(calibrations, real, fake)
+    assert weights == {"oneclass": 0.0, "binary": 1.0}  # switched off, never inverted
+    assert validation["ai_images"] == 60 and validation["auc"]["binary"] > 0.9
+    assert validation["auc"]["fused"] == pytest.approx(validation["auc"]["binary"])
+    # two useful components share the weight; fuse() follows it
+    fake["oneclass"] = list(rng.normal(2, 1, 60))
+    weights, _ = fusion_weights(calibrations, real, fake)
+    assert 0 < weights["oneclass"] < 1 and sum(weights.values()) == pytest.approx(1.0)
+    parts = [(calibrations["oneclass"], 5.0), (calibrations["binary"], 0.0)]
+    assert fuse(parts, [1.0, 0.0]) > fuse(parts, [0.0, 1.0])
+    with pytest.raises(DetectorError, match="dozens"):
+        fusion_weights(calibrations, real, {"oneclass": [1.0], "binary": [1.0]})
 
 
 # ---------------------------------------------------------------------------
@@ -251,6 +276,31 @@ def calibrated(runner: CliRunner, binary_run: dict[str, Any]) -> dict[str, Any]:
     result = invoke(runner, ["calibrate", folder, "--binary", binary_run["output"], "--real",
                              held_out, "--fpr", "0.1", "--workers", "0"])
     return {"result": result, "folder": folder}
+
+
+def test_calibrate_with_held_out_ai_weights_the_fusion(
+    runner: CliRunner, calibrated: dict[str, Any], binary_run: dict[str, Any], tmp_path: Path
+) -> None:
+    folder = tmp_path / "weighted"
+    shutil.copytree(calibrated["folder"], folder)
+    held_out_ai = tmp_path / "held_out_ai"
+    for i in range(12):
+        smooth_png(held_out_ai / f"a{i}.png", seed=700 + i)
+    result = invoke(runner, ["calibrate", folder, "--real", binary_run["work"] / "held_out",
+                             "--fake", held_out_ai, "--fpr", "0.1", "--workers", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert "fusion weights" in result.stderr
+    stored = json.loads((folder / "calibration.json").read_text())
+    weights = stored["fusion_weights"]
+    assert set(weights) == {"oneclass", "binary"} and sum(weights.values()) == pytest.approx(1)
+    assert stored["fusion_validation"]["ai_images"] == 12
+    scan = invoke(runner, ["scan", held_out_ai / "a0.png", "--model", folder, "-f", "json",
+                           "-q", "--workers", "0"])
+    record = json.loads(scan.stdout)["results"][0]
+    parts = {name: Calibration.from_dict(stored["detectors"][name]) for name in weights}
+    expected = sum(weights[name] * parts[name].standardise(record["components"][name]["raw_score"])
+                   for name in weights)
+    assert record["raw_score"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_calibrate_writes_thresholds_and_fused_default(calibrated: dict[str, Any]) -> None:

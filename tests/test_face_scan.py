@@ -20,7 +20,7 @@ from helpers_images import invoke, noise_jpeg, parse_json_stdout
 from PIL import Image
 from typer.testing import CliRunner
 
-from aigdetect.cli import EXIT_USAGE, app
+from aigdetect.cli import EXIT_USAGE
 from aigdetect.density import RealPhotoDensity
 from aigdetect.detectors import DENSITY_FILE, EXTRACTOR_FILE, default_model_dir
 
