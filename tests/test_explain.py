@@ -27,7 +27,7 @@ from aigdetect.patches import grid_tiles, grid_tiles_at
 #: gradient pasted in (8 x 4 tiles of 64 px; the pasted half starts at x = 256).
 SPLICED = (512, 256)
 CASE_KEYS = {"path", "sha256", "size", "format", "width", "height", "notes", "error",
-             "verdict", "heatmap", "camera_traces", "provenance"}
+             "verdict", "heatmap", "camera_traces", "faces", "provenance"}
 
 
 def spliced_png(path: Path) -> Path:

@@ -268,9 +268,9 @@ def test_an_existing_sidecar_is_not_replaced_without_overwrite(runner, good, tmp
 
 
 def test_ctrl_c_still_writes_the_sidecar(runner, good, tmp_path, monkeypatch) -> None:
-    from aigdetect import cli
+    from aigdetect.cli import scan as scan_cli
 
-    real_scan = cli.scan
+    real_scan = scan_cli.scan
 
     def scan(*args: Any, **kwargs: Any):
         for number, record in enumerate(real_scan(*args, **kwargs)):
@@ -278,7 +278,7 @@ def test_ctrl_c_still_writes_the_sidecar(runner, good, tmp_path, monkeypatch) ->
                 raise KeyboardInterrupt
             yield record
 
-    monkeypatch.setattr(cli, "scan", scan)
+    monkeypatch.setattr(scan_cli, "scan", scan)
     out = tmp_path / "results.jsonl"
     result = invoke(runner, ["scan", *good, "-f", "jsonl", "-o", out, "-q", *FAST])
     assert result.exit_code == EXIT_INTERRUPTED

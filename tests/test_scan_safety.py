@@ -24,8 +24,8 @@ import pytest
 import torch
 from helpers_images import invoke, make_good_folder, noise_jpeg, parse_json_stdout, snapshot
 
-from aigdetect import cli
 from aigdetect.cli import EXIT_INTERRUPTED, EXIT_USAGE
+from aigdetect.cli import scan as scan_cli
 from aigdetect.density import RealPhotoDensity
 from aigdetect.detectors import DENSITY_FILE, EXTRACTOR_FILE, default_model_dir
 from aigdetect.files import IMAGE_EXTENSIONS, walk_folder
@@ -217,7 +217,7 @@ def test_resume_usage_errors(runner, good, tmp_path, bad) -> None:
 
 def interrupt_after(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the CLI's scan raise KeyboardInterrupt after ``count`` records."""
-    real_scan = cli.scan
+    real_scan = scan_cli.scan
 
     def scan(*args: Any, **kwargs: Any):
         for number, record in enumerate(real_scan(*args, **kwargs)):
@@ -225,7 +225,7 @@ def interrupt_after(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
                 raise KeyboardInterrupt
             yield record
 
-    monkeypatch.setattr(cli, "scan", scan)
+    monkeypatch.setattr(scan_cli, "scan", scan)
 
 
 def test_ctrl_c_jsonl_then_resume(runner, good, tmp_path, monkeypatch) -> None:

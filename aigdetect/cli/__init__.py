@@ -1,0 +1,29 @@
+"""The ``aigdetect`` command: a thin layer over the package's modules.
+
+Results go to stdout; progress, warnings and errors go to stderr.
+"""
+
+from .app import app, main
+from .common import (
+    EXIT_CLEAN,
+    EXIT_FLAGGED,
+    EXIT_FLAGGED_AND_UNREADABLE,
+    EXIT_INTERRUPTED,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    load_detector,
+)
+from .explain import new_file
+
+__all__ = [
+    "EXIT_CLEAN",
+    "EXIT_FLAGGED",
+    "EXIT_FLAGGED_AND_UNREADABLE",
+    "EXIT_INTERRUPTED",
+    "EXIT_UNREADABLE",
+    "EXIT_USAGE",
+    "app",
+    "load_detector",
+    "main",
+    "new_file",
+]

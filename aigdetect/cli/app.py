@@ -1,0 +1,47 @@
+"""The ``aigdetect`` Typer application: the version option and every command."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import __version__
+from .evaluate import evaluate_command
+from .explain import explain_command
+from .fit import calibrate_command, fit_gmm_command
+from .scan import scan_command
+from .train import train_command
+
+app = typer.Typer(
+    name="aigdetect",
+    help=(
+        "Tell camera photographs from AI-generated images.\n\n"
+        "An extractor learns camera traces by predicting real photos' EXIF tags from their "
+        "pixels. The default detector fuses a one-class model of those traces (images that "
+        "fit no camera) with a binary real/AI classifier regularised by the same extractor."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aigdetect {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Tell camera photographs from AI-generated images."""
+
+
+app.command("train")(train_command)
+app.command("fit-gmm")(fit_gmm_command)
+app.command("calibrate")(calibrate_command)
+app.command("scan")(scan_command)
+app.command("evaluate")(evaluate_command)
+app.command("explain")(explain_command)

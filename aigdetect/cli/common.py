@@ -1,0 +1,234 @@
+"""What the commands share: exit codes, errors, options, detector loading, progress."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..detectors import (
+    DETECTOR_NAMES,
+    FACES_DIR,
+    LOAD_ERRORS,
+    Detector,
+    DetectorFolder,
+    default_model_dir,
+)
+from ..features import TileSettings
+from ..patches import CONDITIONS, DecodeLimits
+from ..report import printable
+from ..runtime import pick_device
+from ..scanning import MAX_TILES
+
+EXIT_CLEAN = 0
+EXIT_FLAGGED = 1
+EXIT_USAGE = 2
+EXIT_UNREADABLE = 3
+EXIT_FLAGGED_AND_UNREADABLE = 4
+#: After Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
+err = Console(stderr=True)
+
+
+def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoReturn:
+    """Print an error (and what to do about it) to stderr and exit.
+
+    The texts are escaped: they quote paths and options, which may hold '[' (rich
+    markup) or control characters.
+    """
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False,
+              soft_wrap=True)
+    if hint:
+        err.print(f"  [dim]hint:[/] {escape(printable(hint))}", highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------
+# Options shared by the commands that score images
+# ---------------------------------------------------------------------------
+
+MODEL_OPTION = typer.Option(
+    None, "--model", help="Detector folder (weights, calibration.json, detector.json) from "
+    "'aigdetect fit-gmm' and 'aigdetect calibrate'. Default: the one shipped with aigdetect.")
+DETECTOR_OPTION = typer.Option(
+    None, "--detector", "-d", help="binary, oneclass or fused (both, each standardised on "
+    "real photos, then averaged). Default: the model folder's default.")
+PATCHES_OPTION = typer.Option(
+    None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
+    f"(slowest) scan, up to {MAX_TILES}. Default: the count the detector was calibrated with; "
+    "other counts shift the scores a little (recalibrate to use them).")
+FACES_OPTION = typer.Option(
+    False, "--faces", help="Judge faces: find every frontal face, cut it out without "
+    "resampling and score it with the face detector. The image takes its most suspicious "
+    "face's score and verdict ('no-face' when none is found); each face has its own entry "
+    "in 'faces', and the general detector's opinion of the whole image is kept in 'image'.")
+ALIGNED_OPTION = typer.Option(False, "--aligned", help="With --faces: every input is already "
+                              "one face crop (no face detection).")
+FACE_MODEL_OPTION = typer.Option(
+    None, "--face-model", help="With --faces: face detector folder from 'aigdetect fit-gmm "
+    "--faces'. Default: the one shipped with aigdetect.")
+DEVICE_OPTION = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps.")
+WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = decode in the "
+                              "main process).")
+BATCH_OPTION = typer.Option(256, min=8, help="Tiles per forward pass: memory and speed, "
+                            "not scores.")
+
+
+def parse_patches(text: str | None) -> int | None:
+    """``None`` keeps the detector's setting, ``all`` is 0 (every tile), else a count."""
+    if text is None:
+        return None
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 1:
+        fail(f"--patches {text!r} is neither a positive number nor 'all'", "e.g. --patches 64")
+    return count
+
+
+@dataclass
+class LoadedDetector:
+    """A ready detector with what every record and report names about it."""
+
+    detector: Detector
+    identity: dict[str, str]
+    tiles: TileSettings
+    #: ``--faces``: the detector that judges each face (``tiles.faces`` says how they are cut)
+    face_detector: Detector | None = None
+
+
+def check_face_options(faces: bool, aligned: bool, face_model: Path | None,
+                       threshold: float | None) -> None:
+    """Face options need --faces; a raw --threshold belongs to one detector's scale."""
+    if (aligned or face_model is not None) and not faces:
+        fail("--aligned and --face-model go with --faces", "add --faces")
+    if faces and threshold is not None:
+        fail("--threshold is a raw score of one detector; with --faces two detectors judge",
+             "use --fpr, which sets both at one false-positive rate")
+
+
+def load_detector(model: Path | None, name: str | None, device: str, patches: str | None,
+                  batch_size: int, limits: DecodeLimits | None = None,
+                  condition: str = "asis") -> LoadedDetector:
+    """Open a detector folder and build one of its detectors, or exit 2 with one line
+    saying what is wrong with it (:func:`detector_errors`)."""
+    if name is not None and name not in DETECTOR_NAMES:
+        fail(f"--detector {name!r} is not one of {', '.join(DETECTOR_NAMES)}")
+    tiles = parse_patches(patches)  # its usage error must not be caught below
+    try:
+        torch_device = pick_device(device)
+    except (ValueError, RuntimeError) as error:
+        fail(f"--device {device}: {error}", "try --device cpu")
+    with detector_errors(model):
+        folder = DetectorFolder.open(model)
+        detector = folder.build(name, torch_device, batch_size)
+        settings = folder.tiles(tiles, limits=limits or DecodeLimits(),
+                                processing=CONDITIONS[condition])
+    return LoadedDetector(detector, folder.identity(), settings)
+
+
+def with_faces(loaded: LoadedDetector, face_model: Path | None, device: str,
+               batch_size: int, aligned: bool) -> LoadedDetector:
+    """``--faces``: add the face detector, from --face-model or the shipped ``faces/``."""
+    path = face_model or default_model_dir() / FACES_DIR
+    if not path.is_dir():
+        fail(f"no face detector folder at {path}",
+             "make one: 'aigdetect train --faces PHOTOS -o faces.pt', then 'aigdetect fit-gmm "
+             "PHOTOS --faces --extractor faces.pt -o FACE_DETECTOR', and pass --face-model "
+             "FACE_DETECTOR")
+    with detector_errors(path):
+        folder = DetectorFolder.open(path)
+        detector = folder.build(None, pick_device(device), batch_size)
+        faces = folder.face_settings(aligned)
+    identity = {**loaded.identity, **{f"faces_{key}": value
+                                      for key, value in folder.weights().items()}}
+    return LoadedDetector(loaded.detector, identity, replace(loaded.tiles, faces=faces),
+                          detector)
+
+
+@contextmanager
+def detector_errors(model: Path | None):
+    """Exit 2 with one line saying what is wrong with a detector folder.
+
+    A --model folder is user input like any image: a damaged checkpoint or density
+    file can make torch, numpy or the model constructors raise almost anything, and
+    a traceback (exit 1) would read as "flagged".
+    """
+    try:
+        yield
+    except (*LOAD_ERRORS, ValueError) as error:
+        fail(first_line(error))
+    except OSError as error:
+        fail(f"cannot read the detector in {model or 'the package'}: {first_line(error)}")
+    except Exception as error:  # anything else a malformed file provokes
+        fail(f"{model or 'the shipped detector'} is not a usable detector folder "
+             f"({type(error).__name__}: {first_line(error)})",
+             "make one with 'aigdetect fit-gmm', or leave out --model for the shipped one")
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The gist of an error in one line: torch and numpy messages can run to pages."""
+    text = " ".join(str(error).split("\n", 1)[0].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exit_code(verdicts: Counter) -> int:
+    """0 clean, 1 flagged, 3 unreadable files (none flagged), 4 flagged and unreadable."""
+    flagged, unreadable = verdicts["ai"] > 0, verdicts["error"] > 0
+    if unreadable:
+        return EXIT_FLAGGED_AND_UNREADABLE if flagged else EXIT_UNREADABLE
+    return EXIT_FLAGGED if flagged else EXIT_CLEAN
+
+
+def input_folder_holding(path: Path, inputs: list[str]) -> Path | None:
+    """The input folder that ``path`` lies in (symlinks resolved), or None."""
+    real = Path(os.path.abspath(path)).resolve()
+    for folder in (Path(item) for item in inputs if item != "-" and Path(item).is_dir()):
+        if real.is_relative_to(folder.resolve()):
+            return folder
+    return None
+
+
+def survive_any_text(stream: TextIO) -> None:
+    """Never crash on a character the terminal's encoding lacks: escape it instead."""
+    if isinstance(stream, io.TextIOWrapper):
+        stream.reconfigure(errors="backslashreplace")
+
+
+@contextmanager
+def progress_bar(total: int, label: str, disable: bool = False):
+    """A progress bar on stderr; yields a function that advances it."""
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    # redrawn as files finish, not from a timer thread: with --workers 0 a redraw during
+    # a decode would land in the decoder's captured stderr (see patches.decoder_output)
+    with Progress(*columns, console=err, disable=disable, transient=True,
+                  auto_refresh=False) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+            progress.refresh()
+
+        yield advance

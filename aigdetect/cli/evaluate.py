@@ -1,0 +1,140 @@
+"""``aigdetect evaluate``: measure a detector on labelled images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ..evaluation import (
+    AI,
+    REAL,
+    component_results,
+    evaluate_groups,
+    labelled_sets,
+    pair_metrics,
+    plot_roc,
+)
+from ..files import parse_extensions
+from ..labelled import files_from_csv, files_from_folders
+from ..patches import CONDITIONS
+from ..report import write_evaluation
+from ..scanning import NO_FACE, ScanRecord, scan
+from .common import (
+    ALIGNED_OPTION,
+    BATCH_OPTION,
+    DETECTOR_OPTION,
+    DEVICE_OPTION,
+    FACE_MODEL_OPTION,
+    FACES_OPTION,
+    MODEL_OPTION,
+    PATCHES_OPTION,
+    WORKERS_OPTION,
+    check_face_options,
+    err,
+    fail,
+    load_detector,
+    progress_bar,
+    with_faces,
+)
+
+
+def evaluate_command(
+    real: list[Path] = typer.Option([], "--real", help="Folder of real photos; repeatable "
+                                    "(each is reported on its own)."),
+    fake: list[Path] = typer.Option([], "--fake", help="Folder of AI-generated images; "
+                                    "repeatable (each is reported on its own)."),
+    labels: Path | None = typer.Option(None, "--csv", help="CSV of path,label[,group] (label "
+                                       "real/ai or 0/1) instead of, or besides, folders."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
+    plot: Path | None = typer.Option(None, help="Draw ROC curves to this image (PNG, SVG...)."),
+    condition: str = typer.Option(
+        "asis", help="Processing applied alike to every image before scoring: asis; matched "
+        "(256 px centre crop, no resampling, JPEG q90: format and size cannot decide); web "
+        "(short side 512 bicubic, JPEG q75)."),
+    matched: bool = typer.Option(False, "--matched-processing",
+                                 help="Shorthand for --condition matched."),
+    detector_name: str | None = DETECTOR_OPTION,
+    patches: str | None = PATCHES_OPTION,
+    model: Path | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    batch_size: int = BATCH_OPTION,
+    workers: int = WORKERS_OPTION,
+    include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
+    faces: bool = FACES_OPTION,
+    aligned: bool = ALIGNED_OPTION,
+    face_model: Path | None = FACE_MODEL_OPTION,
+) -> None:
+    """Measure a detector on labelled images: AUC, average precision, accuracy, FPR, TPR.
+
+    AI-generated is the positive class. Each AI group is measured against all real
+    images, each real group reports its false-positive rate, and 'overall' pools
+    everything; the JSON also has the AUC of every (AI group, real group) pair.
+    Accuracy, FPR and TPR use the detector's calibrated threshold. With --faces each
+    image is its most suspicious face (the condition's processing is applied to each
+    face crop); images without a face are counted as errors and listed in 'no_face'.
+    """
+    if output_format not in ("table", "json"):
+        fail(f"--format {output_format!r} is not table or json")
+    condition = "matched" if matched else condition
+    if condition not in CONDITIONS:
+        fail(f"--condition {condition!r} is not one of {', '.join(CONDITIONS)}")
+    try:
+        files = files_from_folders(real, [], parse_extensions(include))
+        files += files_from_folders([], fake, parse_extensions(include))
+        files += files_from_csv(labels) if labels is not None else []
+    except (OSError, ValueError) as error:
+        fail(f"--csv: {error}")
+    groups = labelled_sets(files)
+    for folder in (*real, *fake):
+        if not any(g.name == str(folder) for g in groups):
+            fail(f"no images found in {folder}")
+    if plot is not None and not plot.parent.is_dir():
+        fail(f"--plot {plot}: folder {plot.parent} does not exist")
+    if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
+        fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
+    check_face_options(faces, aligned, face_model, None)
+    loaded = load_detector(model, detector_name, device, patches, batch_size,
+                           condition=condition)
+    if faces:
+        loaded = with_faces(loaded, face_model, device, batch_size, aligned)
+    judge = loaded.face_detector or loaded.detector
+    results: dict[str, tuple[str, list[ScanRecord]]] = {}
+    with progress_bar(sum(len(g.paths) for g in groups), "evaluating", disable=quiet) as advance:
+        for group in groups:
+            records = []
+            for record in scan(group.paths, loaded.detector, loaded.identity, loaded.tiles,
+                               workers, face_detector=loaded.face_detector):
+                records.append(record)
+                advance(1)
+            results[group.name] = (group.label, records)
+    rows = evaluate_groups(results)
+    calibration = judge.calibration
+    name = f"faces:{judge.name}" if faces else judge.name
+    note = (f"detector {name}, threshold {calibration.threshold:.3f} = "
+            f"{calibration.fpr:.1%} FPR on held-out real photos; "
+            f"{CONDITIONS[condition].describe()}")
+    components = [] if faces else sorted(
+        {n for _, records in results.values() for r in records for n in r.components}
+        - {judge.name})
+    write_evaluation(rows, output_format, sys.stdout, note, {
+        "detector": name, "threshold": calibration.threshold,
+        "no_face": {group: sum(r.verdict == NO_FACE for r in records)
+                    for group, (_, records) in results.items()} if faces else None,
+        "calibrated_fpr": calibration.fpr, "condition": condition,
+        "processing": CONDITIONS[condition].describe(),
+        "matched_processing": condition == "matched", "model": loaded.identity,
+        "pairs": pair_metrics(results),
+        "components": {name: {"groups": [g.to_dict() for g in evaluate_groups(view)],
+                              "pairs": pair_metrics(view)}
+                       for name in components
+                       for view in [component_results(results, name)]},
+    })
+    if plot is not None:
+        try:
+            plot_roc(results, plot)
+        except (RuntimeError, OSError, ValueError) as error:
+            fail(f"--plot {plot}: {error}")
+        err.print(f"ROC curves written to {plot}")

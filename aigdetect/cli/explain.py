@@ -1,0 +1,180 @@
+"""``aigdetect explain``: heat maps and a case report for each image."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .. import __version__
+from ..detectors import EXTRACTOR_FILE, LOAD_ERRORS, DetectorFolder, default_model_dir
+from ..explain.case import EXPLAIN_SCHEMA_VERSION, Explainer
+from ..explain.consistency import PretextReader
+from ..explain.console import print_document
+from ..explain.html import render as render_html
+from ..files import IMAGE_EXTENSIONS, iter_inputs, unicode_safe
+from ..report import dumps, printable
+from ..runtime import pick_device
+from .common import (
+    ALIGNED_OPTION,
+    DETECTOR_OPTION,
+    DEVICE_OPTION,
+    FACE_MODEL_OPTION,
+    MODEL_OPTION,
+    check_face_options,
+    err,
+    exit_code,
+    fail,
+    first_line,
+    input_folder_holding,
+    load_detector,
+    progress_bar,
+    survive_any_text,
+    with_faces,
+)
+
+
+def explain_command(
+    paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
+    output_dir: Path | None = typer.Option(
+        None, "--output", "-o", help="Folder for the heat maps (created if needed; existing "
+        "files are never replaced). Default: a new explain-<UTC time>/ here."),
+    output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
+    html_report: Path | None = typer.Option(
+        None, "--html", help="Also write a self-contained HTML case report to this new file."),
+    map_tiles: int = typer.Option(256, "--tiles", min=1, help="64px tiles scored one by one "
+                                  "for the heat map (an evenly spread subset of the grid)."),
+    detector_name: str | None = DETECTOR_OPTION,
+    model: Path | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
+    faces: bool = typer.Option(False, "--faces", help="Also judge every face alone and draw "
+                               "the boxes, coloured by verdict, in a .faces.png beside the "
+                               "heat map; the exit code then follows the faces, as scan "
+                               "--faces."),
+    aligned: bool = ALIGNED_OPTION,
+    face_model: Path | None = FACE_MODEL_OPTION,
+) -> None:
+    """Explain each image's score: where the evidence lies, how unusual it is, what its
+    pixels say about the camera, and what its metadata says.
+
+    Writes a heat map PNG per image (each tile scored alone: a guide to where to look,
+    not a segmentation; the verdict comes from the whole tile set) and prints the case
+    as a table or JSON. **--html** writes one self-contained report (images embedded,
+    no network). Evidence is opened read-only. Exit codes as for scan: 0 nothing
+    flagged, 1 flagged, 2 usage error, 3 unreadable (4 both).
+
+    Example: `aigdetect explain suspect.jpg --html case-17.html`
+    """
+    if output_format not in ("table", "json"):
+        fail(f"--format {output_format!r} is not table or json")
+    found: list[tuple[str, str]] = []
+    files = list(iter_inputs(paths, IMAGE_EXTENSIONS, lambda p, m: found.append((p, m))))
+    for path, message in found:
+        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(message)}",
+                  highlight=False)
+    if not files:
+        fail("no image files among the inputs", "give image files or folders holding some")
+    started = datetime.now(timezone.utc)
+    if html_report is not None:
+        check_new_file(html_report, "--html", paths, files)
+    check_face_options(faces, aligned, face_model, None)
+    folder = explain_folder(output_dir, started, paths)
+    loaded = load_detector(model, detector_name, device, None, 256)
+    if faces:
+        loaded = with_faces(loaded, face_model, device, 256, aligned)
+    explainer = Explainer(loaded.detector, loaded.tiles, load_pretext(model, device), map_tiles,
+                          loaded.face_detector)
+    cases = []
+    with progress_bar(len(files), "explaining", disable=quiet) as advance:
+        for index, path in enumerate(files, start=1):
+            cases.append(explainer.explain(path, new_file(folder, index, path)))
+            advance(1)
+    document = {"schema_version": EXPLAIN_SCHEMA_VERSION, "kind": "aigdetect.explain",
+                "aigdetect_version": __version__,
+                "analysed_at": started.isoformat(timespec="seconds"),
+                "command": [unicode_safe(arg) for arg in sys.argv],
+                "detector": loaded.detector.name, "model": loaded.identity,
+                "output_dir": unicode_safe(folder), "images": cases}
+    survive_any_text(sys.stdout)
+    if output_format == "json":
+        sys.stdout.write(dumps(document, indent=2) + "\n")
+    else:
+        print_document(document, Console(file=sys.stdout, width=None if sys.stdout.isatty()
+                                         else 160))
+    if html_report is not None:
+        with open(html_report, "x", encoding="utf-8") as stream:
+            stream.write(render_html(document))
+        err.print(f"HTML report written to {escape(printable(str(html_report)))}")
+    verdicts = Counter(case_verdict(case) for case in cases)
+    if not quiet:
+        err.print(f"[dim]heat maps in {escape(printable(str(folder)))}/[/]", highlight=False)
+    raise typer.Exit(exit_code(verdicts))
+
+
+def case_verdict(case: dict[str, Any]) -> str:
+    """What decides the exit code: the faces' verdict with --faces, else the image's."""
+    if case["verdict"] is None:
+        return "error"
+    return case["faces"]["verdict"] if case["faces"] is not None else case["verdict"]["verdict"]
+
+
+def explain_folder(output_dir: Path | None, started: datetime, inputs: list[str]) -> Path:
+    """The folder for heat maps: never inside an input folder; the default one is new."""
+    folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
+    inside = input_folder_holding(folder, inputs)
+    if inside is not None:
+        fail(f"--output {folder} is inside the input folder {inside}",
+             "write outputs outside the evidence, e.g. -o ~/cases/explain")
+    try:
+        folder.mkdir(parents=True, exist_ok=output_dir is not None)
+    except FileExistsError:
+        fail(f"{folder} already exists", "give -o DIR, or run again in a second")
+    except OSError as error:
+        fail(f"cannot create {folder}: {error.strerror}")
+    return folder
+
+
+def new_file(folder: Path, index: int, image: Path) -> Path:
+    """A heat map name that does not exist yet: ``<index>-<safe stem>.heatmap.png``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", unicode_safe(image.stem))[:60]
+    for attempt in range(1000):
+        suffix = f"-{attempt}" if attempt else ""
+        path = folder / f"{index:03d}-{stem}{suffix}.heatmap.png"
+        if not path.exists():
+            return path
+    fail(f"{folder} holds too many heat maps of {image.name}", "give another -o DIR")
+
+
+def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path]) -> None:
+    """A report file must be new, in an existing folder, and outside the evidence."""
+    if path.exists() or path.is_symlink():
+        fail(f"{option} {path} already exists; it is never replaced",
+             "give a new file name")
+    if not Path(os.path.abspath(path)).parent.is_dir():
+        fail(f"cannot write {option} {path}: its folder does not exist")
+    inside = input_folder_holding(path, inputs)
+    if inside is not None:
+        fail(f"{option} {path} is inside the input folder {inside}",
+             "write reports outside the evidence")
+
+
+def load_pretext(model: Path | None, device: str) -> PretextReader | None:
+    """The folder's EXIF-pretext model with its heads and the calibration photos'
+    ranking reference, or None (said in the report)."""
+    path = (model or default_model_dir()) / EXTRACTOR_FILE
+    try:
+        reference = DetectorFolder.open(model).pretext_reference
+        return PretextReader.load(path, pick_device(device), reference)
+    except (*LOAD_ERRORS, OSError, ValueError, RuntimeError) as error:
+        err.print(f"[yellow]warning:[/] no camera-trace reading: {escape(first_line(error))}",
+                  highlight=False)
+        return None

@@ -1,0 +1,400 @@
+"""``aigdetect scan``: score images, stream the records, resume, write the run header."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+from collections import Counter
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import typer
+from rich.markup import escape
+
+from .. import __version__
+from ..files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe
+from ..patches import DEFAULT_MAX_DECODE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, DecodeLimits
+from ..provenance import read_provenance
+from ..report import (
+    FORMATS,
+    VERDICTS,
+    printable,
+    read_run_file,
+    run_file,
+    write_jsonl_record,
+    write_run_file,
+    write_scan,
+)
+from ..resume import Previous, prepare_append, read_previous, recorded
+from ..scanning import ScanRecord, scan
+from .common import (
+    ALIGNED_OPTION,
+    BATCH_OPTION,
+    DETECTOR_OPTION,
+    DEVICE_OPTION,
+    EXIT_INTERRUPTED,
+    FACE_MODEL_OPTION,
+    FACES_OPTION,
+    MODEL_OPTION,
+    PATCHES_OPTION,
+    WORKERS_OPTION,
+    LoadedDetector,
+    check_face_options,
+    err,
+    exit_code,
+    fail,
+    first_line,
+    input_folder_holding,
+    load_detector,
+    progress_bar,
+    survive_any_text,
+    with_faces,
+)
+
+MAX_PIXELS_OPTION = typer.Option(
+    DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
+    help="Refuse images larger than this many megapixels (decompression-bomb guard).")
+MAX_DECODE_OPTION = typer.Option(
+    DEFAULT_MAX_DECODE_MB, "--max-decode-mb", min=1,
+    help="Refuse an image whose decoding would need more memory than this (MB), judged "
+    "from its header: size, channels and bit depth.")
+MAX_SCANS_OPTION = typer.Option(
+    DEFAULT_MAX_SCANS, "--max-scans", min=1,
+    help="Refuse a progressive JPEG with more scans than this (each re-decodes the image).")
+TIMEOUT_OPTION = typer.Option(
+    120.0, "--timeout", min=0.001,
+    help="Seconds one file may take to decode before it is stopped and recorded as an "
+    "error (not enforced with --workers 0).")
+
+
+def check_scan_options(output_format: str, output: Path | None, threshold: float | None,
+                       fpr: float | None, resume: bool, verify_hash: bool, null: bool,
+                       paths: list[str]) -> None:
+    """Usage errors, found before the detector loads or any file is read."""
+    if output_format not in FORMATS:
+        fail(f"--format {output_format!r} is not one of {', '.join(FORMATS)}")
+    if fpr is not None and threshold is not None:
+        fail("give --threshold or --fpr, not both")
+    if threshold is not None and not math.isfinite(threshold):
+        fail(f"--threshold {threshold} is not a finite number",
+             "a raw score such as --threshold 1.5 (see raw_score in the records), or --fpr 0.01")
+    if fpr is not None and not 0 < fpr < 1:  # also refuses nan
+        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.01 for 1 %")
+    if resume and (output_format != "jsonl" or output is None):
+        fail("--resume continues a JSONL results file", "use -f jsonl -o results.jsonl --resume")
+    if verify_hash and not resume:
+        fail("--verify-hash applies to --resume", "add --resume -f jsonl -o results.jsonl")
+    if null and "-" not in paths:
+        fail("--null reads NUL-separated paths from stdin", "give '-' as the input, e.g. "
+             "find /cases -print0 | aigdetect scan -0 -")
+    if output is not None and not Path(os.path.abspath(output)).parent.is_dir():
+        fail(f"cannot write --output {output}: its folder does not exist")
+    if output is not None and output.is_dir():
+        fail(f"--output {output} is a folder", "give a file name, e.g. -o results.jsonl")
+
+
+def check_output(output: Path, inputs: list[str], files: list[Path], force: bool,
+                 overwrite: bool, resume: bool) -> None:
+    """Refuse an --output that would destroy evidence or earlier results.
+
+    Writing truncates: ``scan photo.jpg -o photo.jpg`` (a slip in the shell history)
+    would wipe the evidence itself, and results written inside a scanned folder mix
+    output with evidence. The same file is found by inode, so hard links and
+    symlinks to an input count too.
+    """
+    target = Path(os.path.abspath(output))
+    if not force:
+        identity = _inode(target)
+        if identity is not None and any(_inode(file) == identity for file in files):
+            fail(f"--output {output} is one of the input files: writing it would destroy "
+                 "evidence", "choose a results path outside the inputs (or --force)")
+        inside = input_folder_holding(target, inputs)
+        if inside is not None:
+            fail(f"--output {output} is inside the input folder {inside}",
+                 "write results outside the evidence (or --force)")
+    # only a regular file holds earlier results: /dev/null or a pipe loses nothing
+    if target.is_file() and not (overwrite or resume):
+        fail(f"--output {output} already exists; its results would be lost",
+             "give --overwrite to replace it, or --resume (with -f jsonl) to continue it")
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def open_results(output: Path, append: bool = False) -> TextIO:
+    """The --output file, UTF-8 whatever the locale (names are made valid Unicode)."""
+    try:
+        return open(output, "a" if append else "w", encoding="utf-8", newline="")
+    except OSError as error:
+        fail(f"cannot write --output {output}: {error.strerror}")
+
+
+@dataclass
+class ScanTally:
+    """What a scan has done so far: the exit code, and the line printed on Ctrl-C."""
+
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    verdicts: Counter = field(default_factory=Counter)
+
+    def add(self, verdict: str) -> None:
+        self.verdicts[verdict] += 1
+
+
+def skip_recorded(files: list[Path], output: Path, verify_hash: bool,
+                  tally: ScanTally) -> tuple[list[Path], Previous]:
+    """Files still to scan after an earlier run recorded some in ``output``; the
+    skipped ones count towards the summary and exit code as they were recorded."""
+    if not output.is_file():
+        return files, Previous()
+    try:
+        previous = read_previous(output)
+    except OSError as error:
+        fail(f"cannot read --output {output} to resume: {error.strerror}")
+    if previous.foreign:
+        fail(f"--output {output} is not a JSONL results file of aigdetect; --resume would "
+             "append to it", "choose another -o, or --overwrite to replace it")
+    try:
+        prepare_append(output, previous)
+    except OSError as error:
+        fail(f"cannot write --output {output}: {error.strerror}")
+    if previous.ignored:
+        err.print(f"[yellow]warning:[/] {previous.ignored} line(s) of "
+                  f"{escape(printable(str(output)))} are not records; their files are "
+                  "scanned again", highlight=False)
+    todo = []
+    for file in files:
+        record = recorded(file, previous, verify_hash)
+        if record is None:
+            todo.append(file)
+        else:
+            tally.skipped += 1
+            tally.add(str(record.get("verdict", "error")))
+    return todo, previous
+
+
+def scan_command(
+    paths: list[str] = typer.Argument(
+        ..., help="Files, folders (recursive), globs ('shots/**/*.jpg'), or '-' to read "
+        "paths from stdin, one per line (NUL-separated with --null)."),
+    output_format: str = typer.Option("table", "--format", "-f",
+                                      help="table (for people), json, jsonl (streamed), csv."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write results to this file instead of stdout. An "
+        "existing file is never replaced without --overwrite (or continued: --resume)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output "
+                                   "file."),
+    resume: bool = typer.Option(
+        False, "--resume", help="With -f jsonl -o FILE: append to FILE and skip files it "
+        "already records with the same path, size and modification time."),
+    verify_hash: bool = typer.Option(False, "--verify-hash", help="With --resume: also "
+                                     "re-hash skipped files; rescan any whose sha256 changed."),
+    force: bool = typer.Option(False, "--force", help="Allow --output to be an input file "
+                               "or to lie inside an input folder."),
+    null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin ('-') are "
+                              "separated by NUL bytes, as find -print0 writes them."),
+    include: str | None = typer.Option(
+        None, help="Extensions to take from folders and globs, e.g. 'jpg,png' "
+        f"(default: {','.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
+    threshold: float | None = typer.Option(
+        None, help="Decision threshold on the detector's raw score (raw_score; overrides the "
+        "calibrated one)."),
+    fpr: float | None = typer.Option(
+        None, help="Re-set the threshold to this false-positive rate on the detector's "
+        "held-out real photos, e.g. 0.01."),
+    detector_name: str | None = DETECTOR_OPTION,
+    patches: str | None = PATCHES_OPTION,
+    model: Path | None = MODEL_OPTION,
+    device: str = DEVICE_OPTION,
+    batch_size: int = BATCH_OPTION,
+    workers: int = WORKERS_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    max_decode_mb: int = MAX_DECODE_OPTION,
+    max_scans: int = MAX_SCANS_OPTION,
+    timeout: float = TIMEOUT_OPTION,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on "
+                               "stderr."),
+    provenance: bool = typer.Option(
+        False, "--provenance", help="Also read each file's metadata (C2PA, XMP "
+        "DigitalSourceType, generator text chunks, EXIF software, camera EXIF) into the "
+        "record's 'provenance' and a table column. Metadata only: a lead, not proof."),
+    faces: bool = FACES_OPTION,
+    aligned: bool = ALIGNED_OPTION,
+    face_model: Path | None = FACE_MODEL_OPTION,
+) -> None:
+    """Score images: how likely each is AI-generated.
+
+    **score** is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
+    logistic of how far the detector's raw score lies above the threshold, in units of the
+    real photos' spread. **verdict** is ai, real, uncertain (within half a spread of the
+    threshold, or a damaged file) or error (unreadable, or over a limit). **real pct** is the
+    share of held-out real photos that score at least as suspicious. The default detector is
+    **fused**: the binary detector and the one-class (camera-trace) detector, each record
+    keeping both scores.
+
+    Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
+    3 some files could not be read (none flagged); 4 flagged and some unreadable;
+    130 interrupted (Ctrl-C): what was scanned is written.
+
+    Examples: `aigdetect scan evidence/` ·
+    `find /cases -name '*.jpg' -print0 | aigdetect scan -0 - -f jsonl -o out.jsonl` ·
+    `aigdetect scan shots/ --detector oneclass` · `aigdetect scan portraits/ --faces`
+    """
+    started = datetime.now(timezone.utc)
+    check_scan_options(output_format, output, threshold, fpr, resume, verify_hash, null, paths)
+    check_face_options(faces, aligned, face_model, threshold)
+    tally = ScanTally()
+    found: list[tuple[str, str]] = []  # inputs that are not files: error records below
+    try:  # Ctrl-C before scanning: nothing is written, and no traceback
+        files = list(iter_inputs(paths, parse_extensions(include),
+                                 lambda path, message: found.append((path, message)),
+                                 null=null))
+        if output is not None:
+            check_output(output, paths, files, force, overwrite, resume)
+            if sidecar_wanted(output, output_format):
+                check_output(run_file(output), paths, files, force, overwrite, resume)
+        tally.total = len(files)
+        limits = DecodeLimits(max_pixels * 1_000_000, max_decode_mb, max_scans)
+        loaded = load_detector(model, detector_name, device, patches, batch_size, limits)
+        if faces:
+            loaded = with_faces(loaded, face_model, device, batch_size, aligned)
+        for detector in (loaded.detector, loaded.face_detector):
+            if fpr is not None and detector is not None:
+                detector.calibration.set_fpr(fpr)
+        previous = Previous()
+        if resume:
+            files, previous = skip_recorded(files, output, verify_hash, tally)
+            tally.done = tally.skipped
+    except KeyboardInterrupt:
+        err.print("interrupted before scanning; nothing written", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    problems = []
+    for path, message in found:
+        tally.add("error")
+        if (unicode_safe(path), unicode_safe(message)) not in previous.problems:
+            problems.append(ScanRecord(path=path, error=message, model=loaded.identity,
+                                       detector=loaded.detector.name))
+    streaming = output_format == "jsonl"  # records are written, not kept: memory stays flat
+    stream = open_results(output, append=resume) if output and streaming else sys.stdout
+    survive_any_text(sys.stdout)
+    records: list[ScanRecord] = [] if streaming else list(problems)
+    interrupted = False
+    try:
+        if streaming:
+            for record in problems:
+                write_jsonl_record(record, stream)
+        with progress_bar(len(files), "scanning", disable=quiet) as advance, \
+                closing(scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
+                             threshold, timeout, loaded.face_detector)) as results:
+            for record in results:
+                if provenance:
+                    record.provenance = read_provenance(record.path)
+                tally.add(record.verdict)
+                if streaming:
+                    write_jsonl_record(record, stream)
+                else:
+                    records.append(record)
+                tally.done += 1
+                advance(1)
+    except KeyboardInterrupt:  # stop cleanly: keep every finished record
+        interrupted = True
+    finally:
+        if output and streaming:
+            stream.close()
+    run = run_header(started, loaded, threshold, tally, interrupted,
+                     {"workers": workers, "timeout_s": timeout if workers > 0 else None,
+                      "max_pixels_mp": max_pixels, "max_decode_mb": max_decode_mb,
+                      "max_scans": max_scans})
+    if not streaming:
+        write_results(records, output_format, output, interrupted, run)
+    if output is not None and sidecar_wanted(output, output_format):
+        save_run_file(output, run, resume)
+    report_scan(tally, output_format, quiet, interrupted,
+                printable(str(output)) if output else "stdout")
+
+
+def write_results(records: list[ScanRecord], output_format: str, output: Path | None,
+                  interrupted: bool, run: dict[str, Any]) -> None:
+    """Table, JSON and CSV are written when scanning ends, so an earlier results file
+    given with --overwrite survives a run that is killed before then."""
+    if output is None:
+        write_scan(records, output_format, sys.stdout, interrupted=interrupted, run=run)
+        return
+    with open_results(output) as stream:
+        write_scan(records, output_format, stream, interrupted=interrupted, run=run)
+
+
+def run_header(started: datetime, loaded: LoadedDetector, threshold: float | None,
+               tally: ScanTally, interrupted: bool, settings: dict[str, Any]) -> dict[str, Any]:
+    """Who scanned what, how and when: the chain-of-custody record of one run."""
+    detector = loaded.detector
+    parts = getattr(detector, "parts", [])
+    verdicts = tally.verdicts
+    return {
+        "aigdetect_version": __version__,
+        "command": [unicode_safe(arg) for arg in sys.argv],
+        "host": unicode_safe(socket.gethostname()),
+        "started": started.isoformat(timespec="milliseconds"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        **({"interrupted": True} if interrupted else {}),
+        "detector": detector.name,
+        "threshold": detector.calibration.threshold if threshold is None else threshold,
+        "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
+        "component_thresholds": {part.name: part.calibration.threshold for part in parts},
+        "model": loaded.identity,
+        "settings": {"patches": loaded.tiles.max_tiles or "all", **settings},
+        "counts": {"files": verdicts.total(), **{v: verdicts[v] for v in VERDICTS},
+                   "skipped": tally.skipped},
+    }
+
+
+def sidecar_wanted(output: Path, output_format: str) -> bool:
+    """JSONL and CSV have no room for the run header: it goes beside them, in
+    ``FILE.run.json``, when FILE is a regular file (not /dev/null or a pipe)."""
+    return output_format in ("jsonl", "csv") and (output.is_file() or not output.exists())
+
+
+def save_run_file(output: Path, run: dict[str, Any], resume: bool) -> None:
+    """Write ``FILE.run.json`` atomically; a resumed run keeps the earlier runs' headers."""
+    path = run_file(output)
+    earlier = []
+    if resume and path.is_file():
+        try:
+            earlier = read_run_file(path)
+        except (OSError, ValueError) as error:
+            err.print(f"[yellow]warning:[/] {escape(printable(str(path)))} is unreadable "
+                      f"({escape(first_line(error))}); the earlier runs' headers are lost",
+                      highlight=False)
+    try:
+        write_run_file(path, run, earlier)
+    except OSError as error:
+        err.print(f"[yellow]warning:[/] cannot write {escape(printable(str(path)))}: "
+                  f"{error.strerror}", highlight=False)
+
+
+def report_scan(tally: ScanTally, output_format: str, quiet: bool, interrupted: bool,
+                where: str) -> NoReturn:
+    """The summary line on stderr, then exit with the documented code."""
+    if interrupted:  # always said, even with --quiet: the results are incomplete
+        err.print(f"interrupted: {tally.done}/{tally.total} files done; results in {where}",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    code = exit_code(tally.verdicts)
+    verdicts = tally.verdicts
+    skipped = f" ({tally.skipped} already recorded, skipped)" if tally.skipped else ""
+    if not quiet and output_format != "table":  # the table prints its own summary
+        err.print(f"[dim]{verdicts.total()} files{skipped}: {verdicts['ai']} ai, "
+                  f"{verdicts['uncertain']} uncertain, {verdicts['real']} real, "
+                  f"{verdicts['error']} unreadable; exit code {code}[/]")
+    raise typer.Exit(code)

@@ -1,0 +1,152 @@
+"""``aigdetect train``: the EXIF pretext, the faces pretext or the binary detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..binary_training import BinaryConfig, train_binary
+from ..checkpoint import CheckpointError
+from ..detectors import EXTRACTOR_FILE, default_model_dir
+from ..face_training import FaceTrainConfig, train_faces
+from ..training import TrainConfig, TrainingError, train
+from .common import err, fail
+
+
+def train_command(
+    photos: Path | None = typer.Argument(
+        None, help="Folder of real camera photos with EXIF (searched recursively), for the "
+        "EXIF pretext or --faces. Not used with --binary.", exists=True, file_okay=False),
+    output: Path = typer.Option(Path("model.pt"), "-o", "--output",
+                                help="Checkpoint to write (rewritten atomically every epoch)."),
+    binary: bool = typer.Option(False, "--binary", help="Train the binary detector (real vs "
+                                "AI) instead of the EXIF pretext: needs --real and --fake, or "
+                                "--csv."),
+    faces: bool = typer.Option(False, "--faces", help="Train the faces pretext instead: on the "
+                               "faces found in PHOTOS, rank ISO, aperture, exposure time and "
+                               "focal length, and tell original faces from manipulated ones."),
+    aligned: bool = typer.Option(False, "--aligned", help="--faces: the files are face crops "
+                                 "already; each whole image is one face (no detection)."),
+    debug_dir: Path | None = typer.Option(
+        None, "--debug-dir", file_okay=False, help="--faces: draw 8 training faces with their "
+        "regions and every manipulation as PNGs here (not inside PHOTOS), to check by eye."),
+    real: list[Path] = typer.Option([], "--real", exists=True, file_okay=False, help="--binary: "
+                                    "folder of real photos, repeatable. Put processed photos "
+                                    "(resized, recompressed, edited) here too."),
+    fake: list[Path] = typer.Option([], "--fake", exists=True, file_okay=False, help="--binary: "
+                                    "folder of AI images, repeatable; each folder is a "
+                                    "generator group, balanced against the others."),
+    labels: Path | None = typer.Option(None, "--csv", exists=True, dir_okay=False, help="--binary:"
+                                       " CSV of path,label[,group] (label real/ai) instead of, "
+                                       "or besides, folders."),
+    teacher: Path | None = typer.Option(None, help="--binary: the EXIF-trained extractor that "
+                                        "regularises the detector. Default: the shipped one."),
+    alpha: float = typer.Option(0.05, min=0.0, help="--binary: weight of the feature "
+                                "distillation loss (f1..f5) towards the teacher; 0 turns it off."),
+    freeze_extractor: bool = typer.Option(
+        False, "--freeze-extractor", help="--binary: keep the teacher's extractor as it is "
+        "and train the real/AI head only (the limit of strong distillation; for small "
+        "training sets)."),
+    epochs: int = typer.Option(20, min=1, help="Passes over the training photos."),
+    batch_size: int = typer.Option(16, min=2, help="Photos per step and per process; ranking "
+                                   "losses compare every pair in a batch."),
+    patches: int = typer.Option(16, min=1, help="Random crops per photo per step."),
+    patch_size: int = typer.Option(64, min=16, help="Crop side in pixels (native resolution, "
+                                   "never resized). A multiple of 8. --binary takes the "
+                                   "teacher's."),
+    lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW, warm-up then cosine)."),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay."),
+    workers: int = typer.Option(2, min=0, help="Image-decoding worker processes."),
+    seed: int = typer.Option(0, help="Random seed (crops, split, initialisation)."),
+    device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, "
+                               "cuda:1, mps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from --output's checkpoint "
+                                "(weights, optimiser, schedule, epoch)."),
+    val_fraction: float = typer.Option(0.15, min=0.0, max=0.9, help="Share of photos held out "
+                                       "for validation: whole camera models; --binary also "
+                                       "holds out that share of every AI group."),
+    ranking_loss: str = typer.Option("fidelity", help="Pairwise ranking loss for ordinal tags: "
+                                     "fidelity (bounded, robust) or bce."),
+    min_class_count: int = typer.Option(3, min=1, help="Categorical values seen fewer times "
+                                        "fold into 'other'."),
+    max_steps: int | None = typer.Option(None, min=1, help="Stop after this many steps "
+                                         "(checkpoint saved)."),
+    max_minutes: float | None = typer.Option(None, help="Stop after this much wall time "
+                                             "(checkpoint saved; --resume continues)."),
+    head_weight: list[str] = typer.Option([], help="Loss weight of one head, TAG=W (e.g. "
+                                          "model=0.5, or with --faces original=2); "
+                                          "repeatable. Default 1 for every head."),
+) -> None:
+    """Train the EXIF-pretext feature extractor, the faces pretext (--faces), or (--binary)
+    the binary detector.
+
+    **Pretext** (default): each photo's own EXIF is the label: the network classifies make,
+    model, flash, metering, white balance... and ranks aperture, exposure time, ISO and
+    focal length between photos. Validation holds out whole camera models.
+
+    **--faces** (arXiv 2501.02207): the same network on native crops of the frontal faces
+    found in PHOTOS (found once, cached beside -o): it ranks ISO, aperture, exposure time and
+    focal length, and an 'original' head scores faces above copies of themselves with a
+    flipped mouth or eye or a slight warp (half the samples). Photos without EXIF still
+    train that head. Check the manipulations first with --debug-dir.
+
+    **--binary**: a fresh extractor of the same architecture plus a real/AI head, on
+    scrambled native-resolution patches; loss = cross-entropy + alpha x feature distillation
+    towards the frozen EXIF-trained extractor. Both classes are augmented alike (down- and
+    upscaling, blur, sharpening, JPEG q60-100, crops) so format and size cannot decide; AI
+    groups are balanced.
+
+    For several GPUs or machines run the same command under **torchrun**.
+
+    Examples: `aigdetect train photos/ -o extractor.pt` ·
+    `aigdetect train --faces photos/ -o faces.pt --debug-dir faces-debug/` ·
+    `aigdetect train --binary --real photos/ --fake sdxl/ --fake mj/ -o binary.pt`
+    """
+    common = {"output": output, "epochs": epochs, "batch_size": batch_size, "patches": patches,
+              "patch_size": patch_size, "lr": lr, "weight_decay": weight_decay,
+              "workers": workers, "seed": seed, "device": device, "resume": resume,
+              "val_fraction": val_fraction, "max_steps": max_steps, "max_minutes": max_minutes}
+    if patch_size % 8:
+        fail(f"--patch-size {patch_size} is not a multiple of 8", "try 64 (the default)")
+    if faces and binary:
+        fail("--faces and --binary are two different trainings: choose one",
+             "aigdetect train --faces photos/ -o faces.pt")
+    if not faces and (aligned or debug_dir is not None):
+        fail("--aligned and --debug-dir apply to --faces only",
+             "aigdetect train --faces photos/ --debug-dir faces-debug/ -o faces.pt")
+    try:
+        if binary:
+            if photos is not None:
+                fail("--binary takes --real/--fake folders (or --csv), not a PHOTOS argument",
+                     f"aigdetect train --binary --real {photos} --fake generated/")
+            train_binary(BinaryConfig(real=real, fake=fake, labels_csv=labels, alpha=alpha,
+                                      freeze_extractor=freeze_extractor,
+                                      teacher=teacher or default_model_dir() / EXTRACTOR_FILE,
+                                      **common), err)
+        elif photos is None:
+            fail("give a folder of camera photos to train on",
+                 "aigdetect train photos/ -o extractor.pt   (or --faces, or --binary "
+                 "--real/--fake)")
+        elif faces:
+            train_faces(FaceTrainConfig(photos=photos, aligned=aligned, debug_dir=debug_dir,
+                                        head_weights=parse_head_weights(head_weight),
+                                        **common), err)
+        else:
+            train(TrainConfig(photos=photos, ranking_loss=ranking_loss,
+                              min_class_count=min_class_count,
+                              head_weights=parse_head_weights(head_weight), **common), err)
+    except (TrainingError, CheckpointError, ValueError) as error:
+        fail(str(error))
+
+
+def parse_head_weights(items: list[str]) -> dict[str, float]:
+    """``["model=0.5"]`` -> ``{"model": 0.5}``."""
+    weights: dict[str, float] = {}
+    for item in items:
+        tag, _, value = item.partition("=")
+        try:
+            weights[tag.strip()] = float(value)
+        except ValueError:
+            fail(f"--head-weight {item!r} is not TAG=NUMBER", "e.g. --head-weight model=0.5")
+    return weights
