@@ -58,11 +58,14 @@ def calibrate_folder(
     batch_size: int = 256,
     on_image: Callable[[int], None] | None = None,
     fake_paths: Sequence[Path] = (),
+    real_groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score ``real_paths`` with every detector of the folder, write the thresholds at
-    ``fpr`` (``calibration.json``) and the default detector (``detector.json``);
-    ``fake_paths`` (held-out AI images) set the fused detector's weights. Returns what
-    was written, for a summary."""
+    ``fpr`` (``calibration.json``) and the default detector (``detector.json``).
+
+    ``real_groups`` names each real photo's kind (its ``--real`` folder): every
+    threshold then holds on each kind. ``fake_paths`` (held-out AI images) set the
+    fused detector's weights. Returns what was written, for a summary."""
     if binary is not None:
         add_binary(folder_path, binary)
     folder = DetectorFolder.open(folder_path)
@@ -71,12 +74,19 @@ def calibrate_folder(
     if has_binary:
         parts.append(folder.build("binary", device, batch_size, uncalibrated_ok=True))
     reference = PretextReference(folder.path / EXTRACTOR_FILE, device, batch_size)
-    raw, unreadable = score_parts(parts, real_paths, folder, workers, on_image, reference)
-    count = len(raw["oneclass"])
+    raw, readable = score_parts(parts, real_paths, folder, workers, on_image, reference)
+    count, unreadable = len(readable), len(real_paths) - len(readable)
     if count < 20:
         raise DetectorError(f"only {count} readable real photos: a threshold at a stated "
                             "false-positive rate needs hundreds")
-    calibrations = {name: Calibration.fit(np.array(values), fpr) for name, values in raw.items()}
+    kinds = np.array([real_groups[i] for i in readable]) if real_groups is not None else None
+
+    def calibrated(scores: Sequence[float]) -> Calibration:
+        scores = np.asarray(scores)
+        groups = None if kinds is None else {kind: scores[kinds == kind] for kind in set(kinds)}
+        return Calibration.fit(scores, fpr, groups)
+
+    calibrations = {name: calibrated(values) for name, values in raw.items()}
     if fake_paths and not has_binary:
         raise DetectorError("--fake weights the fused detector's components: the folder needs "
                             "a binary detector too (add one with --binary)")
@@ -89,7 +99,7 @@ def calibrate_folder(
         fused = [fuse([(calibrations[name], raw[name][i]) for name in order],
                       None if weights is None else [weights[name] for name in order])
                  for i in range(count)]
-        calibrations["fused"] = Calibration.fit(np.array(fused), fpr)
+        calibrations["fused"] = calibrated(fused)
     default = default or ("fused" if has_binary else "oneclass")
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
@@ -103,21 +113,22 @@ def calibrate_folder(
 
 def score_parts(parts: Sequence[Detector], paths: Sequence[Path], folder: DetectorFolder,
                 workers: int, on_image: Callable[[int], None] | None = None,
-                reference: PretextReference | None = None) -> tuple[dict[str, list[float]], int]:
-    """Each component's raw score of every readable file, and the unreadable count."""
+                reference: PretextReference | None = None
+                ) -> tuple[dict[str, list[float]], list[int]]:
+    """Each component's raw score of every readable file, and which of ``paths``
+    those are (their indices)."""
     raw: dict[str, list[float]] = {part.name: [] for part in parts}
-    unreadable = 0
-    for prepared in prepare_stream(paths, folder.tiles(), workers):
-        if prepared.tiles is None:
-            unreadable += 1
-        else:
+    readable = []
+    for index, prepared in enumerate(prepare_stream(paths, folder.tiles(), workers)):
+        if prepared.tiles is not None:
+            readable.append(index)
             for part in parts:
                 raw[part.name].append(part.raw(prepared.tiles)[0])
             if reference is not None:
                 reference.add(prepared.tiles, prepared.path)
         if on_image is not None:
             on_image(1)
-    return raw, unreadable
+    return raw, readable
 
 
 def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],

@@ -9,7 +9,8 @@ the spread that turns a distance from the threshold into a 0..1 score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,19 +21,27 @@ UNCERTAIN_BAND = 0.5
 
 @dataclass
 class Calibration:
-    """Held-out real scores (sorted) and the threshold at ``fpr`` among them."""
+    """Held-out real scores (sorted) and the threshold at ``fpr`` among them.
+
+    ``groups`` are the same scores by kind of real photo (camera originals, processed
+    web photos...): the threshold is then the strictest of the groups' ``1 - fpr``
+    quantiles, so the promised rate holds on each kind, not only on their mix (where
+    a few processed photos among many originals could be flagged far more often).
+    """
 
     real_scores: np.ndarray
     fpr: float
     threshold: float
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, real_scores: np.ndarray, fpr: float) -> Calibration:
-        """Threshold = the (1 - fpr) quantile of the real photos' raw scores."""
-        scores = np.sort(np.asarray(real_scores, dtype=np.float64))
-        if len(scores) == 0 or not np.isfinite(scores).all():
-            raise ValueError("calibration needs finite scores of at least one real photo")
-        calibration = cls(scores, fpr, float("nan"))
+    def fit(cls, real_scores: np.ndarray, fpr: float,
+            groups: Mapping[str, np.ndarray] | None = None) -> Calibration:
+        """Threshold = the (1 - fpr) quantile of the real photos' raw scores (the
+        highest of each group's, when grouped)."""
+        scores = _finite_sorted(real_scores)
+        calibration = cls(scores, fpr, float("nan"),
+                          {name: _finite_sorted(g) for name, g in (groups or {}).items()})
         calibration.set_fpr(fpr)
         return calibration
 
@@ -41,7 +50,8 @@ class Calibration:
         if not 0.0 < fpr < 1.0:
             raise ValueError(f"fpr must be between 0 and 1, not {fpr}")
         self.fpr = float(fpr)
-        self.threshold = float(np.quantile(self.real_scores, 1.0 - fpr))
+        self.threshold = max(float(np.quantile(scores, 1.0 - fpr))
+                             for scores in (self.real_scores, *self.groups.values()))
 
     @property
     def centre(self) -> float:
@@ -80,14 +90,21 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"fpr": self.fpr, "threshold": self.threshold,
-                "real_scores": [float(s) for s in self.real_scores]}
+                "real_scores": [float(s) for s in self.real_scores],
+                "groups": {name: [float(s) for s in g] for name, g in self.groups.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        scores = np.sort(np.asarray(data["real_scores"], dtype=np.float64))
-        if scores.ndim != 1 or len(scores) == 0 or not np.isfinite(scores).all():
-            raise ValueError("calibration scores must be a non-empty list of finite numbers")
+        scores = _finite_sorted(data["real_scores"])
+        groups = {str(name): _finite_sorted(g) for name, g in data.get("groups", {}).items()}
         fpr, threshold = float(data["fpr"]), float(data["threshold"])
         if not (0.0 < fpr < 1.0 and np.isfinite(threshold)):
             raise ValueError(f"fpr {fpr} and threshold {threshold} must be finite, fpr in (0, 1)")
-        return cls(scores, fpr, threshold)
+        return cls(scores, fpr, threshold, groups)
+
+
+def _finite_sorted(values: Any) -> np.ndarray:
+    scores = np.sort(np.asarray(values, dtype=np.float64))
+    if scores.ndim != 1 or len(scores) == 0 or not np.isfinite(scores).all():
+        raise ValueError("calibration scores must be a non-empty list of finite numbers")
+    return scores

@@ -68,3 +68,22 @@ def test_rejects_empty_or_non_finite_scores(scores: list[float]) -> None:
 def test_rejects_impossible_fpr(fpr: float) -> None:
     with pytest.raises(ValueError):
         Calibration.fit(np.arange(10.0), fpr)
+
+
+def test_grouped_threshold_holds_on_each_kind_of_real_photo() -> None:
+    rng = np.random.default_rng(3)
+    originals, processed = rng.normal(0, 1, 400), rng.normal(1.5, 1, 40)
+    pooled = Calibration.fit(np.concatenate([originals, processed]), 0.05)
+    grouped = Calibration.fit(np.concatenate([originals, processed]), 0.05,
+                              {"photos": originals, "processed": processed})
+    # pooled: the few processed photos are flagged far more often than promised
+    assert np.mean(processed > pooled.threshold) > 0.2
+    assert np.mean(processed > grouped.threshold) <= 0.05
+    assert np.mean(originals > grouped.threshold) <= 0.05
+    assert grouped.threshold == pytest.approx(float(np.quantile(processed, 0.95)))
+    grouped.set_fpr(0.2)  # the groups are kept for a new rate too
+    assert grouped.threshold == pytest.approx(float(np.quantile(processed, 0.8)))
+    again = Calibration.from_dict(grouped.to_dict())
+    assert again.threshold == grouped.threshold
+    assert set(again.groups) == {"photos", "processed"}
+    np.testing.assert_array_equal(again.groups["processed"], np.sort(processed))

@@ -115,11 +115,13 @@ def calibrate_command(
     real: list[Path] = typer.Option(..., "--real", exists=True, file_okay=False,
                                     help="Folder of held-out real photos (never trained or "
                                     "fitted on); repeatable. Give camera originals and "
-                                    "processed (web, edited) photos."),
+                                    "processed (web, edited) photos in separate folders: "
+                                    "the --fpr then holds on each folder."),
     binary: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Binary "
                                        "detector checkpoint from 'aigdetect train --binary' "
                                        "to add to the folder."),
-    fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos."),
+    fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos of "
+                              "each --real folder (the strictest threshold is kept)."),
     default: str | None = typer.Option(None, help="Detector 'scan' uses by default: fused "
                                        "(when a binary detector is present), binary or "
                                        "oneclass."),
@@ -144,7 +146,8 @@ def calibrate_command(
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.05 for 5 %")
     if default is not None and default not in DETECTOR_NAMES:
         fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
-    paths = [p for d in real for p in walk_folder(d, parse_extensions(include))]
+    by_folder = [(p, str(d)) for d in real for p in walk_folder(d, parse_extensions(include))]
+    paths, kinds = [p for p, _ in by_folder], [kind for _, kind in by_folder]
     fakes = [p for d in fake for p in walk_folder(d, parse_extensions(include))]
     if not paths:
         fail("no images found in the --real folders")
@@ -155,7 +158,7 @@ def calibrate_command(
             written = calibrate_folder(folder, paths, fpr, pick_device(device), binary=binary,
                                        default=default, workers=workers,
                                        batch_size=batch_size, on_image=advance,
-                                       fake_paths=fakes)
+                                       fake_paths=fakes, real_groups=kinds)
         except (*LOAD_ERRORS, ValueError, OSError) as error:
             fail(str(error))
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in written["thresholds"].items())
