@@ -36,6 +36,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from shared_splits import link_binary_validation
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -214,9 +215,12 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
                   "--teacher", str(shipped / "extractor.pt"), "--epochs", str(args.epochs),
                   "--max-minutes", str(args.train_minutes), "--workers", str(args.workers),
                   *args.train_args.split())
+        # fusion weights from the AI images this training held out, as for the shipped model
+        link_binary_validation(train_csv, folder / "fusion-ai", seed=0)
         aigdetect("calibrate", str(folder), "--binary", str(folder / "train.best.pt"),
                   "--real", str(args.splits / "calibration/photos"),
-                  "--real", str(args.splits / "calibration/processed"), "--fpr", str(args.fpr))
+                  "--real", str(args.splits / "calibration/processed"),
+                  "--fake", str(folder / "fusion-ai"), "--fpr", str(args.fpr))
         sample = test_ai if not args.per_group or len(test_ai) <= args.per_group else sorted(
             random.Random(args.seed).sample(test_ai, args.per_group))
         fold_csv = write_csv(real_rows + sample, folder / "test.csv")
