@@ -291,6 +291,13 @@ def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _default_sigint() -> None:
+    """Give the scan Ctrl-C as a terminal would. A test run started in the background
+    (``cmd &`` without job control) ignores SIGINT, and an ignored SIGINT is inherited
+    across exec: the scan would never see the signal this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def scan_process(many: Path, tmp_path: Path, subprocess_env: dict[str, str]):
     """A real ``scan -f jsonl -o`` of :func:`many` with 2 workers, caught while it runs;
@@ -301,7 +308,8 @@ def scan_process(many: Path, tmp_path: Path, subprocess_env: dict[str, str]):
             "--workers", "2", "--patches", "1", "--quiet"]
     with open(log, "w") as stderr:  # a file, not a pipe: orphans would hold a pipe open
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr,
-                                   env=subprocess_env, start_new_session=True)
+                                   env=subprocess_env, start_new_session=True,
+                                   preexec_fn=_default_sigint)
     started = _wait(lambda: (out.is_file() and out.stat().st_size > 0)
                     or process.poll() is not None)
     workers = _children(process.pid)
