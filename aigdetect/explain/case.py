@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..calibration import UNCERTAIN_BAND, Calibration
 from ..detectors import Detector, Judgement
 from ..features import PreparedFace, TileSettings, prepare_image
@@ -50,12 +52,13 @@ class Explainer:
         judgement = self.detector.judge(prepared.tiles)
         case["verdict"] = {**self.verdict(judgement, prepared.notes),
                            "patches": len(prepared.tiles)}
-        case["heatmap"] = self.where(path, heatmap)
+        pixels = load_image(path, self.tiles.limits).pixels  # once, for every drawing
+        case["heatmap"] = self.where(pixels, path, heatmap)
         case["camera_traces"] = self.camera(prepared.tiles, path)
         if self.face_detector is not None:
             faces_png = heatmap.with_name(heatmap.name.replace(".heatmap.png", ".faces.png"))
-            case["faces"] = faces_case(self.face_detector, path, prepared.faces or [],
-                                       faces_png, self.tiles)
+            case["faces"] = faces_case(self.face_detector, pixels, path.name,
+                                       prepared.faces or [], faces_png)
         return case
 
 
@@ -73,9 +76,8 @@ class Explainer:
                            for name, summary in components.items()},
         }
 
-    def where(self, path: Path, heatmap: Path) -> dict[str, Any]:
+    def where(self, pixels: np.ndarray, path: Path, heatmap: Path) -> dict[str, Any]:
         """Per-tile evidence at native resolution, and the PNG map drawn from it."""
-        pixels = load_image(path, self.tiles.limits).pixels
         evidence = tile_evidence(self.detector, pixels, self.tiles.patch_size, self.map_tiles)
         draw_heatmap(pixels, evidence, heatmap, f"aigdetect explain: {unicode_safe(path.name)}")
         return {"file": str(heatmap), **evidence.to_dict()}
@@ -94,15 +96,14 @@ class Explainer:
                          "disagree when 50 or more points apart.")}
 
 
-def faces_case(detector: Detector, path: Path, faces: list[PreparedFace], drawing: Path,
-               tiles: TileSettings) -> dict[str, Any]:
+def faces_case(detector: Detector, pixels: np.ndarray, name: str, faces: list[PreparedFace],
+               drawing: Path) -> dict[str, Any]:
     """Each face's box and opinion, the image's face verdict (its most suspicious
-    face, as ``scan --faces``) and a PNG with the boxes drawn."""
+    face, as ``scan --faces``) and a PNG of ``pixels`` with the boxes drawn."""
     entries = [judge_face(face, detector) for face in faces]
     judged = [face for face in entries if "score" in face]
     verdict = max(judged, key=lambda f: f["score"])["verdict"] if judged else NO_FACE
-    pixels = load_image(path, tiles.limits).pixels
-    draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(path.name)}")
+    draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(name)}")
     return {"file": str(drawing), "detector": f"faces:{detector.name}", "verdict": verdict,
             "faces": entries}
 
