@@ -121,8 +121,11 @@ class LoadedDetector:
 def check_face_options(faces: bool, aligned: bool, face_model: Path | None,
                        threshold: float | None) -> None:
     """Face options need --faces; a raw --threshold belongs to one detector's scale."""
-    if (aligned or face_model is not None) and not faces:
-        fail("--aligned and --face-model go with --faces", "add --faces")
+    given = [option for option, used in (("--aligned", aligned),
+                                         ("--face-model", face_model is not None)) if used]
+    if given and not faces:
+        verb = "needs" if len(given) == 1 else "need"
+        fail(f"{' and '.join(given)} {verb} --faces", "add --faces")
     if faces and threshold is not None:
         fail("--threshold is a raw score of one detector; with --faces two detectors judge",
              "use --fpr, which sets both at one false-positive rate")

@@ -19,6 +19,7 @@ from .common import (
     BATCH_OPTION,
     DEVICE_OPTION,
     WORKERS_OPTION,
+    check_face_options,
     err,
     fail,
     progress_bar,
@@ -72,8 +73,7 @@ def fit_gmm_command(
     """
     shipped = default_model_dir() / FACES_DIR if faces else default_model_dir()
     extractor = extractor or shipped / EXTRACTOR_FILE
-    if aligned and not faces:
-        fail("--aligned goes with --faces", "add --faces")
+    check_face_options(faces, aligned, None, None)
     if components != "auto" and not components.isdigit():
         fail(f"--components {components!r} is neither a number nor 'auto'")
     if covariance not in ("full", "diag", "tied", "spherical"):
