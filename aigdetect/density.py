@@ -137,12 +137,16 @@ class RealPhotoDensity:
         return float(np.median(self.calibration_scores))
 
     def atypicality(self, features: np.ndarray) -> np.ndarray:
+        """Atypicality of each feature vector: the one-class detector's raw score."""
+        return self.atypicality_of(self.score_samples(features))
+
+    def atypicality_of(self, log_likelihoods: np.ndarray) -> np.ndarray:
         """Distance of each log-likelihood from the typical real one (higher = more
-        AI-like): the one-class detector's raw score."""
-        return np.abs(self.score_samples(features) - self.typical_log_likelihood)
+        AI-like)."""
+        return np.abs(np.asarray(log_likelihoods) - self.typical_log_likelihood)
 
     def _calibration_atypicality(self) -> np.ndarray:
-        return np.sort(np.abs(self.calibration_scores - self.typical_log_likelihood))
+        return np.sort(self.atypicality_of(self.calibration_scores))
 
     @property
     def calibration(self) -> Calibration:

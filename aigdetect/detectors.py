@@ -132,7 +132,7 @@ class OneClassDetector(SingleDetector):
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
         log_likelihood = float(self.density.score_samples(self.features(tiles)[None])[0])
-        return abs(log_likelihood - self.density.typical_log_likelihood), {
+        return float(self.density.atypicality_of(log_likelihood)), {
             "log_likelihood": log_likelihood}
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
