@@ -3,8 +3,9 @@
 The photos must be ones no detector of the folder was trained or fitted on,
 and should look like the evidence: camera originals *and* processed photos
 (resized, recompressed, edited), or processed photos will raise false alarms.
-Each detector (one-class, binary, and their fusion) gets its threshold at the
-same false-positive rate on the same photos, which makes them comparable.
+Each detector (one-class, binary, residual, and their fusion) gets its
+threshold at the same false-positive rate on the same photos, which makes them
+comparable.
 
 With held-out AI images too (``--fake``: generators the detectors were not
 trained on, or held-out images of those they were), the fused detector's
@@ -69,10 +70,9 @@ def calibrate_folder(
     if binary is not None:
         add_binary(folder_path, binary)
     folder = DetectorFolder.open(folder_path)
-    has_binary = (folder.path / BINARY_FILE).is_file()
-    parts = [folder.build("oneclass", device, batch_size)]
-    if has_binary:
-        parts.append(folder.build("binary", device, batch_size, uncalibrated_ok=True))
+    supervised = folder.supervised(uncalibrated_ok=True)
+    parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
+             for name in ("oneclass", *supervised)]
     reference = PretextReference(folder.path / EXTRACTOR_FILE, device, batch_size)
     raw, readable = score_parts(parts, real_paths, folder, workers, on_image, reference)
     count, unreadable = len(readable), len(real_paths) - len(readable)
@@ -87,20 +87,20 @@ def calibrate_folder(
         return Calibration.fit(scores, fpr, groups)
 
     calibrations = {name: calibrated(values) for name, values in raw.items()}
-    if fake_paths and not has_binary:
+    if fake_paths and not supervised:
         raise DetectorError("--fake weights the fused detector's components: the folder needs "
-                            "a binary detector too (add one with --binary)")
+                            "a supervised detector too (--binary, or 'aigdetect fit-residual')")
     weights, validation = None, None
-    if has_binary and fake_paths:
+    if supervised and fake_paths:
         fake, _ = score_parts(parts, fake_paths, folder, workers, on_image)
         weights, validation = fusion_weights(calibrations, raw, fake)
-    if has_binary:
+    if supervised:
         order = list(raw)
         fused = [fuse([(calibrations[name], raw[name][i]) for name in order],
                       None if weights is None else [weights[name] for name in order])
                  for i in range(count)]
         calibrations["fused"] = calibrated(fused)
-    default = default or ("fused" if has_binary else "oneclass")
+    default = default or ("fused" if supervised else "oneclass")
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
     info = {"fpr": fpr, "real_photos": count, "unreadable": unreadable,

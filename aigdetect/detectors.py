@@ -8,9 +8,12 @@ AI-like, and judges it with its :class:`~aigdetect.calibration.Calibration`
   density of real-photo features, i.e. how far its log-likelihood lies from the
   typical real photo's, either way (``extractor.pt`` + ``density.npz``).
 * ``binary``: the binary detector's logit, AI minus real (``binary.pt``).
-* ``fused``: the mean of its components' raw statistics, each standardised by
-  its own real-photo median and spread: it rises with every component, so
-  neither can be outvoted by a scale.
+* ``residual``: the log-odds of AI of a linear classifier on hand-crafted residual
+  statistics (``residual.npz``, see :mod:`aigdetect.residual_model`).
+* ``fused``: the weighted mean of its components' raw statistics (the one-class
+  detector and every supervised one the folder holds), each standardised by its
+  own real-photo median and spread: it rises with every component, so none can
+  be outvoted by a scale.
 
 A detector folder holds the weights, ``calibration.json`` (per detector: the
 held-out real scores and the threshold at a stated false-positive rate) and
@@ -38,19 +41,25 @@ from .density import DensityError, RealPhotoDensity
 from .faces import ENLARGE
 from .features import FaceSettings, FeatureExtractor, TileSettings
 from .files import atomic_write, file_sha256
+from .residual_model import ResidualClassifier, ResidualModelError
+from .residuals import residual_statistics
 
 EXTRACTOR_FILE = "extractor.pt"
 DENSITY_FILE = "density.npz"
 BINARY_FILE = "binary.pt"
+RESIDUAL_FILE = "residual.npz"
 CALIBRATION_FILE = "calibration.json"
 MANIFEST_FILE = "detector.json"
 MANIFEST_FORMAT = "aigdetect.detector-folder"
-DETECTOR_NAMES = ("oneclass", "binary", "fused")
+DETECTOR_NAMES = ("oneclass", "binary", "residual", "fused")
+#: Components the fused detector adds to the one-class one when the folder holds them.
+SUPERVISED = {"binary": BINARY_FILE, "residual": RESIDUAL_FILE}
 #: The one-class raw statistic that ``calibration.json`` thresholds were set on.
 ONECLASS_STATISTIC = "atypicality"
 #: The files that make a model, by the key their SHA-256 has in every record's ``model``.
 WEIGHT_FILES = {"extractor_sha256": EXTRACTOR_FILE, "density_sha256": DENSITY_FILE,
-                "binary_sha256": BINARY_FILE, "calibration_sha256": CALIBRATION_FILE}
+                "binary_sha256": BINARY_FILE, "residual_sha256": RESIDUAL_FILE,
+                "calibration_sha256": CALIBRATION_FILE}
 #: Tiles per image when a folder does not say otherwise.
 DEFAULT_TILES = 16
 #: The face detector's folder inside a detector folder (``scan --faces``).
@@ -164,6 +173,23 @@ class BinaryDetector(SingleDetector):
 
 
 @dataclass
+class ResidualDetector(SingleDetector):
+    """The residual classifier's log-odds of AI on the image's tile set."""
+
+    model: ResidualClassifier
+    calibration: Calibration
+    name: str = "residual"
+
+    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        return float(self.model.decision_function(residual_statistics(tiles)[None])[0]), {}
+
+    def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """The log-odds of each tile's own statistics."""
+        return self.model.decision_function(
+            np.stack([residual_statistics(tiles[i : i + 1]) for i in range(len(tiles))]))
+
+
+@dataclass
 class FusedDetector:
     """Weighted mean of the components' standardised raw statistics; keeps each opinion.
 
@@ -249,11 +275,17 @@ class DetectorFolder:
         names = []
         if (self.path / EXTRACTOR_FILE).is_file() and (self.path / DENSITY_FILE).is_file():
             names.append("oneclass")
-        if (self.path / BINARY_FILE).is_file() and "binary" in self.calibrations:
-            names.append("binary")
-        if len(names) == 2 and "fused" in self.calibrations:
+        names += [name for name, file in SUPERVISED.items()
+                  if (self.path / file).is_file() and name in self.calibrations]
+        if "oneclass" in names and len(names) > 1 and "fused" in self.calibrations:
             names.append("fused")
         return names
+
+    def supervised(self, uncalibrated_ok: bool = False) -> list[str]:
+        """The supervised detectors the folder holds (calibrated ones, unless
+        ``uncalibrated_ok``): the fused detector's components beside the one-class."""
+        return [name for name, file in SUPERVISED.items() if (self.path / file).is_file()
+                and (uncalibrated_ok or name in self.calibrations)]
 
     @property
     def default(self) -> str:
@@ -305,10 +337,19 @@ class DetectorFolder:
                 f"{', '.join(self.available) or 'nothing'}); add one with 'aigdetect calibrate'")
         if name == "binary":
             return self._binary(device, batch_size, uncalibrated_ok)
-        parts = [self._oneclass(device, batch_size),
-                 self._binary(device, batch_size, uncalibrated_ok)]
-        return FusedDetector(parts, self._calibration("fused", uncalibrated_ok),
-                             self.fusion_weights)
+        if name == "residual":
+            return self._residual(uncalibrated_ok)
+        parts = [self._oneclass(device, batch_size)]
+        for part in self.supervised(uncalibrated_ok):
+            parts.append(self._binary(device, batch_size, uncalibrated_ok) if part == "binary"
+                         else self._residual(uncalibrated_ok))
+        weights = self.fusion_weights
+        if weights is not None and set(weights) != {p.name for p in parts}:
+            if not uncalibrated_ok:
+                raise DetectorError(f"{self.path}: the fusion weights are for "
+                                    f"{', '.join(weights)}; run 'aigdetect calibrate' again")
+            weights = None
+        return FusedDetector(parts, self._calibration("fused", uncalibrated_ok), weights)
 
     def _calibration(self, name: str, uncalibrated_ok: bool) -> Calibration:
         if name in self.calibrations:
@@ -348,6 +389,13 @@ class DetectorFolder:
         return BinaryDetector(FeatureExtractor(model.extractor, device, batch_size),
                               model.head.to(device).eval(),
                               self._calibration("binary", uncalibrated_ok))
+
+    def _residual(self, uncalibrated_ok: bool) -> ResidualDetector:
+        if not (self.path / RESIDUAL_FILE).is_file():
+            raise DetectorError(f"{self.path} has no {RESIDUAL_FILE} (fit one with "
+                                "'aigdetect fit-residual')")
+        return ResidualDetector(ResidualClassifier.load(self.path / RESIDUAL_FILE),
+                                self._calibration("residual", uncalibrated_ok))
 
     def save_calibrations(self, calibrations: dict[str, Calibration], default: str,
                           info: dict[str, Any],
@@ -389,10 +437,12 @@ def _check_oneclass_statistic(path: Path, calibrations: dict[str, Calibration],
 
 
 def _fusion_weights(data: Any) -> dict[str, float] | None:
-    """``{"oneclass": w, "binary": w}`` with non-negative weights summing to 1, or None."""
+    """``{component: weight}`` with non-negative weights summing to 1, or None."""
     if data is None:
         return None
-    weights = {"oneclass": float(data["oneclass"]), "binary": float(data["binary"])}
+    weights = {str(name): float(weight) for name, weight in data.items()}
+    if not set(weights) <= {"oneclass", *SUPERVISED}:
+        raise ValueError(f"fusion weights for unknown components {sorted(weights)}")
     if min(weights.values()) < 0 or not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
         raise ValueError(f"fusion weights {weights} are not non-negative with sum 1")
     return weights
@@ -420,4 +470,4 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-LOAD_ERRORS = (DetectorError, DensityError, CheckpointError)
+LOAD_ERRORS = (DetectorError, DensityError, CheckpointError, ResidualModelError)

@@ -31,7 +31,8 @@ FORMATS = ("table", "json", "jsonl", "csv")
 MODEL_HASHES = tuple(WEIGHT_FILES)
 CSV_COLUMNS = (
     "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
-    "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "patches",
+    "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "residual_score",
+    "patches",
     "elapsed_ms", "detector", "model_name", "model_version", *MODEL_HASHES, "notes", "error",
     "size", "mtime_ns", "provenance", "faces", "image_score",
 )
@@ -148,6 +149,7 @@ def _csv_row(record: ScanRecord) -> dict[str, Any]:
                 **{key: model.get(key) for key in MODEL_HASHES},
                 oneclass_score=components.get("oneclass", {}).get("score"),
                 binary_score=components.get("binary", {}).get("score"),
+                residual_score=components.get("residual", {}).get("score"),
                 notes="; ".join(record.notes), provenance=_provenance(record),
                 faces=None if record.faces is None else len(record.faces),
                 image_score=_image_score(record))

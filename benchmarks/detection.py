@@ -12,14 +12,17 @@ Two modes:
   training photos, processed web photos, real faces; the AI families absent from
   the ``ship_ok`` training files (``latent-diffusion``, ``disco-diffusion``,
   ``stylegan-like-faces``). About 15 minutes on 2 CPU cores with ``--per-group 100``.
-* ``--logo FAMILY,...``: leave-one-generator-out retraining of the binary
-  detector: for each listed family, train on every other family
-  (``--train-minutes`` each), calibrate on the held-out calibration photos and
-  score that family alone. Slow on a CPU: pick a few folds.
+* ``--logo FAMILY,...``: leave-one-generator-out retraining: for each listed
+  family, train the supervised detectors (``--logo-train``: the binary detector,
+  ``--train-minutes`` each, and/or the residual detector, about a minute) on
+  every other family, calibrate on the held-out calibration photos and score that
+  family alone. The binary detector is slow on a CPU: pick a few folds; the
+  residual detector alone runs every fold in about 25 minutes.
 
     python benchmarks/shared_splits.py --out runs/splits
     python benchmarks/detection.py --per-group 100 --out runs/benchmark/shipped.json
     python benchmarks/detection.py --logo sd-1.5-finetunes --train-minutes 15
+    python benchmarks/detection.py --logo all --logo-train residual --detectors residual,fused
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from shared_splits import link_binary_validation
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CONDITIONS = ("asis", "matched", "web")
-DETECTORS = ("fused", "binary", "oneclass")
+DETECTORS = ("fused", "binary", "residual", "oneclass")
 #: Families too small to score alone are merged into one fold.
 SMALL_FAMILY = 30
 console = Console()
@@ -191,14 +194,16 @@ def family_folds(manifest: Path) -> dict[str, str]:
 
 
 def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) -> dict:
-    """Leave-one-generator-out: retrain the binary detector without each listed fold."""
+    """Leave-one-generator-out: retrain the supervised detectors without each listed fold."""
     folds = family_folds(SHARED / "manifest.csv")
+    retrain = args.logo_train.split(",")
     manifest = read_rows(SHARED / "manifest.csv")
     with open(args.splits / "train.csv", newline="") as handle:
         train_real = [r for r in csv.reader(handle) if r[1] == "real"]
     shipped = args.model or ROOT / "weights"
     results = {}
-    for fold in args.logo.split(","):
+    names = sorted(set(folds.values())) if args.logo == "all" else args.logo.split(",")
+    for fold in names:
         folder = args.work / f"logo-{fold}"
         folder.mkdir(parents=True, exist_ok=True)
         train_ai = [[str(SHARED / r["path"]), "ai", folds[r["family"]]] for r in manifest
@@ -210,14 +215,21 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
         train_csv = write_csv([tuple(r) for r in train_real + train_ai], folder / "train.csv")
         for name in ("extractor.pt", "density.npz"):
             shutil.copy(shipped / name, folder / name)
-        log.print(f"fold {fold}: training {args.train_minutes} min without it")
-        aigdetect("train", "--binary", "--csv", str(train_csv), "-o", str(folder / "train.pt"),
-                  "--teacher", str(shipped / "extractor.pt"), "--epochs", str(args.epochs),
-                  "--max-minutes", str(args.train_minutes), "--workers", str(args.workers),
-                  *args.train_args.split())
-        # fusion weights from the AI images this training held out, as for the shipped model
+        binary = []
+        if "binary" in retrain:
+            log.print(f"fold {fold}: training {args.train_minutes} min without it")
+            aigdetect("train", "--binary", "--csv", str(train_csv), "-o",
+                      str(folder / "train.pt"), "--teacher", str(shipped / "extractor.pt"),
+                      "--epochs", str(args.epochs), "--max-minutes", str(args.train_minutes),
+                      "--workers", str(args.workers), *args.train_args.split())
+            binary = ["--binary", str(folder / "train.best.pt")]
+        if "residual" in retrain:
+            aigdetect("fit-residual", str(folder), "--csv", str(train_csv),
+                      "--workers", str(max(args.workers, 1)))
+        # fusion weights from the AI images both trainings held out (one split function),
+        # as for the shipped model
         link_binary_validation(train_csv, folder / "fusion-ai", seed=0)
-        aigdetect("calibrate", str(folder), "--binary", str(folder / "train.best.pt"),
+        aigdetect("calibrate", str(folder), *binary,
                   "--real", str(args.splits / "calibration/photos"),
                   "--real", str(args.splits / "calibration/processed"),
                   "--fake", str(folder / "fusion-ai"), "--fpr", str(args.fpr))
@@ -238,12 +250,14 @@ def main() -> None:
     parser.add_argument("--test-dir", type=Path, help="a folder with real/<set>/ and "
                         "ai/<family>/ (default: <splits>/test)")
     parser.add_argument("--per-group", type=int, default=100, help="images per group (0: all)")
-    parser.add_argument("--detectors", default="fused,binary,oneclass")
+    parser.add_argument("--detectors", default=",".join(DETECTORS))
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "runs/benchmark/detection.json")
-    parser.add_argument("--logo", help="comma-separated folds to retrain without")
+    parser.add_argument("--logo", help="comma-separated folds to retrain without, or 'all'")
+    parser.add_argument("--logo-train", default="binary,residual",
+                        help="supervised detectors retrained per fold: binary, residual")
     parser.add_argument("--train-minutes", type=float, default=15.0)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train-args", default="--patches 8 --lr 5e-4 --alpha 0.05",

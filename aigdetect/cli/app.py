@@ -7,7 +7,7 @@ import typer
 from .. import __version__
 from .evaluate import evaluate_command
 from .explain import explain_command
-from .fit import calibrate_command, fit_gmm_command
+from .fit import calibrate_command, fit_gmm_command, fit_residual_command
 from .scan import scan_command
 from .train import train_command
 
@@ -41,6 +41,7 @@ def main(
 
 app.command("train")(train_command)
 app.command("fit-gmm")(fit_gmm_command)
+app.command("fit-residual")(fit_residual_command)
 app.command("calibrate")(calibrate_command)
 app.command("scan")(scan_command)
 app.command("evaluate")(evaluate_command)

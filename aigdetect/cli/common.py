@@ -69,8 +69,9 @@ MODEL_OPTION = typer.Option(
     None, "--model", help="Detector folder (weights, calibration.json, detector.json) from "
     "'aigdetect fit-gmm' and 'aigdetect calibrate'. Default: the one shipped with aigdetect.")
 DETECTOR_OPTION = typer.Option(
-    None, "--detector", "-d", help="binary, oneclass or fused (both, each standardised on "
-    "real photos, then averaged). Default: the model folder's default.")
+    None, "--detector", "-d", help="oneclass, binary, residual or fused (every one the "
+    "folder holds, each standardised on real photos, then a weighted mean). Default: the "
+    "model folder's default.")
 PATCHES_OPTION = typer.Option(
     None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
     f"(slowest) scan, up to {MAX_TILES}. Default: the count the detector was calibrated with; "

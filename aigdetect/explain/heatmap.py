@@ -26,6 +26,8 @@ GUIDE_NOTE = ("The verdict comes from the whole tile set; this map scores each t
 #: How each component's per-tile value reads, higher = more AI-like.
 MEANINGS = {
     "binary": "binary logit per tile (AI minus real); red = looks more AI-generated",
+    "residual": "residual classifier's log-odds of AI per tile (its noise statistics alone); "
+                "red = looks more AI-generated",
     "oneclass": "one-class strangeness per tile (distance of its log-likelihood from real "
                 "photos' typical one); red = less like the camera photos seen in training",
 }

@@ -1,0 +1,148 @@
+"""Hand-crafted residual statistics: how an image's pixels were made, without a network.
+
+High-pass residuals cancel image content, as in steganalysis's rich models
+(Fridrich & Kodovsky 2012); what remains is the trace of the pixels' making: a
+camera's sensor noise, demosaicing and JPEG grid, or a generator's upsampling
+and decoder. Pooled over an image's tiles, four kinds of statistics:
+
+* **co-occurrences** of quantised first-, second-order and 3x3 residuals of the
+  luma (SPAM features, Pevny et al. 2010): the local texture of the noise;
+* the residual's **power spectrum**: its radial profile, and the peaks (or
+  troughs) that upsampling by 2, 4 or 8 leaves at periods 2-8 px;
+* **colour**: how strongly the three channels' residuals correlate (a camera's
+  demosaicing couples them) and the residual energy on each phase of the 2x2
+  colour-filter grid and of the 8x8 JPEG grid;
+* the residual **energies** themselves (noise level).
+
+Every statistic is a ratio or a normalised count, so it does not depend on the
+number of tiles; a flat tile gives finite values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Quantised residuals are clipped to -T..T: (2T + 1)^2 co-occurrence bins.
+TRUNCATION = 2
+#: Width (in frequency bins) of each ring of the radial spectrum profile.
+RING_WIDTH = 2
+_EPS = 1e-6
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def residual_statistics(tiles: np.ndarray) -> np.ndarray:
+    """One float32 vector of residual statistics for an (N, 3, P, P) uint8 tile set."""
+    pixels = tiles.astype(np.float64)  # float32 rounding would flip quantisation ties
+    luma = np.einsum("nchw,c->nhw", pixels, _LUMA)
+    first_h, first_v = np.diff(luma, axis=2), np.diff(luma, axis=1)
+    second_h, second_v = np.diff(luma, 2, axis=2), np.diff(luma, 2, axis=1)
+    square = square_residual(luma)
+    parts = [cooccurrences(first_h, first_v, second_h, second_v, square),
+             spectrum_profile(square), upsampling_peaks(square),
+             colour_statistics(pixels, square),
+             np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)])]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def residual_dim(patch_size: int = 64) -> int:
+    """Length of :func:`residual_statistics`' vector for tiles of ``patch_size``."""
+    return len(residual_statistics(np.zeros((1, 3, patch_size, patch_size), np.uint8)))
+
+
+def square_residual(channel: np.ndarray) -> np.ndarray:
+    """The SRM SQUARE 3x3 residual of (N, H, W) planes, (N, H-2, W-2): what a pixel's
+    eight neighbours fail to predict."""
+    corners = channel[:, :-2, :-2] + channel[:, :-2, 2:] + channel[:, 2:, :-2] + channel[:, 2:, 2:]
+    sides = (channel[:, :-2, 1:-1] + channel[:, 2:, 1:-1]
+             + channel[:, 1:-1, :-2] + channel[:, 1:-1, 2:])
+    return (2 * sides - corners - 4 * channel[:, 1:-1, 1:-1]) / 4
+
+
+def cooccurrences(first_h: np.ndarray, first_v: np.ndarray, second_h: np.ndarray,
+                  second_v: np.ndarray, square: np.ndarray) -> np.ndarray:
+    """Normalised co-occurrence histograms of neighbouring quantised residuals, each
+    along its own direction, at two quantisation steps (fine noise, coarse texture)."""
+    histograms = []
+    for residual, axis, step in ((first_h, 2, 1), (first_v, 1, 1),
+                                 (second_h, 2, 2), (second_v, 1, 2)):
+        for scale in (step, 2 * step):
+            histograms.append(_normalised(pair_histogram(quantise(residual, scale), axis)))
+    for scale in (1, 2):
+        quantised = quantise(square, scale)
+        histograms.append(_normalised(pair_histogram(quantised, 2) + pair_histogram(quantised, 1)))
+    return np.concatenate(histograms)
+
+
+def quantise(residual: np.ndarray, step: float) -> np.ndarray:
+    return np.clip(np.round(residual / step), -TRUNCATION, TRUNCATION).astype(np.int64)
+
+
+def pair_histogram(quantised: np.ndarray, axis: int) -> np.ndarray:
+    """Counts of (value, next value along ``axis``) pairs: (2T + 1)^2 bins."""
+    levels = 2 * TRUNCATION + 1
+    length = quantised.shape[axis]
+    first = np.take(quantised, np.arange(length - 1), axis=axis) + TRUNCATION
+    second = np.take(quantised, np.arange(1, length), axis=axis) + TRUNCATION
+    return np.bincount((first * levels + second).ravel(), minlength=levels**2).astype(np.float64)
+
+
+def log_power_spectrum(residual: np.ndarray) -> np.ndarray:
+    """Log of the tiles' mean power spectrum of their (zero-mean) residual, (S, S)."""
+    centred = residual - residual.mean(axis=(1, 2), keepdims=True)
+    return np.log(np.mean(np.abs(np.fft.fft2(centred)) ** 2, axis=0) + _EPS)
+
+
+def _frequency_radius(size: int) -> np.ndarray:
+    folded = np.minimum(np.arange(size), size - np.arange(size))
+    return np.sqrt(folded[:, None] ** 2 + folded[None, :] ** 2)
+
+
+def spectrum_profile(residual: np.ndarray) -> np.ndarray:
+    """Mean log power in rings of frequency, relative to their mean: the residual's
+    colour (how smooth or grainy), whatever its level."""
+    spectrum = log_power_spectrum(residual)
+    radius = _frequency_radius(spectrum.shape[0])
+    rings = np.array([spectrum[(radius >= low) & (radius < low + RING_WIDTH)].mean()
+                      for low in range(0, spectrum.shape[0] // 2, RING_WIDTH)])
+    return rings - rings.mean()
+
+
+def upsampling_peaks(residual: np.ndarray) -> np.ndarray:
+    """Log power at periods 8, 4, 8/3 and 2 px (horizontal, vertical, diagonal),
+    each relative to its ring: the periodic trace of upsampling layers (a transposed
+    convolution adds power there, nearest-neighbour repetition removes it)."""
+    spectrum = log_power_spectrum(residual)
+    size = spectrum.shape[0]
+    radius = _frequency_radius(size)
+    peaks = []
+    for k in (size // 8, size // 4, 3 * size // 8, size // 2):
+        for row, column in ((0, k), (k, 0), (k, k)):
+            ring = spectrum[np.abs(radius - radius[row, column]) < 1.0].mean()
+            peaks.append(spectrum[row, column] - ring)
+    return np.array(peaks)
+
+
+def colour_statistics(pixels: np.ndarray, luma_residual: np.ndarray) -> np.ndarray:
+    """Channel-residual correlations (R-G, G-B, R-B), green residual energy on each
+    2x2 colour-filter phase, luma residual energy on each row and column phase of
+    the 8 px JPEG grid; energies as log ratios to their mean."""
+    channels = [square_residual(pixels[:, c]) for c in range(3)]
+    correlations = [_correlation(channels[a], channels[b]) for a, b in ((0, 1), (1, 2), (0, 2))]
+    green = channels[1]
+    cfa = np.array([np.mean(green[:, a::2, b::2] ** 2) for a in (0, 1) for b in (0, 1)])
+    grid = np.array([np.mean(luma_residual[:, a::8, :] ** 2) for a in range(8)]
+                    + [np.mean(luma_residual[:, :, b::8] ** 2) for b in range(8)])
+    return np.concatenate([correlations, _log_ratio(cfa), _log_ratio(grid)])
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(np.dot(a, b) / (np.sqrt(np.dot(a, a) * np.dot(b, b)) + _EPS))
+
+
+def _log_ratio(energies: np.ndarray) -> np.ndarray:
+    return np.log((energies + _EPS) / (energies.mean() + _EPS))
+
+
+def _normalised(histogram: np.ndarray) -> np.ndarray:
+    return histogram / max(histogram.sum(), 1.0)

@@ -1,0 +1,218 @@
+"""The residual detector: its statistics, its classifier, and fit-residual -> calibrate ->
+scan / explain through the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers_images import invoke, noise_array, noise_jpeg, smooth_png
+from typer.testing import CliRunner
+
+from aigdetect import weights as shipped_weights
+from aigdetect.cli import EXIT_USAGE
+from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
+from aigdetect.labelled import AI, REAL
+from aigdetect.residual_model import ResidualClassifier, ResidualModelError, group_weights
+from aigdetect.residuals import (
+    residual_dim,
+    residual_statistics,
+    square_residual,
+    upsampling_peaks,
+)
+
+TEACHER = Path(shipped_weights.__file__).parent / EXTRACTOR_FILE
+
+
+def tiles_of(pixels: np.ndarray, size: int = 64) -> np.ndarray:
+    """Non-overlapping (N, 3, size, size) tiles of an H x W x 3 array."""
+    rows, cols = pixels.shape[0] // size, pixels.shape[1] // size
+    return np.stack([pixels[r * size:(r + 1) * size, c * size:(c + 1) * size].transpose(2, 0, 1)
+                     for r in range(rows) for c in range(cols)])
+
+
+def test_statistics_have_a_fixed_length_and_stay_finite_on_flat_tiles() -> None:
+    noisy = tiles_of(noise_array((256, 128), 0))
+    flat = np.full((3, 3, 64, 64), 128, np.uint8)
+    for tiles in (noisy, flat, noisy[:1]):
+        vector = residual_statistics(tiles)
+        assert vector.shape == (residual_dim(),) and vector.dtype == np.float32
+        assert np.isfinite(vector).all()
+
+
+def test_statistics_pool_the_tile_set_whatever_its_order_and_count() -> None:
+    tiles = tiles_of(noise_array((256, 128), 1))
+    vector = residual_statistics(tiles)
+    np.testing.assert_allclose(residual_statistics(tiles[::-1]), vector, atol=1e-5)
+    np.testing.assert_allclose(residual_statistics(np.concatenate([tiles, tiles])), vector,
+                               atol=1e-5)
+
+
+def test_statistics_ignore_brightness() -> None:
+    """High-pass residuals cancel content: a uniform brightness shift changes nothing."""
+    pixels = np.random.default_rng(2).integers(40, 200, (128, 128, 3)).astype(np.uint8)
+    np.testing.assert_allclose(residual_statistics(tiles_of(pixels + 30)),
+                               residual_statistics(tiles_of(pixels)), atol=1e-4)
+
+
+def test_upsampling_marks_the_period_two_frequencies() -> None:
+    """Nearest-neighbour x2 upsampling cancels the residual's power at half the
+    sampling rate (pairs of equal pixels), far below white noise's."""
+    noise = np.random.default_rng(3).normal(0, 20, (4, 32, 32))
+    upsampled = noise.repeat(2, axis=1).repeat(2, axis=2)
+    white = np.random.default_rng(4).normal(0, 20, (4, 64, 64))
+    horizontal_vertical = slice(9, 11)  # period 2 px, along rows and along columns
+    gap = (upsampling_peaks(square_residual(white))[horizontal_vertical]
+           - upsampling_peaks(square_residual(upsampled))[horizontal_vertical])
+    assert (gap > 5.0).all()
+
+
+def test_group_weights_balance_classes_and_shrink_big_groups() -> None:
+    labels = np.array([REAL] * 10 + [AI] * 100 + [AI] * 4)
+    groups = np.array(["photos"] * 10 + ["big"] * 100 + ["small"] * 4)
+    weights = group_weights(labels, groups)
+    assert weights[labels == REAL].sum() == pytest.approx(weights[labels == AI].sum())
+    big, small = weights[groups == "big"].sum(), weights[groups == "small"].sum()
+    assert big / small == pytest.approx(np.sqrt(100 / 4))
+
+
+def test_classifier_learns_saves_and_loads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    shift = np.array([2.0, 0, 0, 0, 0, 0])
+    features = np.vstack([rng.normal(0, 1, (60, 6)), rng.normal(0, 1, (60, 6)) + shift])
+    features[:, 5] = 3.0  # a constant column must not break the standardisation
+    labels = np.array([REAL] * 60 + [AI] * 60)
+    model = ResidualClassifier(regularisation=1.0).fit(features, labels)
+    scores = model.decision_function(features)
+    assert scores[labels == AI].mean() > scores[labels == REAL].mean() + 1
+    model.provenance = {"note": "test"}
+    model.save(tmp_path / "residual.npz")
+    loaded = ResidualClassifier.load(tmp_path / "residual.npz")
+    np.testing.assert_allclose(loaded.decision_function(features), scores)
+    assert loaded.provenance == {"note": "test"}
+
+
+def test_classifier_refuses_what_is_not_its_file(tmp_path: Path) -> None:
+    np.savez(tmp_path / "other.npz", header=np.array("{}"))
+    (tmp_path / "text.npz").write_text("not an archive")
+    np.savez(tmp_path / "objects.npz", header=np.array([{"a": 1}], dtype=object))
+    for name in ("other.npz", "text.npz", "objects.npz", "missing.npz"):
+        with pytest.raises(ResidualModelError):
+            ResidualClassifier.load(tmp_path / name)
+    with pytest.raises(ResidualModelError, match="not fitted"):
+        ResidualClassifier().decision_function(np.zeros((1, 3)))
+
+
+# ---------------------------------------------------------------------------
+# end to end through the CLI
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def folder(runner: CliRunner, session_photo_folder: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """fit-gmm, fit-residual and calibrate (with held-out AI images) on small images."""
+    work = tmp_path_factory.mktemp("residual")
+    fake, held_real, held_fake = work / "fake", work / "held_real", work / "held_fake"
+    for i in range(8):
+        smooth_png(fake / f"f{i}.png", seed=300 + i)
+    for i in range(24):
+        noise_jpeg(held_real / f"h{i}.jpg", seed=500 + i)
+    for i in range(12):
+        smooth_png(held_fake / f"a{i}.png", seed=700 + i)
+    detector = work / "detector"
+    fit = invoke(runner, ["fit-gmm", session_photo_folder, "-o", detector, "--extractor",
+                          TEACHER, "--patches", "4", "--components", "1", "--pca-dim", "4",
+                          "--workers", "0", "--no-cache"])
+    assert fit.exit_code == 0, fit.stderr
+    residual = invoke(runner, ["fit-residual", detector, "--real", session_photo_folder,
+                               "--fake", fake, "--val-fraction", "0.25", "--workers", "0"])
+    calibrate = invoke(runner, ["calibrate", detector, "--real", held_real, "--fake",
+                                held_fake, "--fpr", "0.1", "--workers", "0"])
+    return {"residual": residual, "calibrate": calibrate, "folder": detector, "fake": fake,
+            "real": session_photo_folder, "work": work}
+
+
+def test_fit_residual_writes_a_model_with_its_provenance(folder: dict[str, Any]) -> None:
+    result = folder["residual"]
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "validation AUC" in result.stderr
+    model = ResidualClassifier.load(folder["folder"] / RESIDUAL_FILE)
+    provenance = model.provenance
+    assert provenance["config"]["variants"] == 2
+    assert sum(provenance["groups"].values()) == provenance["train_images"]
+    assert provenance["validation"]["images"] > 0
+
+
+def test_calibrate_weights_every_component(folder: dict[str, Any]) -> None:
+    result = folder["calibrate"]
+    assert result.exit_code == 0, result.stderr
+    stored = json.loads((folder["folder"] / "calibration.json").read_text())
+    assert set(stored["detectors"]) == {"oneclass", "residual", "fused"}
+    assert set(stored["fusion_weights"]) == {"oneclass", "residual"}
+    assert "residual_sha256" in stored["weights"]
+    assert DetectorFolder.open(folder["folder"]).available == ["oneclass", "residual", "fused"]
+
+
+@pytest.mark.parametrize("detector", ["residual", "fused"])
+def test_scan_with_the_residual_detector(runner: CliRunner, folder: dict[str, Any],
+                                         detector: str) -> None:
+    images = [folder["fake"] / "f0.png", next(folder["real"].rglob("*.jpg"))]
+    result = invoke(runner, ["scan", *images, "--model", folder["folder"], "--detector",
+                             detector, "-f", "json", "-q", "--workers", "0"])
+    assert result.exit_code in (0, 1), result.stderr
+    records = json.loads(result.stdout)["results"]
+    expected = {"residual": {"residual"}, "fused": {"oneclass", "residual"}}[detector]
+    for record in records:
+        assert record["detector"] == detector and set(record["components"]) == expected
+        assert (record["raw_score"] > record["threshold"]) == (record["score"] > 0.5)
+        assert "residual_sha256" in record["model"]
+    csv_out = invoke(runner, ["scan", *images, "--model", folder["folder"], "--detector",
+                              detector, "-f", "csv", "-q", "--workers", "0"])
+    header, *rows = csv_out.stdout.splitlines()
+    column = header.split(",").index("residual_score")
+    assert all(row.split(",")[column] for row in rows)
+
+
+def test_explain_maps_the_residual_detector_per_tile(runner: CliRunner, folder: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    result = invoke(runner, ["explain", folder["fake"] / "f1.png", "--model", folder["folder"],
+                             "-o", tmp_path / "out", "-f", "json", "-q"])
+    assert result.exit_code in (0, 1), result.stderr
+    heatmap = json.loads(result.stdout)["images"][0]["heatmap"]
+    assert "residual" in heatmap["meanings"]
+    assert all("residual_logit" in tile for tile in heatmap["tiles"])
+
+
+def test_a_residual_model_added_after_calibration_waits_for_it(
+    runner: CliRunner, folder: dict[str, Any], tmp_path: Path
+) -> None:
+    """Until 'calibrate' runs again, the new component has no threshold: the folder keeps
+    offering what was calibrated and says how to add the rest."""
+    copy = tmp_path / "copy"
+    shutil.copytree(folder["folder"], copy)
+    (copy / RESIDUAL_FILE).unlink()
+    stored = json.loads((copy / "calibration.json").read_text())
+    del stored["detectors"]["residual"], stored["weights"]["residual_sha256"]
+    stored["detectors"].pop("fused")
+    stored["fusion_weights"] = None
+    (copy / "calibration.json").write_text(json.dumps(stored))
+    shutil.copy(folder["folder"] / RESIDUAL_FILE, copy / RESIDUAL_FILE)
+    assert DetectorFolder.open(copy).available == ["oneclass"]
+    result = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "--detector",
+                             "residual", "-q"])
+    assert result.exit_code == EXIT_USAGE and "calibrate" in result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--fake", "FAKE"]])
+def test_fit_residual_usage_errors(runner: CliRunner, folder: dict[str, Any], tmp_path: Path,
+                                   args: list[str]) -> None:
+    args = [str(folder["fake"]) if a == "FAKE" else a for a in args]
+    result = invoke(runner, ["fit-residual", tmp_path / "out", *args, "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE
+    assert "error" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / RESIDUAL_FILE).exists()
