@@ -96,14 +96,14 @@ def test_json_schema(run: dict[str, Any]) -> None:
     assert {"aigdetect_version", "analysed_at", "command", "detector", "model",
             "output_dir", "images"} <= set(document)
     assert document["analysed_at"].endswith("+00:00")
-    assert {"extractor_sha256", "binary_sha256"} <= set(document["model"])
+    assert {"extractor_sha256", "binary_sha256", "residual_sha256"} <= set(document["model"])
     assert len(document["images"]) == 3
     for image in document["images"]:
         assert set(image) == CASE_KEYS
     verdict = case(run, "&.png")["verdict"]
     assert {"detector", "score", "raw_score", "threshold", "verdict", "percentile",
             "uncertain_band", "calibrated_fpr", "components", "patches"} <= set(verdict)
-    assert set(verdict["components"]) == {"oneclass", "binary"}
+    assert set(verdict["components"]) == {"oneclass", "binary", "residual"}
     low, high = verdict["uncertain_band"]
     assert low < verdict["threshold"] < high
     traces = case(run, "&.png")["camera_traces"]
