@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the shipped detector (weights/) and its model-card numbers from ../shared/data.
 # Exactly the commands recorded in weights/MODEL_CARD.md. On 2 CPU cores: about 1 h for
-# step 1 (kept from release 0.1: weights/extractor.pt), 45 min for step 3, 25 min for 5,
-# 30 min for 6.
+# step 1 (kept from release 0.1: weights/extractor.pt), 45 min for step 3, 25 min for 6,
+# 30 min for 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPLITS=runs/splits
@@ -28,14 +28,17 @@ for alpha in 0.05 0; do
 done
 wait
 
-# 4. thresholds at 5 % FPR on held-out ship_ok cameras and processed photos (each), fusion
-#    weights from the AI images the binary training held out; default fused
+# 4. the residual detector on the same files and validation split (20 s)
+aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2
+
+# 5. thresholds at 5 % FPR on held-out ship_ok cameras and processed photos (each), fusion
+#    weights from the AI images both trainings held out; default fused
 aigdetect calibrate runs/shipped --binary runs/binary-a0.05/binary.best.pt \
   --real "$SPLITS/calibration/photos" --real "$SPLITS/calibration/processed" \
   --fake "$SPLITS/fusion/ai" --fpr 0.05 --workers 1
-cp runs/shipped/{extractor.pt,density.npz,binary.pt,calibration.json,detector.json} weights/
+cp runs/shipped/{extractor.pt,density.npz,binary.pt,residual.npz,calibration.json,detector.json} weights/
 
-# 5. the face detector: face pretext on the ship_ok camera and face photos, density of their faces
+# 6. the face detector: face pretext on the ship_ok camera and face photos, density of their faces
 mkdir -p runs/facetrain runs/faces
 python - <<'PY'
 import csv, os
@@ -53,7 +56,7 @@ aigdetect fit-gmm runs/facetrain --faces --extractor runs/faces/faces.best.pt -o
   --fpr 0.05 --workers 1 --no-cache
 mkdir -p weights/faces && cp runs/faces/det/{extractor.pt,density.npz} weights/faces/
 
-# 6. the benchmarks on generators, cameras and faces never seen (model-card tables)
+# 7. the benchmarks on generators, cameras and faces never seen (model-card tables)
 python benchmarks/detection.py --per-group 100 --workers 1 --out runs/benchmark/shipped.json
 python benchmarks/faces.py --per-group 0 --workers 2 --out runs/benchmark/faces.json
 python benchmarks/face_counts.py
