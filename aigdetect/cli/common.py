@@ -8,7 +8,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -91,6 +91,24 @@ WORKERS_OPTION = typer.Option(2, min=0, help="Decoding worker processes (0 = dec
                               "main process).")
 BATCH_OPTION = typer.Option(256, min=8, help="Tiles per forward pass: memory and speed, "
                             "not scores.")
+
+
+# The labelled training data of the supervised detectors (train --binary, fit-residual).
+def real_folders_option(prefix: str = "") -> Any:
+    return typer.Option([], "--real", exists=True, file_okay=False, help=f"{prefix}folder of "
+                        "real photos, repeatable. Put processed photos (resized, "
+                        "recompressed, edited) here too.")
+
+
+def fake_folders_option(prefix: str = "") -> Any:
+    return typer.Option([], "--fake", exists=True, file_okay=False, help=f"{prefix}folder of "
+                        "AI images, repeatable; each folder is a generator group, balanced "
+                        "against the others.")
+
+
+def labels_csv_option(prefix: str = "") -> Any:
+    return typer.Option(None, "--csv", exists=True, dir_okay=False, help=f"{prefix}CSV of "
+                        "path,label[,group] (label real/ai) instead of, or besides, folders.")
 
 
 def parse_patches(text: str | None) -> int | None:

@@ -31,7 +31,10 @@ from .common import (
     check_face_options,
     err,
     fail,
+    fake_folders_option,
+    labels_csv_option,
     progress_bar,
+    real_folders_option,
 )
 
 
@@ -184,15 +187,9 @@ def calibrate_command(
 def fit_residual_command(
     output: Path = typer.Argument(..., file_okay=False, help="Detector folder to add "
                                   "residual.npz to (made if missing)."),
-    real: list[Path] = typer.Option([], "--real", exists=True, file_okay=False, help="Folder "
-                                    "of real photos, repeatable. Put processed photos "
-                                    "(resized, recompressed, edited) here too."),
-    fake: list[Path] = typer.Option([], "--fake", exists=True, file_okay=False, help="Folder "
-                                    "of AI images, repeatable; each folder is a generator "
-                                    "group, balanced against the others."),
-    labels: Path | None = typer.Option(None, "--csv", exists=True, dir_okay=False, help="CSV "
-                                       "of path,label[,group] (label real/ai) instead of, or "
-                                       "besides, folders."),
+    real: list[Path] = real_folders_option("Training data: "),
+    fake: list[Path] = fake_folders_option("Training data: "),
+    labels: Path | None = labels_csv_option("Training data: "),
     regularisation: float = typer.Option(0.1, "--c", min=1e-6, help="Inverse regularisation "
                                          "strength of the logistic regression (smaller = "
                                          "simpler model)."),

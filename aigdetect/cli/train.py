@@ -11,7 +11,13 @@ from ..checkpoint import CheckpointError
 from ..detectors import EXTRACTOR_FILE, default_model_dir
 from ..face_training import FaceTrainConfig, train_faces
 from ..training import TrainConfig, TrainingError, train
-from .common import err, fail
+from .common import (
+    err,
+    fail,
+    fake_folders_option,
+    labels_csv_option,
+    real_folders_option,
+)
 
 
 def train_command(
@@ -31,15 +37,9 @@ def train_command(
     debug_dir: Path | None = typer.Option(
         None, "--debug-dir", file_okay=False, help="--faces: draw 8 training faces with their "
         "regions and every manipulation as PNGs here (not inside PHOTOS), to check by eye."),
-    real: list[Path] = typer.Option([], "--real", exists=True, file_okay=False, help="--binary: "
-                                    "folder of real photos, repeatable. Put processed photos "
-                                    "(resized, recompressed, edited) here too."),
-    fake: list[Path] = typer.Option([], "--fake", exists=True, file_okay=False, help="--binary: "
-                                    "folder of AI images, repeatable; each folder is a "
-                                    "generator group, balanced against the others."),
-    labels: Path | None = typer.Option(None, "--csv", exists=True, dir_okay=False, help="--binary:"
-                                       " CSV of path,label[,group] (label real/ai) instead of, "
-                                       "or besides, folders."),
+    real: list[Path] = real_folders_option("--binary: "),
+    fake: list[Path] = fake_folders_option("--binary: "),
+    labels: Path | None = labels_csv_option("--binary: "),
     teacher: Path | None = typer.Option(None, help="--binary: the EXIF-trained extractor that "
                                         "regularises the detector. Default: the shipped one."),
     alpha: float = typer.Option(0.05, min=0.0, help="--binary: weight of the feature "
