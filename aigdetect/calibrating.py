@@ -103,7 +103,10 @@ def calibrate_folder(
     default = default or ("fused" if supervised else "oneclass")
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
+    group_sizes = ({str(kind): int(np.sum(kinds == kind)) for kind in sorted(set(kinds))}
+                   if kinds is not None else {"all": count})
     info = {"fpr": fpr, "real_photos": count, "unreadable": unreadable,
+            "group_sizes": group_sizes,
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "fusion_validation": validation, "pretext_reference": reference.summary()}
     folder.save_calibrations(calibrations, default, info, weights)

@@ -151,6 +151,9 @@ def test_fit_residual_writes_a_model_with_its_provenance(folder: dict[str, Any])
 def test_calibrate_weights_every_component(folder: dict[str, Any]) -> None:
     result = folder["calibrate"]
     assert result.exit_code == 0, result.stderr
+    # 24 photos at 10 %: the threshold rests on about 2 of them, and the user is told
+    said = " ".join(result.stderr.split())  # rich wraps long lines
+    assert "rests on about 2 of them" in said and "at least 100 per --real folder" in said
     stored = json.loads((folder["folder"] / "calibration.json").read_text())
     assert set(stored["detectors"]) == {"oneclass", "residual", "fused"}
     assert set(stored["fusion_weights"]) == {"oneclass", "residual"}

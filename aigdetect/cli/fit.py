@@ -1,10 +1,13 @@
-"""``aigdetect fit-gmm`` and ``aigdetect calibrate``: make and calibrate a detector folder."""
+"""``aigdetect fit-gmm``, ``fit-residual`` and ``calibrate``: make and calibrate a detector
+folder."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ..calibrating import calibrate_folder
 from ..checkpoint import CheckpointError
@@ -121,6 +124,10 @@ def fit_gmm_command(
         f"{len(folder.errors)} unreadable. Wrote {output}/")
 
 
+#: Fewer real photos than this above a threshold make its false-positive rate a guess.
+FEW_ABOVE_THRESHOLD = 10
+
+
 def calibrate_command(
     folder: Path = typer.Argument(..., exists=True, file_okay=False,
                                   help="Detector folder from 'aigdetect fit-gmm'."),
@@ -178,6 +185,13 @@ def calibrate_command(
     weighting = ("equal fusion weights" if weights is None else "fusion weights " + ", ".join(
         f"{n} {w:.2f}" for n, w in weights.items()) + " (validation AUC " + ", ".join(
         f"{n} {a:.3f}" for n, a in written["fusion_validation"]["auc"].items()) + ")")
+    for kind, size in written["group_sizes"].items():
+        if size * fpr < FEW_ABOVE_THRESHOLD:
+            err.print(f"[yellow]warning:[/] {escape(kind)}: {size} photos, so the {fpr:.0%} "
+                      f"threshold rests on about {size * fpr:.0f} of them; on new photos of "
+                      f"that kind the false-positive rate can be several times {fpr:.0%}. "
+                      f"Give at least {math.ceil(FEW_ABOVE_THRESHOLD / fpr)} per --real "
+                      "folder.", highlight=False)
     err.print(f"Calibrated on {written['real_photos']} real photos ({written['unreadable']} "
               f"unreadable) at {fpr:.1%} FPR: thresholds {thresholds}; {weighting}; default "
               f"detector {written['default']}. Wrote {folder}/calibration.json and "
