@@ -129,11 +129,13 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
         if not any(f.label == label for f in train):
             raise ResidualModelError(f"no {'real' if label == REAL else 'AI'} training images")
     features, labels, groups, unreadable = training_features(train, config, on_image)
+    skipped = len(unreadable)
     model = ResidualClassifier(config.regularisation, config.patch_size)
     model.fit(features, labels, group_weights(labels, groups))
     model.provenance = {
         "aigdetect_version": __version__, "config": vars(config).copy(),
-        "train_images": int(len(train) - unreadable), "unreadable": unreadable,
+        "train_images": len(train) - skipped, "unreadable": skipped,
+        "unreadable_files": dict(list(unreadable.items())[:20]),
         "groups": {g: int(np.sum(groups == g)) // config.variants for g in sorted(set(groups))},
         "validation": validate(model, held_out, config, on_image)}
     return model
@@ -141,15 +143,15 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
 
 def training_features(files: Sequence[LabelledFile], config: ResidualFitConfig,
                       on_image: Callable[[int], None] | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
     """Statistics of ``config.variants`` augmented copies of every readable file:
-    (features, labels, groups, number unreadable)."""
+    (features, labels, groups, {unreadable path: why})."""
     jobs = [(file.path, index, config) for index, file in enumerate(files)]
-    rows, labels, groups, unreadable = [], [], [], 0
+    rows, labels, groups, unreadable = [], [], [], {}
     for file, result in zip(files, _map(_augmented_statistics, jobs, config.workers, on_image),
                             strict=True):
-        if result is None:
-            unreadable += 1
+        if isinstance(result, str):
+            unreadable[file.path] = result
             continue
         rows.append(result)
         labels += [file.label] * len(result)
@@ -180,7 +182,7 @@ def validate(model: ResidualClassifier, files: Sequence[LabelledFile],
     scores, labels = [], []
     for file, result in zip(files, _map(_matched_statistics, jobs, config.workers, on_image),
                             strict=True):
-        if result is not None:
+        if not isinstance(result, str):
             scores.append(float(model.decision_function(result[None])[0]))
             labels.append(file.label)
     auc = roc_auc_score(labels, scores) if len(set(labels)) == 2 else None
@@ -203,12 +205,21 @@ def _counted(results, on_image: Callable[[int], None] | None):
         yield result
 
 
-def _augmented_statistics(job: tuple[str, int, ResidualFitConfig]) -> np.ndarray | None:
-    path, index, config = job
+def _read(path: str) -> np.ndarray | str:
+    """The file's pixels, or why it cannot be read (a bad file must not end a fit)."""
     try:
-        pixels = load_image(path).pixels
-    except ImageReadError:
-        return None
+        return load_image(path).pixels
+    except ImageReadError as error:
+        return str(error)
+    except Exception as error:  # a bug in a decoder must not end a fit either
+        return f"unexpected {type(error).__name__}: {error}"
+
+
+def _augmented_statistics(job: tuple[str, int, ResidualFitConfig]) -> np.ndarray | str:
+    path, index, config = job
+    pixels = _read(path)
+    if isinstance(pixels, str):
+        return pixels
     augmentation = Augmentation()
     rows = []
     for variant in range(config.variants):
@@ -218,10 +229,10 @@ def _augmented_statistics(job: tuple[str, int, ResidualFitConfig]) -> np.ndarray
     return np.stack(rows)
 
 
-def _matched_statistics(job: tuple[str, ResidualFitConfig]) -> np.ndarray | None:
+def _matched_statistics(job: tuple[str, ResidualFitConfig]) -> np.ndarray | str:
     path, config = job
-    try:
-        pixels = apply_processing(load_image(path).pixels, CONDITIONS["matched"])
-    except ImageReadError:
-        return None
+    pixels = _read(path)
+    if isinstance(pixels, str):
+        return pixels
+    pixels = apply_processing(pixels, CONDITIONS["matched"])
     return residual_statistics(grid_tiles(pixels, config.patch_size, config.tiles))

@@ -219,3 +219,18 @@ def test_fit_residual_usage_errors(runner: CliRunner, folder: dict[str, Any], tm
     assert result.exit_code == EXIT_USAGE
     assert "error" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / RESIDUAL_FILE).exists()
+
+
+def test_fit_residual_skips_an_unreadable_file_and_names_it(
+    runner: CliRunner, folder: dict[str, Any], tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake"
+    shutil.copytree(folder["fake"], fake)
+    (fake / "broken.png").write_bytes(b"not an image at all")
+    result = invoke(runner, ["fit-residual", tmp_path / "out", "--real", folder["real"],
+                             "--fake", fake, "--val-fraction", "0", "--workers", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert "skipped" in result.stderr and "broken.png" in result.stderr
+    provenance = ResidualClassifier.load(tmp_path / "out" / RESIDUAL_FILE).provenance
+    assert provenance["unreadable"] == 1
+    assert list(provenance["unreadable_files"]) == [str(fake / "broken.png")]

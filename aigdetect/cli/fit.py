@@ -24,6 +24,7 @@ from ..features import FaceSettings
 from ..files import parse_extensions, walk_folder
 from ..labelled import files_from_csv, files_from_folders
 from ..oneclass import fit_detector
+from ..report import printable
 from ..residual_model import ResidualFitConfig, ResidualModelError, fit_residual
 from ..runtime import pick_device
 from .common import (
@@ -236,6 +237,9 @@ def fit_residual_command(
             model = fit_residual(files, config, on_image=advance)
         except (ResidualModelError, ValueError) as error:
             fail(str(error))
+    for path, error in list(model.provenance["unreadable_files"].items())[:5]:
+        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(error)}",
+                  highlight=False)
     output.mkdir(parents=True, exist_ok=True)
     model.save(output / RESIDUAL_FILE)
     validation = model.provenance["validation"]
