@@ -73,7 +73,7 @@ def calibrate_folder(
     supervised = folder.supervised(uncalibrated_ok=True)
     parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
              for name in ("oneclass", *supervised)]
-    reference = PretextReference(folder.path / EXTRACTOR_FILE, device, batch_size)
+    reference = PretextReference(folder.path / EXTRACTOR_FILE, parts[0].features)
     raw, readable = score_parts(parts, real_paths, folder, workers, on_image, reference)
     count, unreadable = len(readable), len(real_paths) - len(readable)
     if count < 20:
@@ -166,11 +166,14 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
 class PretextReference:
     """The EXIF-pretext ranking scores of the calibration photos, and the values
     their own EXIF gives, per ordinal tag (ISO, aperture...): ``explain`` places an
-    image's scores and its claimed values among them, on the same photos."""
+    image's scores and its claimed values among them, on the same photos.
 
-    def __init__(self, extractor: Path, device: torch.device, batch_size: int) -> None:
+    ``features`` runs the same weights as ``extractor`` (the one-class detector's):
+    it keeps its last result, so each photo's feature is computed once for both."""
+
+    def __init__(self, extractor: Path, features: FeatureExtractor) -> None:
         self.model, _ = load_model(extractor, task=PRETEXT)
-        self.features = FeatureExtractor(self.model.extractor, device, batch_size)
+        self.features = features
         self.scores: dict[str, list[float]] = {t: [] for t in self.model.heads.ranking}
         self.values: dict[str, list[float]] = {t: [] for t in self.model.heads.ranking}
 

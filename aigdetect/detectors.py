@@ -222,6 +222,15 @@ class FusedDetector:
         return judgement
 
 
+def oneclass_features(detector: Detector) -> FeatureExtractor | None:
+    """The one-class component's running extractor (the folder's ``extractor.pt``),
+    if the detector has one: what reads the pretext heads can share it."""
+    for part in getattr(detector, "parts", [detector]):
+        if isinstance(part, OneClassDetector):
+            return part.features
+    return None
+
+
 def fuse(parts: list[tuple[Calibration, float]], weights: Sequence[float] | None = None) -> float:
     """Weighted mean (equal weights by default) of raw statistics, each standardised by
     its calibration: with non-negative weights it never falls as a component rises."""

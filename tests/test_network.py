@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS
+from aigdetect.features import FeatureExtractor
 from aigdetect.network import (
     CovariancePooling,
     ExifExtractor,
@@ -173,3 +175,18 @@ def test_config_round_trip():
     config = ExtractorConfig(width=16, patch_size=48)
     assert ExtractorConfig(**config.to_dict()) == config
     assert config.feature_dim == 136
+
+
+def test_feature_extractor_reads_the_same_tile_set_once() -> None:
+    """The one-class detector and the pretext heads share one extractor: a second call
+    with the very same tile array returns the kept feature without a forward pass."""
+    features = FeatureExtractor(ExifExtractor(ExtractorConfig(width=8, patch_size=32)),
+                                torch.device("cpu"))
+    passes = []
+    run = features._patch_vectors
+    features._patch_vectors = lambda tiles: passes.append(1) or run(tiles)
+    tiles = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    first = features(tiles)
+    assert features(tiles) is first and len(passes) == 1
+    again = features(tiles.copy())  # equal pixels, another array: computed again
+    assert len(passes) == 2 and np.allclose(again, first)

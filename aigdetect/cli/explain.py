@@ -15,7 +15,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
-from ..detectors import EXTRACTOR_FILE, LOAD_ERRORS, DetectorFolder, default_model_dir
+from ..detectors import (
+    EXTRACTOR_FILE,
+    LOAD_ERRORS,
+    Detector,
+    DetectorFolder,
+    default_model_dir,
+    oneclass_features,
+)
 from ..explain.case import EXPLAIN_SCHEMA_VERSION, Explainer
 from ..explain.consistency import PretextReader
 from ..explain.console import print_document
@@ -91,7 +98,8 @@ def explain_command(
     loaded = load_detector(model, detector_name, device, None, 256)
     if faces:
         loaded = with_faces(loaded, face_model, device, 256, aligned)
-    explainer = Explainer(loaded.detector, loaded.tiles, load_pretext(model, device), map_tiles,
+    explainer = Explainer(loaded.detector, loaded.tiles,
+                          load_pretext(model, device, loaded.detector), map_tiles,
                           loaded.face_detector)
     cases = []
     with progress_bar(len(files), "explaining", disable=quiet) as advance:
@@ -167,13 +175,15 @@ def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path]
              "write reports outside the evidence")
 
 
-def load_pretext(model: Path | None, device: str) -> PretextReader | None:
+def load_pretext(model: Path | None, device: str, detector: Detector) -> PretextReader | None:
     """The folder's EXIF-pretext model with its heads and the calibration photos'
-    ranking reference, or None (said in the report)."""
+    ranking reference, or None (said in the report). It shares the detector's
+    one-class extractor (the same weights) when there is one."""
     path = (model or default_model_dir()) / EXTRACTOR_FILE
     try:
         reference = DetectorFolder.open(model).pretext_reference
-        return PretextReader.load(path, pick_device(device), reference)
+        return PretextReader.load(path, pick_device(device), reference,
+                                  oneclass_features(detector))
     except (*LOAD_ERRORS, OSError, ValueError, RuntimeError) as error:
         err.print(f"[yellow]warning:[/] no camera-trace reading: {escape(first_line(error))}",
                   highlight=False)

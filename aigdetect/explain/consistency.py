@@ -48,9 +48,12 @@ class PretextReader:
 
     @classmethod
     def load(cls, path: Path, device: torch.device,
-             reference: dict[str, dict[str, list[float]]] | None = None) -> PretextReader:
+             reference: dict[str, dict[str, list[float]]] | None = None,
+             features: FeatureExtractor | None = None) -> PretextReader:
+        """``features``: a running extractor of the same weights (the one-class
+        detector's) to share, so each image's feature is computed once."""
         model, meta = load_model(path, task=PRETEXT)
-        return cls(model, meta, FeatureExtractor(model.extractor, device), reference)
+        return cls(model, meta, features or FeatureExtractor(model.extractor, device), reference)
 
     @torch.inference_mode()
     def read(self, tiles: np.ndarray, image: Path) -> list[dict[str, Any]]:
