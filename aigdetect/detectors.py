@@ -284,8 +284,7 @@ class DetectorFolder:
         names = []
         if (self.path / EXTRACTOR_FILE).is_file() and (self.path / DENSITY_FILE).is_file():
             names.append("oneclass")
-        names += [name for name, file in SUPERVISED.items()
-                  if (self.path / file).is_file() and name in self.calibrations]
+        names += self.supervised()
         if "oneclass" in names and len(names) > 1 and "fused" in self.calibrations:
             names.append("fused")
         return names
@@ -344,14 +343,11 @@ class DetectorFolder:
             raise DetectorError(
                 f"{self.path} has no calibrated {name} detector (it offers: "
                 f"{', '.join(self.available) or 'nothing'}); add one with 'aigdetect calibrate'")
-        if name == "binary":
-            return self._binary(device, batch_size, uncalibrated_ok)
-        if name == "residual":
-            return self._residual(uncalibrated_ok)
+        if name in SUPERVISED:
+            return self._supervised(name, device, batch_size, uncalibrated_ok)
         parts = [self._oneclass(device, batch_size)]
-        for part in self.supervised(uncalibrated_ok):
-            parts.append(self._binary(device, batch_size, uncalibrated_ok) if part == "binary"
-                         else self._residual(uncalibrated_ok))
+        parts += [self._supervised(part, device, batch_size, uncalibrated_ok)
+                  for part in self.supervised(uncalibrated_ok)]
         weights = self.fusion_weights
         if weights is not None and set(weights) != {p.name for p in parts}:
             if not uncalibrated_ok:
@@ -398,6 +394,12 @@ class DetectorFolder:
         return BinaryDetector(FeatureExtractor(model.extractor, device, batch_size),
                               model.head.to(device).eval(),
                               self._calibration("binary", uncalibrated_ok))
+
+    def _supervised(self, name: str, device: torch.device, batch_size: int,
+                    uncalibrated_ok: bool) -> Detector:
+        if name == "binary":
+            return self._binary(device, batch_size, uncalibrated_ok)
+        return self._residual(uncalibrated_ok)
 
     def _residual(self, uncalibrated_ok: bool) -> ResidualDetector:
         if not (self.path / RESIDUAL_FILE).is_file():
