@@ -28,7 +28,7 @@ from .binary_data import Augmentation, BinaryDataset, split_for_validation
 from .checkpoint import BINARY, PRETEXT, ModelMeta, load_model
 from .engine import EngineConfig, TrainingError, run_training
 from .files import file_sha256
-from .labelled import AI, REAL, LabelledFile, files_from_csv, files_from_folders
+from .labelled import AI, REAL, LabelledFile, labelled_files
 from .losses import feature_distillation_loss
 from .network import ExifExtractor, stage_features
 from .runtime import Distributed
@@ -87,12 +87,10 @@ class BinaryTask:
 
     def prepare(self, console: Console, dist: Distributed) -> None:
         c = self.config
-        files = files_from_folders(c.real, c.fake)
-        if c.labels_csv is not None:
-            try:
-                files += files_from_csv(c.labels_csv)
-            except OSError as error:
-                raise TrainingError(f"cannot read {c.labels_csv}: {error.strerror}") from None
+        try:
+            files = labelled_files(c.real, c.fake, c.labels_csv)
+        except OSError as error:
+            raise TrainingError(f"cannot read {c.labels_csv}: {error.strerror}") from None
         for label, words in ((REAL, "real (--real DIR)"), (AI, "AI (--fake DIR)")):
             if sum(f.label == label for f in files) < 2:
                 raise TrainingError(f"fewer than 2 {words} images: the binary detector needs "

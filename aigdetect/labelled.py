@@ -38,6 +38,14 @@ def files_from_folders(real: Sequence[Path], fake: Sequence[Path],
     return files
 
 
+def labelled_files(real: Sequence[Path], fake: Sequence[Path], labels_csv: Path | None = None,
+                   extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[LabelledFile]:
+    """The ``--real`` / ``--fake`` folders' images, then the ``--csv`` rows if given.
+    Raises OSError if the CSV cannot be read, ValueError if a row is malformed."""
+    files = files_from_folders(real, fake, extensions)
+    return files + (files_from_csv(labels_csv) if labels_csv is not None else [])
+
+
 def files_from_csv(path: Path) -> list[LabelledFile]:
     """``path,label[,group]`` rows; relative paths are read from the CSV's folder.
     Without a group column each label is one group."""

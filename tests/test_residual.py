@@ -211,10 +211,12 @@ def test_a_residual_model_added_after_calibration_waits_for_it(
     assert result.exit_code == EXIT_USAGE and "calibrate" in result.stderr
 
 
-@pytest.mark.parametrize("args", [[], ["--fake", "FAKE"]])
+@pytest.mark.parametrize("args", [[], ["--fake", "FAKE"], ["--csv", "BAD_CSV"]])
 def test_fit_residual_usage_errors(runner: CliRunner, folder: dict[str, Any], tmp_path: Path,
                                    args: list[str]) -> None:
-    args = [str(folder["fake"]) if a == "FAKE" else a for a in args]
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("path,label\nx.jpg,maybe\n")
+    args = [{"FAKE": str(folder["fake"]), "BAD_CSV": str(bad_csv)}.get(a, a) for a in args]
     result = invoke(runner, ["fit-residual", tmp_path / "out", *args, "--workers", "0"])
     assert result.exit_code == EXIT_USAGE
     assert "error" in result.stderr and "Traceback" not in result.stderr

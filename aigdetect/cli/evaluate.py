@@ -17,7 +17,7 @@ from ..evaluation import (
     plot_roc,
 )
 from ..files import parse_extensions
-from ..labelled import files_from_csv, files_from_folders
+from ..labelled import labelled_files
 from ..patches import CONDITIONS
 from ..report import write_evaluation
 from ..scanning import NO_FACE, ScanRecord, scan
@@ -82,9 +82,7 @@ def evaluate_command(
     if condition not in CONDITIONS:
         fail(f"--condition {condition!r} is not one of {', '.join(CONDITIONS)}")
     try:
-        files = files_from_folders(real, [], parse_extensions(include))
-        files += files_from_folders([], fake, parse_extensions(include))
-        files += files_from_csv(labels) if labels is not None else []
+        files = labelled_files(real, fake, labels, parse_extensions(include))
     except (OSError, ValueError) as error:
         fail(f"--csv: {error}")
     groups = labelled_sets(files)

@@ -22,7 +22,7 @@ from ..detectors import (
 )
 from ..features import FaceSettings
 from ..files import parse_extensions, walk_folder
-from ..labelled import files_from_csv, files_from_folders
+from ..labelled import labelled_files
 from ..oneclass import fit_detector
 from ..report import printable
 from ..residual_model import ResidualFitConfig, ResidualModelError, fit_residual
@@ -226,7 +226,10 @@ def fit_residual_command(
     `aigdetect fit-residual my-detector/ --real photos/ --real web/ --fake sdxl/ --fake mj/`
     then `aigdetect calibrate my-detector/ --real held-out/ --fake held-out-ai/`
     """
-    files = files_from_folders(real, fake) + (files_from_csv(labels) if labels else [])
+    try:
+        files = labelled_files(real, fake, labels)
+    except (OSError, ValueError) as error:
+        fail(f"--csv: {error}")
     if not files:
         fail("no training images: give --real and --fake folders, or --csv",
              "aigdetect fit-residual my-detector/ --real photos/ --fake generated/")
