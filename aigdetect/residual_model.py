@@ -50,7 +50,6 @@ class ResidualClassifier:
     """
 
     regularisation: float = 0.1
-    patch_size: int = 64
     mean_: np.ndarray | None = None
     scale_: np.ndarray | None = None
     coef_: np.ndarray | None = None
@@ -81,7 +80,7 @@ class ResidualClassifier:
         if self.coef_ is None:
             raise ResidualModelError("the residual classifier is not fitted")
         header = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                  "regularisation": self.regularisation, "patch_size": self.patch_size,
+                  "regularisation": self.regularisation,
                   "intercept": self.intercept_, "provenance": self.provenance}
         with atomic_write(Path(path)) as temporary, open(temporary, "wb") as handle:
             np.savez(handle, header=np.array(json.dumps(header)), mean=self.mean_,
@@ -101,8 +100,8 @@ class ResidualClassifier:
             raise ResidualModelError(f"{path}: not an aigdetect residual detector file")
         if header.get("format_version", 0) > FORMAT_VERSION:
             raise ResidualModelError(f"{path}: written by a newer aigdetect; upgrade to read it")
-        return cls(regularisation=header["regularisation"], patch_size=header["patch_size"],
-                   mean_=arrays["mean"], scale_=arrays["scale"], coef_=arrays["coef"],
+        return cls(regularisation=header["regularisation"], mean_=arrays["mean"],
+                   scale_=arrays["scale"], coef_=arrays["coef"],
                    intercept_=float(header["intercept"]), provenance=header["provenance"])
 
 
@@ -130,7 +129,7 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
             raise ResidualModelError(f"no {'real' if label == REAL else 'AI'} training images")
     features, labels, groups, unreadable = training_features(train, config, on_image)
     skipped = len(unreadable)
-    model = ResidualClassifier(config.regularisation, config.patch_size)
+    model = ResidualClassifier(config.regularisation)
     model.fit(features, labels, group_weights(labels, groups))
     model.provenance = {
         "aigdetect_version": __version__, "config": vars(config).copy(),
