@@ -37,8 +37,9 @@ def residual_statistics(tiles: np.ndarray) -> np.ndarray:
     first_h, first_v = np.diff(luma, axis=2), np.diff(luma, axis=1)
     second_h, second_v = np.diff(luma, 2, axis=2), np.diff(luma, 2, axis=1)
     square = square_residual(luma)
+    spectrum = log_power_spectrum(square)
     parts = [cooccurrences(first_h, first_v, second_h, second_v, square),
-             spectrum_profile(square), upsampling_peaks(square),
+             spectrum_profile(spectrum), upsampling_peaks(spectrum),
              colour_statistics(pixels, square),
              np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)])]
     return np.concatenate(parts).astype(np.float32)
@@ -97,21 +98,20 @@ def _frequency_radius(size: int) -> np.ndarray:
     return np.sqrt(folded[:, None] ** 2 + folded[None, :] ** 2)
 
 
-def spectrum_profile(residual: np.ndarray) -> np.ndarray:
-    """Mean log power in rings of frequency, relative to their mean: the residual's
-    colour (how smooth or grainy), whatever its level."""
-    spectrum = log_power_spectrum(residual)
+def spectrum_profile(spectrum: np.ndarray) -> np.ndarray:
+    """Mean log power (of :func:`log_power_spectrum`) in rings of frequency, relative to
+    their mean: the residual's colour (how smooth or grainy), whatever its level."""
     radius = _frequency_radius(spectrum.shape[0])
     rings = np.array([spectrum[(radius >= low) & (radius < low + RING_WIDTH)].mean()
                       for low in range(0, spectrum.shape[0] // 2, RING_WIDTH)])
     return rings - rings.mean()
 
 
-def upsampling_peaks(residual: np.ndarray) -> np.ndarray:
-    """Log power at periods 8, 4, 8/3 and 2 px (horizontal, vertical, diagonal),
-    each relative to its ring: the periodic trace of upsampling layers (a transposed
-    convolution adds power there, nearest-neighbour repetition removes it)."""
-    spectrum = log_power_spectrum(residual)
+def upsampling_peaks(spectrum: np.ndarray) -> np.ndarray:
+    """Log power (of :func:`log_power_spectrum`) at periods 8, 4, 8/3 and 2 px
+    (horizontal, vertical, diagonal), each relative to its ring: the periodic trace of
+    upsampling layers (a transposed convolution adds power there, nearest-neighbour
+    repetition removes it)."""
     size = spectrum.shape[0]
     radius = _frequency_radius(size)
     peaks = []

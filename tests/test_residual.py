@@ -19,6 +19,7 @@ from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
 from aigdetect.labelled import AI, REAL
 from aigdetect.residual_model import ResidualClassifier, ResidualModelError, group_weights
 from aigdetect.residuals import (
+    log_power_spectrum,
     residual_dim,
     residual_statistics,
     square_residual,
@@ -66,8 +67,9 @@ def test_upsampling_marks_the_period_two_frequencies() -> None:
     upsampled = noise.repeat(2, axis=1).repeat(2, axis=2)
     white = np.random.default_rng(4).normal(0, 20, (4, 64, 64))
     horizontal_vertical = slice(9, 11)  # period 2 px, along rows and along columns
-    gap = (upsampling_peaks(square_residual(white))[horizontal_vertical]
-           - upsampling_peaks(square_residual(upsampled))[horizontal_vertical])
+    gap = (upsampling_peaks(log_power_spectrum(square_residual(white)))[horizontal_vertical]
+           - upsampling_peaks(log_power_spectrum(square_residual(upsampled)))[
+               horizontal_vertical])
     assert (gap > 5.0).all()
 
 
