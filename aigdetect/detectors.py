@@ -42,7 +42,7 @@ from .faces import ENLARGE
 from .features import FaceSettings, FeatureExtractor, TileSettings
 from .files import atomic_write, file_sha256
 from .residual_model import ResidualClassifier, ResidualModelError
-from .residuals import residual_statistics
+from .residuals import residual_dim, residual_statistics
 
 EXTRACTOR_FILE = "extractor.pt"
 DENSITY_FILE = "density.npz"
@@ -405,8 +405,14 @@ class DetectorFolder:
         if not (self.path / RESIDUAL_FILE).is_file():
             raise DetectorError(f"{self.path} has no {RESIDUAL_FILE} (fit one with "
                                 "'aigdetect fit-residual')")
-        return ResidualDetector(ResidualClassifier.load(self.path / RESIDUAL_FILE),
-                                self._calibration("residual", uncalibrated_ok))
+        model = ResidualClassifier.load(self.path / RESIDUAL_FILE)
+        computed = residual_dim(model.provenance.get("config", {}).get("patch_size", 64))
+        if len(model.coef_) != computed:
+            raise DetectorError(
+                f"{self.path / RESIDUAL_FILE} was fitted on {len(model.coef_)} residual "
+                f"statistics; this aigdetect computes {computed}. Refit it with "
+                "'aigdetect fit-residual', then run 'aigdetect calibrate' again")
+        return ResidualDetector(model, self._calibration("residual", uncalibrated_ok))
 
     def save_calibrations(self, calibrations: dict[str, Calibration], default: str,
                           info: dict[str, Any],

@@ -10,9 +10,16 @@ and decoder. Pooled over an image's tiles, four kinds of statistics:
 * the residual's **power spectrum**: its radial profile, and the peaks (or
   troughs) that upsampling by 2, 4 or 8 leaves at periods 2-8 px;
 * **colour**: how strongly the three channels' residuals correlate (a camera's
-  demosaicing couples them) and the residual energy on each phase of the 2x2
-  colour-filter grid and of the 8x8 JPEG grid;
+  demosaicing couples them);
 * the residual **energies** themselves (noise level).
+
+Deliberately left out: the residual energy on each phase of the 8x8 JPEG grid
+and of the 2x2 colour-filter grid. They read the file's compression history
+and the camera's pipeline, which tell a camera JPEG from a PNG render (format,
+not generation) and did not transfer to unseen sources: in cross-validation
+holding out whole source repositories and whole generator families they cost
+0.02 mean AUC (0.821 without, 0.803 with; 0.754 against 0.713 on small images
+enlarged for the web).
 
 Every statistic is a ratio or a normalised count, so it does not depend on the
 number of tiles; a flat tile gives finite values.
@@ -40,7 +47,7 @@ def residual_statistics(tiles: np.ndarray) -> np.ndarray:
     spectrum = log_power_spectrum(square)
     parts = [cooccurrences(first_h, first_v, second_h, second_v, square),
              spectrum_profile(spectrum), upsampling_peaks(spectrum),
-             colour_statistics(pixels, square),
+             channel_correlations(pixels),
              np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)])]
     return np.concatenate(parts).astype(np.float32)
 
@@ -122,26 +129,16 @@ def upsampling_peaks(spectrum: np.ndarray) -> np.ndarray:
     return np.array(peaks)
 
 
-def colour_statistics(pixels: np.ndarray, luma_residual: np.ndarray) -> np.ndarray:
-    """Channel-residual correlations (R-G, G-B, R-B), green residual energy on each
-    2x2 colour-filter phase, luma residual energy on each row and column phase of
-    the 8 px JPEG grid; energies as log ratios to their mean."""
+def channel_correlations(pixels: np.ndarray) -> np.ndarray:
+    """Correlations of the R-G, G-B and R-B residuals of (N, 3, H, W) pixels."""
     channels = [square_residual(pixels[:, c]) for c in range(3)]
-    correlations = [_correlation(channels[a], channels[b]) for a, b in ((0, 1), (1, 2), (0, 2))]
-    green = channels[1]
-    cfa = np.array([np.mean(green[:, a::2, b::2] ** 2) for a in (0, 1) for b in (0, 1)])
-    grid = np.array([np.mean(luma_residual[:, a::8, :] ** 2) for a in range(8)]
-                    + [np.mean(luma_residual[:, :, b::8] ** 2) for b in range(8)])
-    return np.concatenate([correlations, _log_ratio(cfa), _log_ratio(grid)])
+    return np.array([_correlation(channels[a], channels[b]) for a, b in ((0, 1), (1, 2), (0, 2))])
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     return float(np.dot(a, b) / (np.sqrt(np.dot(a, a) * np.dot(b, b)) + _EPS))
 
-
-def _log_ratio(energies: np.ndarray) -> np.ndarray:
-    return np.log((energies + _EPS) / (energies.mean() + _EPS))
 
 
 def _normalised(histogram: np.ndarray) -> np.ndarray:
