@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from aigdetect import weights as shipped_weights
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
+from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL
 from aigdetect.residual_model import ResidualClassifier, ResidualModelError, group_weights
 from aigdetect.residuals import (
@@ -238,3 +239,24 @@ def test_fit_residual_skips_an_unreadable_file_and_names_it(
     provenance = ResidualClassifier.load(tmp_path / "out" / RESIDUAL_FILE).provenance
     assert provenance["unreadable"] == 1
     assert list(provenance["unreadable_files"]) == [str(fake / "broken.png")]
+
+
+def test_a_residual_model_of_another_statistics_count_is_refused(
+    runner: CliRunner, folder: dict[str, Any], tmp_path: Path
+) -> None:
+    """A model fitted by an aigdetect that computed other statistics would score nonsense:
+    scan refuses it and says how to refit."""
+    copy = tmp_path / "copy"
+    shutil.copytree(folder["folder"], copy)
+    model = ResidualClassifier.load(copy / RESIDUAL_FILE)
+    model.mean_, model.scale_, model.coef_ = (np.append(a, 0.0) for a in
+                                              (model.mean_, model.scale_, model.coef_))
+    model.save(copy / RESIDUAL_FILE)
+    stored = json.loads((copy / "calibration.json").read_text())
+    stored["weights"]["residual_sha256"] = file_sha256(copy / RESIDUAL_FILE)
+    (copy / "calibration.json").write_text(json.dumps(stored))
+    result = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "--detector",
+                             "residual", "-q"])
+    assert result.exit_code == EXIT_USAGE, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"{residual_dim() + 1} residual statistics" in said and "fit-residual" in said
