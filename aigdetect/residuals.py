@@ -6,7 +6,10 @@ camera's sensor noise, demosaicing and JPEG grid, or a generator's upsampling
 and decoder. Pooled over an image's tiles, four kinds of statistics:
 
 * **co-occurrences** of quantised first-, second-order and 3x3 residuals of the
-  luma (SPAM features, Pevny et al. 2010): the local texture of the noise;
+  luma (SPAM features, Pevny et al. 2010): the local texture of the noise; and
+  of first-order residuals again after 2x2 and 4x4 averaging, where a
+  generator's decoder leaves traces that outlive the resizing which erases the
+  pixel-level ones;
 * the residual's **power spectrum**: its radial profile, and the peaks (or
   troughs) that upsampling by 2, 4 or 8 leaves at periods 2-8 px;
 * **colour**: how strongly the three channels' residuals correlate (a camera's
@@ -16,7 +19,8 @@ and decoder. Pooled over an image's tiles, four kinds of statistics:
 Chosen by cross-validation on the training data alone: real photos held out by
 whole source repository and AI images by whole generator family, each fold
 scored under matched processing, web processing and small crops enlarged for
-the web (numbers: the model card). Deliberately left out: the residual energy
+the web (numbers: the model card). The coarse co-occurrences raised its mean
+AUC from 0.834 to 0.868. Deliberately left out: the residual energy
 on each phase of the 8x8 JPEG grid and of the 2x2 colour-filter grid. They read
 the file's compression history and the camera's pipeline, which tell a camera
 JPEG from a PNG render (format, not generation), and they did not transfer:
@@ -34,6 +38,8 @@ import numpy as np
 TRUNCATION = 2
 #: Width (in frequency bins) of each ring of the radial spectrum profile.
 RING_WIDTH = 2
+#: Averaging factors of the coarse co-occurrences (tiles are cropped to a multiple).
+COARSE_FACTORS = (2, 4)
 _EPS = 1e-6
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -47,6 +53,7 @@ def residual_statistics(tiles: np.ndarray) -> np.ndarray:
     square = square_residual(luma)
     spectrum = log_power_spectrum(square)
     parts = [cooccurrences(first_h, first_v, second_h, second_v, square),
+             coarse_cooccurrences(luma),
              spectrum_profile(spectrum), upsampling_peaks(spectrum),
              channel_correlations(pixels),
              np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)])]
@@ -83,6 +90,28 @@ def cooccurrences(first_h: np.ndarray, first_v: np.ndarray, second_h: np.ndarray
         quantised = quantise(square, scale)
         histograms.append(_normalised(pair_histogram(quantised, 2) + pair_histogram(quantised, 1)))
     return np.sqrt(np.concatenate(histograms))
+
+
+def coarse_cooccurrences(luma: np.ndarray) -> np.ndarray:
+    """Square roots of normalised co-occurrence histograms of first-order residuals
+    of (N, H, W) planes averaged over 2x2 and 4x4 blocks, at two quantisation steps."""
+    histograms = []
+    for factor in COARSE_FACTORS:
+        coarse = block_mean(luma, factor)
+        for axis in (2, 1):
+            residual = np.diff(coarse, axis=axis)
+            for step in (1, 2):
+                histograms.append(_normalised(pair_histogram(quantise(residual, step), axis)))
+    return np.sqrt(np.concatenate(histograms))
+
+
+def block_mean(planes: np.ndarray, factor: int) -> np.ndarray:
+    """(N, H, W) planes averaged over ``factor`` x ``factor`` blocks."""
+    count, height, width = planes.shape
+    height, width = height - height % factor, width - width % factor
+    blocks = planes[:, :height, :width].reshape(count, height // factor, factor,
+                                                width // factor, factor)
+    return blocks.mean(axis=(2, 4))
 
 
 def quantise(residual: np.ndarray, step: float) -> np.ndarray:
