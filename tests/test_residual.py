@@ -3,8 +3,11 @@ scan / explain through the CLI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +263,48 @@ def test_a_residual_model_of_another_statistics_count_is_refused(
     assert result.exit_code == EXIT_USAGE, result.stderr
     said = " ".join(result.stderr.split())
     assert f"{residual_dim() + 1} residual statistics" in said and "fit-residual" in said
+
+
+# ---------------------------------------------------------------------------
+# benchmarks/residual_selection.py: the cross-validation that chooses the statistics
+# ---------------------------------------------------------------------------
+
+SELECTION = Path(__file__).resolve().parents[1] / "benchmarks" / "residual_selection.py"
+
+
+def test_selection_deals_whole_repositories_into_balanced_folds() -> None:
+    spec = importlib.util.spec_from_file_location("residual_selection", SELECTION)
+    selection = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(selection)
+    sources = ["real:a"] * 5 + ["real:b"] * 4 + ["real:c"] * 3 + ["real:d"] * 2 + ["ai:x"] * 9
+    folds = selection.real_folds(sources, 3)
+    assert sorted(set().union(*folds)) == ["real:a", "real:b", "real:c", "real:d"]
+    assert sum(len(f) for f in folds) == 4  # each repository in exactly one fold
+    sizes = sorted(sum(sources.count(s) for s in fold) for fold in folds)
+    assert sizes == [4, 5, 5]
+
+
+def test_selection_runs_on_a_tiny_manifest(tmp_path: Path,
+                                           subprocess_env: dict[str, str]) -> None:
+    """Held-out repositories and families through the script, end to end."""
+    rows = []
+    for repo in range(3):
+        for i in range(3):
+            path = noise_jpeg(tmp_path / "photos" / f"r{repo}_{i}.jpg", seed=40 * repo + i)
+            rows.append([path.relative_to(tmp_path), "real", f"repo{repo}", ""])
+    for family in ("sd-1.x", "sd-1.5-finetunes"):
+        for i in range(3):
+            path = smooth_png(tmp_path / "ai" / f"{family}_{i}.png", seed=900 + i)
+            rows.append([path.relative_to(tmp_path), "ai", "gen", family])
+    (tmp_path / "manifest.csv").write_text("path,kind,source_repo,family,ship_ok\n" + "".join(
+        f"{p},{k},{r},{f},yes\n" for p, k, r, f in rows))
+    out = tmp_path / "selection.json"
+    done = subprocess.run([sys.executable, SELECTION, "--manifest", tmp_path / "manifest.csv",
+                           "--regularisation", "0.1,1", "--workers", "1", "--out", out],
+                          capture_output=True, text=True, env=subprocess_env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    stored = json.loads(out.read_text())
+    assert stored["files"] == 15 and stored["statistics"] == residual_dim()
+    for result in stored["results"].values():
+        assert set(result) == {"matched", "web", "small-web", "mean"}
+        assert all(0.0 <= value <= 1.0 for value in result.values())

@@ -143,8 +143,8 @@ def calibrate_command(
     fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos of "
                               "each --real folder (the strictest threshold is kept)."),
     default: str | None = typer.Option(None, help="Detector 'scan' uses by default: fused "
-                                       "(when a binary detector is present), binary or "
-                                       "oneclass."),
+                                       "(when a supervised detector is present), binary, "
+                                       "residual or oneclass."),
     device: str = DEVICE_OPTION,
     workers: int = WORKERS_OPTION,
     batch_size: int = BATCH_OPTION,
@@ -156,9 +156,9 @@ def calibrate_command(
 ) -> None:
     """Set every detector's threshold at one false-positive rate on held-out real photos.
 
-    Scores the photos with the one-class detector, the binary detector (if the folder has
-    one, or --binary adds it) and their fusion, and writes calibration.json and
-    detector.json into the folder. Example:
+    Scores the photos with every detector the folder holds (one-class; binary if it has
+    one or --binary adds it; residual after 'aigdetect fit-residual') and their fusion,
+    and writes calibration.json and detector.json into the folder. Example:
     `aigdetect calibrate my-detector/ --binary binary.pt --real held-out/ --real web/
     --fake held-out-ai/`
     """
