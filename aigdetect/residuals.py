@@ -16,11 +16,12 @@ and decoder. Pooled over an image's tiles, four kinds of statistics:
   demosaicing couples them);
 * the residual **energies** themselves (noise level).
 
-Chosen by cross-validation on the training data alone: real photos held out by
-whole source repository and AI images by whole generator family, each fold
-scored under matched processing, web processing and small crops enlarged for
-the web (numbers: the model card). The coarse co-occurrences raised its mean
-AUC from 0.834 to 0.868. Deliberately left out: the residual energy
+Chosen by cross-validation on the training data alone
+(``benchmarks/residual_selection.py``: real photos held out by whole source
+repository and AI images by whole generator family, each fold scored under
+matched processing, web processing and small crops enlarged for the web; every
+step in the model card). The coarse co-occurrences raised its mean AUC from
+0.834 to 0.868. Deliberately left out: the residual energy
 on each phase of the 8x8 JPEG grid and of the 2x2 colour-filter grid. They read
 the file's compression history and the camera's pipeline, which tell a camera
 JPEG from a PNG render (format, not generation), and they did not transfer:

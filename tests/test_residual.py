@@ -23,7 +23,10 @@ from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL
 from aigdetect.residual_model import ResidualClassifier, ResidualModelError, group_weights
 from aigdetect.residuals import (
+    coarse_cooccurrences,
     log_power_spectrum,
+    pair_histogram,
+    quantise,
     residual_dim,
     residual_statistics,
     square_residual,
@@ -62,6 +65,20 @@ def test_statistics_ignore_brightness() -> None:
     pixels = np.random.default_rng(2).integers(40, 200, (128, 128, 3)).astype(np.uint8)
     np.testing.assert_allclose(residual_statistics(tiles_of(pixels + 30)),
                                residual_statistics(tiles_of(pixels)), atol=1e-4)
+
+
+def test_coarse_cooccurrences_see_the_image_before_a_2x_enlargement() -> None:
+    """After 2x2 averaging, a nearest-neighbour 2x enlargement is undone: the coarse
+    histograms at factor 2 are the pixel-level first-order ones of the original."""
+    small = np.random.default_rng(6).normal(128, 3, (2, 32, 32))
+    enlarged = small.repeat(2, axis=1).repeat(2, axis=2)
+    expected = []
+    for axis in (2, 1):
+        for step in (1, 2):
+            histogram = pair_histogram(quantise(np.diff(small, axis=axis), step), axis)
+            expected.append(np.sqrt(histogram / histogram.sum()))
+    factor_two = coarse_cooccurrences(enlarged)[:sum(len(h) for h in expected)]
+    np.testing.assert_allclose(factor_two, np.concatenate(expected), atol=1e-12)
 
 
 def test_upsampling_marks_the_period_two_frequencies() -> None:
