@@ -28,7 +28,8 @@ for alpha in 0.05 0; do
 done
 wait
 
-# 4. the residual detector on the same files and validation split (20 s)
+# 4. the residual detector on the same files and validation split (about 1 min; its
+#    statistics were chosen by benchmarks/residual_selection.py)
 aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2
 
 # 5. thresholds at 5 % FPR on held-out ship_ok cameras and processed photos (each), fusion
