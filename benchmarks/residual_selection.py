@@ -7,10 +7,11 @@ holds out **whole source repositories** of real photos (camera and processed)
 and **one whole generator family** (sd-1.5-finetunes, sd-1.x, the small
 families together), so it measures transfer to unseen sources and generators,
 as the benchmark does, without touching its files. The model is fitted as
-``aigdetect fit-residual`` fits it (same augmentation, 2 variants, square-root
-group weights) and scored under three processings of the held-out images:
-``matched`` and ``web`` (as in the benchmark) and ``small-web`` (a 256 px
-centre crop enlarged for the web: small AI images are often upscaled).
+``aigdetect fit-residual`` fits it (its own training statistics: the same
+augmentation and variants; square-root group weights) and scored under three
+processings of the held-out images: ``matched`` and ``web`` (as in the
+benchmark) and ``small-web`` (a 256 px centre crop enlarged for the web: small
+AI images are often upscaled).
 
     python benchmarks/residual_selection.py --regularisation 0.1,1
 
@@ -27,15 +28,20 @@ import json
 import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from aigdetect.binary_data import Augmentation
-from aigdetect.labelled import AI, REAL
+from aigdetect.labelled import AI, REAL, LabelledFile
 from aigdetect.patches import CONDITIONS, Processing, apply_processing, grid_tiles, load_image
-from aigdetect.residual_model import ResidualClassifier, ResidualFitConfig, group_weights
+from aigdetect.residual_model import (
+    ResidualClassifier,
+    ResidualFitConfig,
+    group_weights,
+    training_features,
+)
 from aigdetect.residuals import residual_dim, residual_statistics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -44,9 +50,9 @@ REAL_FOLDS = 3
 CONFIG = ResidualFitConfig()
 
 
-def shippable_files(manifest: Path) -> list[tuple[str, int, str]]:
-    """(path, label, source): real camera and processed photos by repository, AI
-    images by family (the small families merged)."""
+def shippable_files(manifest: Path) -> list[LabelledFile]:
+    """Real camera and processed photos grouped by repository, AI images by family
+    (the small families merged)."""
     files = []
     with open(manifest, newline="") as handle:
         for row in csv.DictReader(handle):
@@ -55,9 +61,9 @@ def shippable_files(manifest: Path) -> list[tuple[str, int, str]]:
             path = str(manifest.parent / row["path"])
             if row["kind"] == "ai":
                 family = row["family"] if row["family"] in BIG_FAMILIES else "small families"
-                files.append((path, AI, f"ai:{family}"))
+                files.append(LabelledFile(path, AI, f"ai:{family}"))
             elif row["path"].startswith(("photos/", "processed/")):
-                files.append((path, REAL, f"real:{row['source_repo']}"))
+                files.append(LabelledFile(path, REAL, f"real:{row['source_repo']}"))
     return files
 
 
@@ -83,24 +89,18 @@ PROCESSINGS = {
 }
 
 
-def statistics(job: tuple[str, int]) -> dict[str, np.ndarray] | None:
-    """The file's augmented training statistics and its statistics under each
-    processing; None when it cannot be read."""
-    path, index = job
+def processed_statistics(path: str) -> dict[str, np.ndarray] | None:
+    """The file's statistics under each processing; None when it cannot be read."""
     try:
         pixels = load_image(path).pixels
     except Exception:  # a bad file is left out of the selection, not fatal
         return None
-    augmentation, tiles = Augmentation(), CONFIG.tiles
-    out = {"train": np.stack([
-        residual_statistics(grid_tiles(augmentation(
-            pixels, np.random.default_rng([CONFIG.seed, index, variant]), CONFIG.patch_size),
-            CONFIG.patch_size, tiles)) for variant in range(CONFIG.variants)])}
+    out = {}
     for name, steps in PROCESSINGS.items():
         processed = pixels
         for step in steps:
             processed = apply_processing(processed, step)
-        out[name] = residual_statistics(grid_tiles(processed, CONFIG.patch_size, tiles))
+        out[name] = residual_statistics(grid_tiles(processed, CONFIG.patch_size, CONFIG.tiles))
     return out
 
 
@@ -109,11 +109,12 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, sources:
     """Mean AUC per processing over every (AI family, real fold) pair held out."""
     aucs: dict[str, list[float]] = defaultdict(list)
     families = sorted({s for s in sources if s.startswith("ai:")})
+    folds = real_folds(list(sources), REAL_FOLDS)
     for family in families:
-        for fold in real_folds(list(sources), REAL_FOLDS):
+        for fold in folds:
             held = (sources == family) | np.isin(sources, list(fold))
-            train = ~held & (sources != family)
-            # real photos weigh as one group, AI images by family, as in fit-residual
+            train = ~held
+            # real photos weigh as one group, AI images by family
             groups = np.where(labels[train] == REAL, "real", sources[train])
             x = features["train"][train].reshape(-1, features["train"].shape[-1])
             y = np.repeat(labels[train], CONFIG.variants)
@@ -141,12 +142,16 @@ def main() -> None:
     print(f"{len(files)} files, {residual_dim(CONFIG.patch_size)} statistics each",
           file=sys.stderr)
     with ProcessPoolExecutor(args.workers) as pool:
-        computed = list(pool.map(statistics, [(p, i) for i, (p, _, _) in enumerate(files)],
-                                 chunksize=4))
-    kept = [i for i, c in enumerate(computed) if c is not None]
-    features = {key: np.stack([computed[i][key] for i in kept]) for key in computed[kept[0]]}
-    labels = np.array([files[i][1] for i in kept])
-    sources = np.array([files[i][2] for i in kept])
+        computed = list(pool.map(processed_statistics, [f.path for f in files], chunksize=4))
+    config = replace(CONFIG, workers=args.workers)
+    readable = [f for f, c in zip(files, computed, strict=True) if c is not None]
+    augmented, _, _, unreadable = training_features(readable, config)
+    kept = [f for f in readable if f.path not in unreadable]
+    by_path = dict(zip((f.path for f in files), computed, strict=True))
+    features = {name: np.stack([by_path[f.path][name] for f in kept]) for name in PROCESSINGS}
+    features["train"] = augmented.reshape(len(kept), config.variants, -1)
+    labels = np.array([f.label for f in kept])
+    sources = np.array([f.group for f in kept])
     results = {}
     for value in (float(v) for v in args.regularisation.split(",")):
         results[f"C={value:g}"] = cross_validate(features, labels, sources, value)
