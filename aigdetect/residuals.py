@@ -33,6 +33,8 @@ number of tiles; a flat tile gives finite values.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 #: Quantised residuals are clipped to -T..T: (2T + 1)^2 co-occurrence bins.
@@ -82,11 +84,8 @@ def cooccurrences(first_h: np.ndarray, first_v: np.ndarray, second_h: np.ndarray
     as square roots: a linear model on them then compares histograms by the
     Hellinger distance, which weighs the rare bins (where traces differ) beside the
     dominant ones (cross-validated mean AUC 0.821 -> 0.834)."""
-    histograms = []
-    for residual, axis, step in ((first_h, 2, 1), (first_v, 1, 1),
-                                 (second_h, 2, 2), (second_v, 1, 2)):
-        for scale in (step, 2 * step):
-            histograms.append(_normalised(pair_histogram(quantise(residual, scale), axis)))
+    histograms = directional_histograms(((first_h, 2, 1), (first_v, 1, 1),
+                                         (second_h, 2, 2), (second_v, 1, 2)))
     for scale in (1, 2):
         quantised = quantise(square, scale)
         histograms.append(_normalised(pair_histogram(quantised, 2) + pair_histogram(quantised, 1)))
@@ -99,11 +98,17 @@ def coarse_cooccurrences(luma: np.ndarray) -> np.ndarray:
     histograms = []
     for factor in COARSE_FACTORS:
         coarse = block_mean(luma, factor)
-        for axis in (2, 1):
-            residual = np.diff(coarse, axis=axis)
-            for step in (1, 2):
-                histograms.append(_normalised(pair_histogram(quantise(residual, step), axis)))
+        histograms += directional_histograms(((np.diff(coarse, axis=2), 2, 1),
+                                              (np.diff(coarse, axis=1), 1, 1)))
     return np.sqrt(np.concatenate(histograms))
+
+
+def directional_histograms(residuals: Iterable[tuple[np.ndarray, int, float]]
+                           ) -> list[np.ndarray]:
+    """For each (residual, axis, step): normalised co-occurrence histograms of the
+    residual along its own axis, quantised at ``step`` and at twice it."""
+    return [_normalised(pair_histogram(quantise(residual, scale), axis))
+            for residual, axis, step in residuals for scale in (step, 2 * step)]
 
 
 def block_mean(planes: np.ndarray, factor: int) -> np.ndarray:
@@ -172,7 +177,6 @@ def channel_correlations(pixels: np.ndarray) -> np.ndarray:
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
     return float(np.dot(a, b) / (np.sqrt(np.dot(a, a) * np.dot(b, b)) + _EPS))
-
 
 
 def _normalised(histogram: np.ndarray) -> np.ndarray:
