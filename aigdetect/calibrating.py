@@ -10,7 +10,9 @@ comparable.
 With held-out AI images too (``--fake``: generators the detectors were not
 trained on, or held-out images of those they were), the fused detector's
 components are weighted by how well each separates them from the real photos,
-so a component that carries no signal there cannot dilute one that does.
+so a component that carries no signal there cannot dilute one that does, and
+the default detector is the one that ranks them best (the fusion judged with
+weights learned on other images than those it is scored on).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
 
 from .calibration import Calibration
 from .checkpoint import BINARY, PRETEXT, load_model, save_checkpoint
@@ -100,7 +103,7 @@ def calibrate_folder(
                       None if weights is None else [weights[name] for name in order])
                  for i in range(count)]
         calibrations["fused"] = calibrated(fused)
-    default = default or ("fused" if supervised else "oneclass")
+    default = default or best_detector(validation, list(calibrations))
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
     group_sizes = ({str(kind): int(np.sum(kinds == kind)) for kind in sorted(set(kinds))}
@@ -142,6 +145,11 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
     AI images; a negative coefficient becomes 0 (a component that ranks these AI images
     below real photos is switched off, not inverted, which nothing else would justify);
     the rest are scaled to sum to 1. Equal weights if no coefficient is positive.
+
+    The validation AUCs are each component's and the fusion's on these images. The
+    fusion's weights were learned on them, so its AUC there flatters it; the
+    ``fused_cross_validated`` AUC (weights learned on the other folds) is the fair
+    one to compare with a component's.
     """
     names = list(real)
     count = len(fake[names[0]])
@@ -152,15 +160,43 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
                     for name in names}
     features = np.array([standardised[name] for name in names]).T
     labels = np.array([0] * len(real[names[0]]) + [1] * count)
-    coefficients = LogisticRegression().fit(features, labels).coef_[0].clip(min=0.0)
-    if coefficients.sum() <= 0:
-        coefficients = np.ones(len(names))
-    weights = {name: float(c / coefficients.sum()) for name, c in zip(names, coefficients,
-                                                                     strict=True)}
-    fused = features @ np.array([weights[name] for name in names])
+    learned = learned_weights(features, labels)
+    weights = {name: float(w) for name, w in zip(names, learned, strict=True)}
     aucs = {name: float(roc_auc_score(labels, features[:, i])) for i, name in enumerate(names)}
     return weights, {"ai_images": count, "real_photos": len(labels) - count,
-                     "auc": {**aucs, "fused": float(roc_auc_score(labels, fused))}}
+                     "auc": {**aucs, "fused": float(roc_auc_score(labels, features @ learned)),
+                             "fused_cross_validated": cross_validated_auc(features, labels)}}
+
+
+def learned_weights(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to 1 from a logistic regression of ``labels`` on the
+    standardised component scores (see :func:`fusion_weights`)."""
+    coefficients = LogisticRegression().fit(features, labels).coef_[0].clip(min=0.0)
+    if coefficients.sum() <= 0:
+        coefficients = np.ones(features.shape[1])
+    return coefficients / coefficients.sum()
+
+
+def cross_validated_auc(features: np.ndarray, labels: np.ndarray, folds: int = 5) -> float:
+    """AUC of the fusion when every image is scored with weights learned without it."""
+    splitter = StratifiedKFold(min(folds, int(labels.sum()), int((labels == 0).sum())),
+                               shuffle=True, random_state=0)
+    scores = np.zeros(len(labels))
+    for train, test in splitter.split(features, labels):
+        scores[test] = features[test] @ learned_weights(features[train], labels[train])
+    return float(roc_auc_score(labels, scores))
+
+
+def best_detector(validation: dict[str, Any] | None, offered: Sequence[str]) -> str:
+    """The default detector: with held-out AI images, the one that ranks them best (the
+    fusion by its cross-validated AUC, and preferred on a tie); without, the fusion
+    when the folder has one, else the one-class detector."""
+    if validation is None:
+        return "fused" if "fused" in offered else "oneclass"
+    aucs = {name: auc for name, auc in validation["auc"].items()
+            if name in offered and name != "fused"}
+    aucs["fused"] = validation["auc"]["fused_cross_validated"]
+    return max(aucs, key=lambda name: (aucs[name], name == "fused"))
 
 
 class PretextReference:

@@ -14,7 +14,9 @@ and decoder. Pooled over an image's tiles, four kinds of statistics:
   troughs) that upsampling by 2, 4 or 8 leaves at periods 2-8 px;
 * **colour**: how strongly the three channels' residuals correlate (a camera's
   demosaicing couples them);
-* the residual **energies** themselves (noise level).
+* the residual **energies** themselves (noise level), and how that energy is
+  spread over the image's 8x8 blocks (a camera's sensor noise sets a floor under
+  even its flat blocks).
 
 Chosen by cross-validation on the training data alone
 (``benchmarks/residual_selection.py``: real photos held out by whole source
@@ -43,6 +45,8 @@ TRUNCATION = 2
 RING_WIDTH = 2
 #: Averaging factors of the coarse co-occurrences (tiles are cropped to a multiple).
 COARSE_FACTORS = (2, 4)
+#: Side of the blocks whose residual energies :func:`block_energy_spread` compares.
+ENERGY_BLOCK = 8
 _EPS = 1e-6
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -59,7 +63,8 @@ def residual_statistics(tiles: np.ndarray) -> np.ndarray:
              coarse_cooccurrences(luma),
              spectrum_profile(spectrum), upsampling_peaks(spectrum),
              channel_correlations(pixels),
-             np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)])]
+             np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)]),
+             block_energy_spread(square)]
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -166,6 +171,22 @@ def upsampling_peaks(spectrum: np.ndarray) -> np.ndarray:
             ring = spectrum[np.abs(radius - radius[row, column]) < 1.0].mean()
             peaks.append(spectrum[row, column] - ring)
     return np.array(peaks)
+
+
+def block_energy_spread(residual: np.ndarray) -> np.ndarray:
+    """How a residual's energy is spread over the 8x8 blocks of (N, H, W) planes: the
+    histogram (square roots) of each block's log energy relative to the median block's,
+    8 bins from -4 to 4, and the 5th, 25th and 50th percentiles of the log energies.
+    Sensor noise puts a floor under every block of a camera photo; a generator's flat
+    regions can be far cleaner than its textured ones (cross-validated mean AUC 0.856
+    -> 0.863, against processed photos 0.703 -> 0.715)."""
+    blocks = block_mean(residual**2, ENERGY_BLOCK)
+    log_energy = np.log(blocks.ravel() + 1e-3)
+    relative = np.clip(log_energy - np.median(log_energy), -4, 4)
+    histogram = np.histogram(relative, bins=8, range=(-4, 4))[0] / log_energy.size
+    # percentiles of the empirical distribution: the same for a tile set and its repeats
+    percentiles = np.quantile(log_energy, [0.05, 0.25, 0.5], method="inverted_cdf")
+    return np.concatenate([np.sqrt(histogram), percentiles])
 
 
 def channel_correlations(pixels: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ processings of the held-out images: ``matched`` and ``web`` (as in the
 benchmark) and ``small-web`` (a 256 px centre crop enlarged for the web: small
 AI images are often upscaled).
 
-    python benchmarks/residual_selection.py --regularisation 0.1,1
+    python benchmarks/residual_selection.py --regularisation 0.03,0.1
 
 Prints the mean AUC per processing (AI positive) over the 3 x 3 folds; about
 5 minutes on 2 CPU cores (the statistics are computed once, then every fold is
@@ -131,7 +131,7 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, sources:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifest", type=Path, default=SHARED / "manifest.csv")
-    parser.add_argument("--regularisation", default="0.1",
+    parser.add_argument("--regularisation", default=str(CONFIG.regularisation),
                         help="comma-separated values of C to compare")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the results as JSON")

@@ -6,8 +6,10 @@ Writes, under ``--out`` (symlinks only: the shared images stay where they are):
   on: ``ship_ok`` camera photos and processed photos (real) and ``ship_ok`` AI
   images grouped by generator family, minus the calibration share.
 * ``calibration/photos``, ``calibration/processed``: ``ship_ok`` real photos
-  never trained on (whole camera models; a share of the processed photos):
-  the thresholds are set at the target false-positive rate on them.
+  never trained on (whole camera models; whole source repositories of processed
+  photos, so that the threshold meets processing pipelines it never trained on,
+  as evidence does): the thresholds are set at the target false-positive rate
+  on them.
 * ``fusion/ai``: the ``ship_ok`` AI images that ``aigdetect train --binary --csv
   train.csv`` holds out for validation (15 %, seed 0: never trained on): with the
   calibration photos, ``calibrate --fake`` weights the fused detector on them.
@@ -29,6 +31,7 @@ import csv
 import os
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from aigdetect.binary_data import split_for_validation
@@ -52,18 +55,24 @@ def link_all(rows: list[dict], folder: Path) -> None:
             os.symlink(SHARED / row["path"], name)
 
 
-def held_out_cameras(photos: list[dict], share: float, seed: int) -> set[str]:
-    """Whole camera models adding up to about ``share`` of the photos."""
-    by_camera: dict[str, int] = defaultdict(int)
-    for row in photos:
-        by_camera[camera(row)] += 1
-    cameras = sorted(by_camera)
-    random.Random(seed).shuffle(cameras)
+def source(row: dict) -> str:
+    return row["source_repo"]
+
+
+def held_out(rows: list[dict], key: Callable[[dict], str], share: float,
+             seed: int) -> set[str]:
+    """Whole groups (camera models, source repositories: ``key``) adding up to at most
+    ``share`` of the rows, drawn in a seeded order."""
+    sizes: dict[str, int] = defaultdict(int)
+    for row in rows:
+        sizes[key(row)] += 1
+    names = sorted(sizes)
+    random.Random(seed).shuffle(names)
     held, count = set(), 0
-    for name in cameras:
-        if count + by_camera[name] <= share * len(photos):
+    for name in names:
+        if count + sizes[name] <= share * len(rows):
             held.add(name)
-            count += by_camera[name]
+            count += sizes[name]
     return held
 
 
@@ -88,10 +97,10 @@ def main() -> None:
     processed = [r for r in ship if r["path"].startswith("processed/")]
     ai = [r for r in ship if r["kind"] == "ai"]
 
-    calibration_cameras = held_out_cameras(photos, CALIBRATION_SHARE, args.seed)
+    calibration_cameras = held_out(photos, camera, CALIBRATION_SHARE, args.seed)
     calibration_photos = [r for r in photos if camera(r) in calibration_cameras]
-    rng = random.Random(args.seed)
-    calibration_processed = rng.sample(processed, round(CALIBRATION_SHARE * len(processed)))
+    calibration_sources = held_out(processed, source, CALIBRATION_SHARE, args.seed)
+    calibration_processed = [r for r in processed if source(r) in calibration_sources]
     held = {r["path"] for r in calibration_photos + calibration_processed}
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from aigdetect import weights as shipped_weights
 from aigdetect.binary_data import Augmentation, BinaryDataset, balanced_draw, split_for_validation
-from aigdetect.calibrating import fusion_weights
+from aigdetect.calibrating import best_detector, fusion_weights
 from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import BINARY, load_model
 from aigdetect.cli import EXIT_USAGE
@@ -169,6 +169,30 @@ def test_weighted_fusion_follows_the_component_that_separates() -> None:
         fusion_weights(calibrations, real, {"oneclass": [1.0], "binary": [1.0]})
 
 
+def test_fusion_is_judged_out_of_sample_and_the_best_ranker_is_the_default() -> None:
+    """With one useful component and one of noise, weights fitted on the validation
+    images flatter the fusion there; scored with weights learned on other folds it
+    does not beat the useful component, which becomes the default."""
+    rng = np.random.default_rng(2)
+    real = {"oneclass": list(rng.normal(0, 1, 100)), "residual": list(rng.normal(0, 1, 100))}
+    fake = {"oneclass": list(rng.normal(0.3, 1, 40)), "residual": list(rng.normal(1.5, 1, 40))}
+    calibrations = {name: Calibration.fit(np.array(values), 0.05) for name, values in real.items()}
+    _, validation = fusion_weights(calibrations, real, fake)
+    auc = validation["auc"]
+    assert auc["fused_cross_validated"] <= auc["fused"]
+    offered = ["oneclass", "residual", "fused"]
+    expected = "fused" if auc["fused_cross_validated"] >= auc["residual"] else "residual"
+    assert best_detector(validation, offered) == expected
+    # a tie goes to the fusion; without held-out AI images the fusion is the default
+    tied = {"auc": {"oneclass": 0.5, "residual": 0.9, "fused": 0.95,
+                    "fused_cross_validated": 0.9}}
+    assert best_detector(tied, offered) == "fused"
+    tied["auc"]["residual"] = 0.91
+    assert best_detector(tied, offered) == "residual"
+    assert best_detector(None, offered) == "fused"
+    assert best_detector(None, ["oneclass"]) == "oneclass"
+
+
 # ---------------------------------------------------------------------------
 # end to end through the CLI
 # ---------------------------------------------------------------------------
@@ -294,8 +318,13 @@ def test_calibrate_with_held_out_ai_weights_the_fusion(
     weights = stored["fusion_weights"]
     assert set(weights) == {"oneclass", "binary"} and sum(weights.values()) == pytest.approx(1)
     assert stored["fusion_validation"]["ai_images"] == 12
+    # the default is the detector that ranks these AI images best
+    aucs = dict(stored["fusion_validation"]["auc"])
+    aucs["fused"] = aucs.pop("fused_cross_validated")
+    default = json.loads((folder / "detector.json").read_text())["default"]
+    assert aucs[default] == max(aucs.values())
     scan = invoke(runner, ["scan", held_out_ai / "a0.png", "--model", folder, "-f", "json",
-                           "-q", "--workers", "0"])
+                           "-q", "--workers", "0", "--detector", "fused"])
     record = json.loads(scan.stdout)["results"][0]
     parts = {name: Calibration.from_dict(stored["detectors"][name]) for name in weights}
     expected = sum(weights[name] * parts[name].standardise(record["components"][name]["raw_score"])

@@ -23,6 +23,7 @@ from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL
 from aigdetect.residual_model import ResidualClassifier, ResidualModelError, group_weights
 from aigdetect.residuals import (
+    block_energy_spread,
     coarse_cooccurrences,
     log_power_spectrum,
     pair_histogram,
@@ -79,6 +80,19 @@ def test_coarse_cooccurrences_see_the_image_before_a_2x_enlargement() -> None:
             expected.append(np.sqrt(histogram / histogram.sum()))
     factor_two = coarse_cooccurrences(enlarged)[:sum(len(h) for h in expected)]
     np.testing.assert_allclose(factor_two, np.concatenate(expected), atol=1e-12)
+
+
+def test_block_energy_spread_tells_a_noise_floor_from_clean_flat_regions() -> None:
+    """Noise everywhere puts every 8x8 block near the median block (the middle bins);
+    a half-clean plane puts half its blocks far below it (the lowest bin)."""
+    rng = np.random.default_rng(7)
+    everywhere = rng.normal(0, 4, (2, 64, 64))
+    half_clean = everywhere.copy()
+    half_clean[:, :, :32] *= 0.01
+    lowest_bin = 0
+    floor, clean = block_energy_spread(everywhere), block_energy_spread(half_clean)
+    assert floor[lowest_bin] == 0 and clean[lowest_bin] ** 2 == pytest.approx(0.5)
+    assert clean[8] < floor[8] - 5  # the 5th percentile of log energy: the clean blocks
 
 
 def test_upsampling_marks_the_period_two_frequencies() -> None:

@@ -23,6 +23,7 @@ from PIL import EpsImagePlugin, Image
 
 from aigdetect import features
 from aigdetect.cli import EXIT_INTERRUPTED
+from aigdetect.detectors import DETECTOR_NAMES
 from aigdetect.scanning import capped
 
 FAST = ["--workers", "0", "--patches", "4"]
@@ -219,7 +220,7 @@ RUN_KEYS = {"aigdetect_version", "command", "host", "started", "finished", "dete
 def check_run(run: dict[str, Any], files: int) -> None:
     assert set(run) >= RUN_KEYS
     assert run["started"].endswith("+00:00") and run["started"] <= run["finished"]
-    assert run["detector"] in ("fused", "oneclass", "binary")
+    assert run["detector"] in DETECTOR_NAMES
     assert isinstance(run["threshold"], float) and isinstance(run["component_thresholds"], dict)
     assert run["model"]["extractor_sha256"]
     assert run["counts"]["files"] == files

@@ -29,6 +29,7 @@ from aigdetect.cli import scan as scan_cli
 from aigdetect.density import RealPhotoDensity
 from aigdetect.detectors import DENSITY_FILE, EXTRACTOR_FILE, default_model_dir
 from aigdetect.files import IMAGE_EXTENSIONS, walk_folder
+from aigdetect.residual_model import ResidualClassifier
 
 FAST = ["--workers", "0", "--patches", "4"]
 #: A name with a byte that is not UTF-8 and a terminal escape sequence (red text).
@@ -437,10 +438,14 @@ def test_non_finite_numbers_are_usage_errors(runner, good, bad) -> None:
     assert result.stdout == ""
 
 
-def test_non_finite_score_is_an_error_record(runner, good, monkeypatch) -> None:
-    monkeypatch.setattr(RealPhotoDensity, "score_samples",
-                        lambda self, features: np.full(len(features), np.nan))
-    result = invoke(runner, ["scan", good[0], "-f", "json", *FAST])
+@pytest.mark.parametrize(("detector", "model", "method"), [
+    ("residual", ResidualClassifier, "decision_function"),  # the default
+    ("fused", RealPhotoDensity, "score_samples"),  # a component of a fusion
+])
+def test_non_finite_score_is_an_error_record(runner, good, monkeypatch, detector, model,
+                                             method) -> None:
+    monkeypatch.setattr(model, method, lambda self, features: np.full(len(features), np.nan))
+    result = invoke(runner, ["scan", good[0], "-f", "json", "--detector", detector, *FAST])
     assert "NaN" not in result.stdout and "Infinity" not in result.stdout
     (record,) = parse_json_stdout(result.stdout)["results"]
     assert record["verdict"] == "error" and "non-finite" in record["error"]

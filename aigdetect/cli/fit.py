@@ -25,7 +25,12 @@ from ..files import parse_extensions, walk_folder
 from ..labelled import labelled_files
 from ..oneclass import fit_detector
 from ..report import printable
-from ..residual_model import ResidualFitConfig, ResidualModelError, fit_residual
+from ..residual_model import (
+    DEFAULT_REGULARISATION,
+    ResidualFitConfig,
+    ResidualModelError,
+    fit_residual,
+)
 from ..runtime import pick_device
 from .common import (
     ALIGNED_OPTION,
@@ -142,9 +147,11 @@ def calibrate_command(
                                        "to add to the folder."),
     fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos of "
                               "each --real folder (the strictest threshold is kept)."),
-    default: str | None = typer.Option(None, help="Detector 'scan' uses by default: fused "
-                                       "(when a supervised detector is present), binary, "
-                                       "residual or oneclass."),
+    default: str | None = typer.Option(None, help="Detector 'scan' uses by default "
+                                       "(fused, binary, residual or oneclass). Unset: with "
+                                       "--fake, the one that ranks those AI images best (the "
+                                       "fusion by its cross-validated AUC); without, fused "
+                                       "when a supervised detector is present."),
     device: str = DEVICE_OPTION,
     workers: int = WORKERS_OPTION,
     batch_size: int = BATCH_OPTION,
@@ -185,7 +192,8 @@ def calibrate_command(
     weights = written["fusion_weights"]
     weighting = ("equal fusion weights" if weights is None else "fusion weights " + ", ".join(
         f"{n} {w:.2f}" for n, w in weights.items()) + " (validation AUC " + ", ".join(
-        f"{n} {a:.3f}" for n, a in written["fusion_validation"]["auc"].items()) + ")")
+        f"{n.replace('_', ' ')} {a:.3f}"
+        for n, a in written["fusion_validation"]["auc"].items()) + ")")
     for kind, size in written["group_sizes"].items():
         if size * fpr < FEW_ABOVE_THRESHOLD:
             err.print(f"[yellow]warning:[/] {escape(kind)}: {size} photos, so the {fpr:.0%} "
@@ -205,9 +213,9 @@ def fit_residual_command(
     real: list[Path] = real_folders_option("Training data: "),
     fake: list[Path] = fake_folders_option("Training data: "),
     labels: Path | None = labels_csv_option("Training data: "),
-    regularisation: float = typer.Option(0.1, "--c", min=1e-6, help="Inverse regularisation "
-                                         "strength of the logistic regression (smaller = "
-                                         "simpler model)."),
+    regularisation: float = typer.Option(
+        DEFAULT_REGULARISATION, "--c", min=1e-6, help="Inverse regularisation strength of "
+        "the logistic regression (smaller = simpler model)."),
     variants: int = typer.Option(2, min=1, help="Augmented copies of each training image "
                                  "(random downscale, blur, JPEG; both classes alike)."),
     val_fraction: float = typer.Option(0.15, min=0.0, max=0.9, help="Share of every group "

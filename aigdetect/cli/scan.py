@@ -239,11 +239,13 @@ def scan_command(
     logistic of how far the detector's raw score lies above the threshold, in units of the
     real photos' spread. **verdict** is ai, real, uncertain (within half a spread of the
     threshold, or a damaged file) or error (unreadable, or over a limit). **real pct** is the
-    share of held-out real photos that score at least as suspicious. The default detector is
-    **fused**: the binary detector, the residual detector and the one-class (camera-trace)
-    detector, each record keeping every component's score. On generators and cameras it
-    never saw it ranks AI images only a little better than chance in some conditions and
-    flags many processed photos: read weights/MODEL_CARD.md before relying on a verdict.
+    share of held-out real photos that score at least as suspicious. The shipped default
+    detector is **residual** (hand-crafted noise statistics; no network, so it is fast);
+    --detector fused adds the binary and the one-class (camera-trace) detectors, each
+    record keeping every component's score. On generators and cameras it never saw it
+    ranks AI images only a little better than chance in some conditions and flags about
+    1 in 10 processed or face photos: read weights/MODEL_CARD.md before relying on a
+    verdict.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable;

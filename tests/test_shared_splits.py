@@ -1,0 +1,34 @@
+"""benchmarks/shared_splits.py: calibration photos are held out as whole groups."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SPLITS = Path(__file__).resolve().parents[1] / "benchmarks" / "shared_splits.py"
+
+
+def load_splits():
+    spec = importlib.util.spec_from_file_location("shared_splits", SPLITS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_held_out_takes_whole_groups_within_the_share_and_is_seeded() -> None:
+    splits = load_splits()
+    rows = ([{"source_repo": "big"}] * 60 + [{"source_repo": "mid"}] * 15
+            + [{"source_repo": "small"}] * 5 + [{"source_repo": "tiny"}] * 2)
+    held = splits.held_out(rows, splits.source, 0.3, seed=0)
+    count = sum(row["source_repo"] in held for row in rows)
+    assert "big" not in held  # larger than the share: never held out
+    assert 0 < count <= 0.3 * len(rows)
+    assert held == splits.held_out(rows, splits.source, 0.3, seed=0)
+    # whole groups fill the share as far as they fit: mid + small + tiny = 22 <= 24.6
+    assert held == {"mid", "small", "tiny"} and count == 22
+
+
+def test_camera_groups_photos_by_make_and_model_whatever_the_case() -> None:
+    splits = load_splits()
+    assert splits.camera({"Make": "Canon ", "Model": "EOS 5D"}) == \
+        splits.camera({"Make": "canon", "Model": "eos 5d "})
