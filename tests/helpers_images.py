@@ -1,5 +1,6 @@
-"""Image-making helpers for the scan / fit-gmm / evaluate tests (not fixtures: plain
-functions, so test modules can build module-scoped data with them).
+"""Image-making helpers for the scan / fit-gmm / evaluate tests, and a loader for the
+benchmark scripts (not fixtures: plain functions, so test modules can build
+module-scoped data with them).
 
 Everything is small (a few hundred pixels a side) so that a scan with ``--patches 4``
 stays fast on a busy CPU.
@@ -7,6 +8,7 @@ stays fast on a busy CPU.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +22,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aigdetect.cli import app
+
+#: The benchmark scripts (not a package: tests load them by path).
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 #: Default size of the generated images (width, height): a 4 x 3 grid of 64 px tiles.
 SIZE = (256, 192)
@@ -143,3 +148,11 @@ def invoke(runner: CliRunner, args: list[Any], **kwargs: Any):
             from result.exception
     assert "Traceback" not in result.stdout + result.stderr
     return result
+
+
+def load_benchmark(name: str) -> Any:
+    """The script ``benchmarks/NAME.py`` as a module, to test its pure functions."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

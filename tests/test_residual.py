@@ -3,7 +3,6 @@ scan / explain through the CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,7 +12,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers_images import invoke, noise_array, noise_jpeg, smooth_png
+from helpers_images import (
+    BENCHMARKS,
+    invoke,
+    load_benchmark,
+    noise_array,
+    noise_jpeg,
+    smooth_png,
+)
 from typer.testing import CliRunner
 
 from aigdetect import weights as shipped_weights
@@ -300,13 +306,11 @@ def test_a_residual_model_of_another_statistics_count_is_refused(
 # benchmarks/residual_selection.py: the cross-validation that chooses the statistics
 # ---------------------------------------------------------------------------
 
-SELECTION = Path(__file__).resolve().parents[1] / "benchmarks" / "residual_selection.py"
+SELECTION = BENCHMARKS / "residual_selection.py"
 
 
 def test_selection_deals_whole_repositories_into_balanced_folds() -> None:
-    spec = importlib.util.spec_from_file_location("residual_selection", SELECTION)
-    selection = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(selection)
+    selection = load_benchmark("residual_selection")
     sources = ["real:a"] * 5 + ["real:b"] * 4 + ["real:c"] * 3 + ["real:d"] * 2 + ["ai:x"] * 9
     folds = selection.real_folds(sources, 3)
     assert sorted(set().union(*folds)) == ["real:a", "real:b", "real:c", "real:d"]

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-SPLITS = Path(__file__).resolve().parents[1] / "benchmarks" / "shared_splits.py"
-
-
-def load_splits():
-    spec = importlib.util.spec_from_file_location("shared_splits", SPLITS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers_images import load_benchmark
 
 
 def test_held_out_takes_whole_groups_within_the_share_and_is_seeded() -> None:
-    splits = load_splits()
+    splits = load_benchmark("shared_splits")
     rows = ([{"source_repo": "big"}] * 60 + [{"source_repo": "mid"}] * 15
             + [{"source_repo": "small"}] * 5 + [{"source_repo": "tiny"}] * 2)
     held = splits.held_out(rows, splits.source, 0.3, seed=0)
@@ -29,6 +19,6 @@ def test_held_out_takes_whole_groups_within_the_share_and_is_seeded() -> None:
 
 
 def test_camera_groups_photos_by_make_and_model_whatever_the_case() -> None:
-    splits = load_splits()
+    splits = load_benchmark("shared_splits")
     assert splits.camera({"Make": "Canon ", "Model": "EOS 5D"}) == \
         splits.camera({"Make": "canon", "Model": "eos 5d "})
