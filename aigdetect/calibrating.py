@@ -5,7 +5,9 @@ and should look like the evidence: camera originals *and* processed photos
 (resized, recompressed, edited), or processed photos will raise false alarms.
 Each detector (one-class, binary, residual, and their fusion) gets its
 threshold at the same false-positive rate on the same photos, which makes them
-comparable.
+comparable. The photos are scored as they are and, by default, after the
+processings evidence commonly goes through (a centre crop recompressed, a resize
+for the web: ``patches.CONDITIONS``), and the threshold holds under each.
 
 With held-out AI images too (``--fake``: generators the detectors were not
 trained on, or held-out images of those they were), the fused detector's
@@ -39,7 +41,8 @@ from .detectors import (
     fuse,
 )
 from .exif import read_labels
-from .features import FeatureExtractor, prepare_stream
+from .features import FeatureExtractor, TileSettings, prepare_stream
+from .patches import CONDITIONS
 
 
 def add_binary(folder: Path, checkpoint: Path) -> None:
@@ -63,12 +66,15 @@ def calibrate_folder(
     on_image: Callable[[int], None] | None = None,
     fake_paths: Sequence[Path] = (),
     real_groups: Sequence[str] | None = None,
+    processings: Sequence[str] = ("asis",),
 ) -> dict[str, Any]:
     """Score ``real_paths`` with every detector of the folder, write the thresholds at
     ``fpr`` (``calibration.json``) and the default detector (``detector.json``).
 
-    ``real_groups`` names each real photo's kind (its ``--real`` folder): every
-    threshold then holds on each kind. ``fake_paths`` (held-out AI images) set the
+    ``real_groups`` names each real photo's kind (its ``--real`` folder) and
+    ``processings`` (names of ``patches.CONDITIONS``) say under which processings the
+    photos are scored: every threshold then holds on each kind under each processing.
+    ``fake_paths`` (held-out AI images, scored under the same processings) set the
     fused detector's weights. Returns what was written, for a summary."""
     if binary is not None:
         add_binary(folder_path, binary)
@@ -77,16 +83,19 @@ def calibrate_folder(
     parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
              for name in ("oneclass", *supervised)]
     reference = PretextReference(folder.path / EXTRACTOR_FILE, parts[0].features)
-    raw, readable = score_parts(parts, real_paths, folder, workers, on_image, reference)
+    raw, score_groups, readable = score_processed(parts, real_paths, folder, processings,
+                                                  workers, on_image, reference, real_groups)
     count, unreadable = len(readable), len(real_paths) - len(readable)
     if count < 20:
         raise DetectorError(f"only {count} readable real photos: a threshold at a stated "
                             "false-positive rate needs hundreds")
     kinds = np.array([real_groups[i] for i in readable]) if real_groups is not None else None
+    labels = np.array(score_groups)
 
     def calibrated(scores: Sequence[float]) -> Calibration:
         scores = np.asarray(scores)
-        groups = None if kinds is None else {kind: scores[kinds == kind] for kind in set(kinds)}
+        groups = ({group: scores[labels == group] for group in set(score_groups)}
+                  if any(score_groups) else None)
         return Calibration.fit(scores, fpr, groups)
 
     calibrations = {name: calibrated(values) for name, values in raw.items()}
@@ -95,20 +104,26 @@ def calibrate_folder(
                             "a supervised detector too (--binary, or 'aigdetect fit-residual')")
     weights, validation = None, None
     if supervised and fake_paths:
-        fake, _ = score_parts(parts, fake_paths, folder, workers, on_image)
+        fake, _, fake_readable = score_processed(parts, fake_paths, folder, processings,
+                                                 workers, on_image)
+        if len(fake_readable) < 10:
+            raise DetectorError(f"only {len(fake_readable)} readable --fake images: weighting "
+                                "the fusion needs dozens")
         weights, validation = fusion_weights(calibrations, raw, fake)
+        validation.update(ai_images=len(fake_readable), real_photos=count)
     if supervised:
         order = list(raw)
         fused = [fuse([(calibrations[name], raw[name][i]) for name in order],
                       None if weights is None else [weights[name] for name in order])
-                 for i in range(count)]
+                 for i in range(len(labels))]
         calibrations["fused"] = calibrated(fused)
     default = default or best_detector(validation, list(calibrations))
     if default not in calibrations:
         raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
     group_sizes = ({str(kind): int(np.sum(kinds == kind)) for kind in sorted(set(kinds))}
                    if kinds is not None else {"all": count})
-    info = {"fpr": fpr, "real_photos": count, "unreadable": unreadable,
+    info = {"fpr": fpr, "processings": list(processings), "real_photos": count,
+            "unreadable": unreadable,
             "group_sizes": group_sizes,
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "fusion_validation": validation, "pretext_reference": reference.summary()}
@@ -117,7 +132,36 @@ def calibrate_folder(
             "fusion_weights": weights, **info}
 
 
-def score_parts(parts: Sequence[Detector], paths: Sequence[Path], folder: DetectorFolder,
+def score_processed(parts: Sequence[Detector], paths: Sequence[Path], folder: DetectorFolder,
+                    processings: Sequence[str], workers: int,
+                    on_image: Callable[[int], None] | None = None,
+                    reference: PretextReference | None = None,
+                    kinds: Sequence[str] | None = None,
+                    ) -> tuple[dict[str, list[float]], list[str], list[int]]:
+    """Each component's raw scores of every readable file under each processing,
+    pooled; the group of each score ("kind, processing", parts left out when there
+    is only one); and which of ``paths`` were readable as they are (their indices).
+
+    Evidence rarely arrives as the camera wrote it: a threshold set on originals
+    alone flags more of the same photos once they are cropped and recompressed."""
+    raw: dict[str, list[float]] = {part.name: [] for part in parts}
+    groups: list[str] = []
+    first_readable: list[int] = []
+    for step, name in enumerate(processings):
+        settings = folder.tiles(processing=None if name == "asis" else CONDITIONS[name])
+        scores, readable = score_parts(parts, paths, settings, workers, on_image,
+                                       reference if step == 0 else None)
+        for part_name, values in scores.items():
+            raw[part_name] += values
+        processing = name if len(processings) > 1 else ""
+        groups += [", ".join(filter(None, (kinds[i] if kinds else "", processing)))
+                   for i in readable]
+        if step == 0:
+            first_readable = readable
+    return raw, groups, first_readable
+
+
+def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: TileSettings,
                 workers: int, on_image: Callable[[int], None] | None = None,
                 reference: PretextReference | None = None
                 ) -> tuple[dict[str, list[float]], list[int]]:
@@ -125,7 +169,7 @@ def score_parts(parts: Sequence[Detector], paths: Sequence[Path], folder: Detect
     those are (their indices)."""
     raw: dict[str, list[float]] = {part.name: [] for part in parts}
     readable = []
-    for index, prepared in enumerate(prepare_stream(paths, folder.tiles(), workers)):
+    for index, prepared in enumerate(prepare_stream(paths, settings, workers)):
         if prepared.tiles is not None:
             readable.append(index)
             for part in parts:
@@ -153,9 +197,8 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
     """
     names = list(real)
     count = len(fake[names[0]])
-    if count < 10:
-        raise DetectorError(f"only {count} readable --fake images: weighting the fusion "
-                            "needs dozens")
+    if count < 10:  # cross-validation needs a few per fold
+        raise DetectorError(f"only {count} AI scores: weighting the fusion needs dozens")
     standardised = {name: [calibrations[name].standardise(v) for v in [*real[name], *fake[name]]]
                     for name in names}
     features = np.array([standardised[name] for name in names]).T

@@ -340,12 +340,41 @@ def test_calibrate_writes_thresholds_and_fused_default(calibrated: dict[str, Any
     stored = json.loads((folder / "calibration.json").read_text())
     assert set(stored["detectors"]) == {"oneclass", "binary", "fused"}
     assert stored["real_photos"] == 24 and stored["fpr"] == 0.1
+    assert stored["processings"] == ["asis", "matched", "web"]
     reference = stored["pretext_reference"]  # for explain: where pixels and claims rank
     assert all(len(v) == 24 for v in reference["scores"].values())
     assert set(reference["values"]) == set(reference["scores"])
     for calibration in stored["detectors"].values():
+        # every photo scored as it is and after each processing; the threshold holds
+        # on each processing, and is set by the strictest
+        groups = calibration["groups"]  # "<--real folder>, <processing>"
+        assert sorted(name.rsplit(", ", 1)[1] for name in groups) == ["asis", "matched", "web"]
+        assert len(calibration["real_scores"]) == 72
+        flagged = {name: np.mean(np.array(scores) > calibration["threshold"])
+                   for name, scores in groups.items()}
+        assert max(flagged.values()) <= 0.1
+        assert max(flagged.values()) == pytest.approx(0.1, abs=0.05)
+
+
+def test_calibrate_as_is_only_and_unknown_processing(
+    runner: CliRunner, calibrated: dict[str, Any], binary_run: dict[str, Any], tmp_path: Path
+) -> None:
+    folder = tmp_path / "asis"
+    shutil.copytree(calibrated["folder"], folder)
+    held_out = binary_run["work"] / "held_out"
+    result = invoke(runner, ["calibrate", folder, "--real", held_out, "--fpr", "0.1",
+                             "--workers", "0", "--processing", "asis"])
+    assert result.exit_code == 0, result.stderr
+    stored = json.loads((folder / "calibration.json").read_text())
+    assert stored["processings"] == ["asis"]
+    for calibration in stored["detectors"].values():
+        assert len(calibration["real_scores"]) == 24
+        assert list(calibration["groups"]) == [str(held_out)]
         flagged = np.mean(np.array(calibration["real_scores"]) > calibration["threshold"])
         assert flagged == pytest.approx(0.1, abs=0.05)
+    bad = invoke(runner, ["calibrate", folder, "--real", held_out, "--processing", "asis,print"])
+    assert bad.exit_code == EXIT_USAGE
+    assert "asis, matched, web" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("detector", ["fused", "binary", "oneclass"])

@@ -24,6 +24,7 @@ from ..features import FaceSettings
 from ..files import parse_extensions, walk_folder
 from ..labelled import labelled_files
 from ..oneclass import fit_detector
+from ..patches import CONDITIONS
 from ..report import printable
 from ..residual_model import (
     DEFAULT_REGULARISATION,
@@ -160,6 +161,12 @@ def calibrate_command(
         [], "--fake", exists=True, file_okay=False, help="Folder of held-out AI images "
         "(never trained on); repeatable. Weights the fused detector's components by how "
         "well each separates them from the real photos (default: equal weights)."),
+    processing: str = typer.Option(
+        ",".join(CONDITIONS), help="Processings under which the --fpr must hold, comma-"
+        "separated: every photo is scored as it is (asis) and after each (matched: 256 px "
+        "centre crop, JPEG q90; web: short side 512 px, JPEG q75), and the strictest "
+        "threshold is kept. 'asis' alone is faster, but cropped or recompressed real "
+        "photos are then flagged more often than --fpr."),
 ) -> None:
     """Set every detector's threshold at one false-positive rate on held-out real photos.
 
@@ -173,6 +180,11 @@ def calibrate_command(
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.05 for 5 %")
     if default is not None and default not in DETECTOR_NAMES:
         fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
+    processings = [name.strip() for name in processing.split(",") if name.strip()]
+    unknown = [name for name in processings if name not in CONDITIONS]
+    if unknown or not processings:
+        fail(f"--processing {processing!r}: choose among {', '.join(CONDITIONS)}",
+             "e.g. --processing asis,matched,web")
     by_folder = [(p, str(d)) for d in real for p in walk_folder(d, parse_extensions(include))]
     paths, kinds = [p for p, _ in by_folder], [kind for _, kind in by_folder]
     fakes = [p for d in fake for p in walk_folder(d, parse_extensions(include))]
@@ -180,12 +192,13 @@ def calibrate_command(
         fail("no images found in the --real folders")
     if fake and not fakes:
         fail("no images found in the --fake folders")
-    with progress_bar(len(paths) + len(fakes), "calibrating") as advance:
+    with progress_bar((len(paths) + len(fakes)) * len(processings), "calibrating") as advance:
         try:
             written = calibrate_folder(folder, paths, fpr, pick_device(device), binary=binary,
                                        default=default, workers=workers,
                                        batch_size=batch_size, on_image=advance,
-                                       fake_paths=fakes, real_groups=kinds)
+                                       fake_paths=fakes, real_groups=kinds,
+                                       processings=processings)
         except (*LOAD_ERRORS, ValueError, OSError) as error:
             fail(str(error))
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in written["thresholds"].items())
@@ -202,7 +215,8 @@ def calibrate_command(
                       f"Give at least {math.ceil(FEW_ABOVE_THRESHOLD / fpr)} per --real "
                       "folder.", highlight=False)
     err.print(f"Calibrated on {written['real_photos']} real photos ({written['unreadable']} "
-              f"unreadable) at {fpr:.1%} FPR: thresholds {thresholds}; {weighting}; default "
+              f"unreadable; {', '.join(processings)}) at {fpr:.1%} FPR: thresholds "
+              f"{thresholds}; {weighting}; default "
               f"detector {written['default']}. Wrote {folder}/calibration.json and "
               "detector.json")
 
