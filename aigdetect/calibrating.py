@@ -94,7 +94,7 @@ def calibrate_folder(
 
     def calibrated(scores: Sequence[float]) -> Calibration:
         scores = np.asarray(scores)
-        groups = ({group: scores[labels == group] for group in set(score_groups)}
+        groups = ({group: scores[labels == group] for group in sorted(set(score_groups))}
                   if any(score_groups) else None)
         return Calibration.fit(scores, fpr, groups)
 

@@ -33,7 +33,8 @@ wait
 aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2
 
 # 5. thresholds at 5 % FPR on held-out ship_ok cameras (whole camera models) and processed
-#    photos (whole source repositories), each; fusion weights from the AI images both
+#    photos (whole source repositories), each, as they are and after the matched and web
+#    processings (calibrate's default --processing); fusion weights from the AI images both
 #    trainings held out; default residual, the benchmark's best as the detection issue
 #    asks (left to itself, calibrate picks fused there: 0.967 cross-validated vs 0.958)
 aigdetect calibrate runs/shipped --binary runs/binary-a0.05/binary.best.pt \
