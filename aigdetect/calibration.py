@@ -79,8 +79,9 @@ class Calibration:
         return float(1.0 / (1.0 + np.exp(-np.clip(self.margin(raw, threshold), -500, 500))))
 
     def percentile(self, raw: float) -> float:
-        """Share (%) of held-out real photos at least as suspicious as ``raw``:
-        0 means stranger than every real photo in calibration."""
+        """Share (%) of held-out real photos at least as suspicious as ``raw`` (each
+        photo's scores under every calibrated processing counted): 0 means stranger
+        than every real photo in calibration."""
         below = np.searchsorted(self.real_scores, raw, side="left")
         return float(100.0 * (len(self.real_scores) - below) / len(self.real_scores))
 
