@@ -163,10 +163,10 @@ def calibrate_command(
         "well each separates them from the real photos (default: equal weights)."),
     processing: str = typer.Option(
         ",".join(CONDITIONS), help="Processings under which the --fpr must hold, comma-"
-        "separated: every photo is scored as it is (asis) and after each (matched: 256 px "
-        "centre crop, JPEG q90; web: short side 512 px, JPEG q75), and the strictest "
-        "threshold is kept. 'asis' alone is faster, but cropped or recompressed real "
-        "photos are then flagged more often than --fpr."),
+        "separated; every photo is scored under each and the strictest threshold is kept. "
+        "asis: the file as it is; matched: 256 px centre crop, JPEG q90; web: short side "
+        "512 px, JPEG q75. 'asis' alone is three times faster, but cropped or recompressed "
+        "real photos are then flagged more often than --fpr."),
 ) -> None:
     """Set every detector's threshold at one false-positive rate on held-out real photos.
 
