@@ -90,11 +90,11 @@ def calibrate_folder(
         raise DetectorError(f"only {count} readable real photos: a threshold at a stated "
                             "false-positive rate needs hundreds")
     kinds = np.array([real_groups[i] for i in readable]) if real_groups is not None else None
-    labels = np.array(score_groups)
+    group_of_score = np.array(score_groups)
 
     def calibrated(scores: Sequence[float]) -> Calibration:
         scores = np.asarray(scores)
-        groups = ({group: scores[labels == group] for group in sorted(set(score_groups))}
+        groups = ({group: scores[group_of_score == group] for group in sorted(set(score_groups))}
                   if any(score_groups) else None)
         return Calibration.fit(scores, fpr, groups)
 
@@ -109,13 +109,13 @@ def calibrate_folder(
         if len(fake_readable) < 10:
             raise DetectorError(f"only {len(fake_readable)} readable --fake images: weighting "
                                 "the fusion needs dozens")
-        weights, validation = fusion_weights(calibrations, raw, fake)
-        validation.update(ai_images=len(fake_readable), real_photos=count)
+        weights, aucs = fusion_weights(calibrations, raw, fake)
+        validation = {"ai_images": len(fake_readable), "real_photos": count, **aucs}
     if supervised:
         order = list(raw)
         fused = [fuse([(calibrations[name], raw[name][i]) for name in order],
                       None if weights is None else [weights[name] for name in order])
-                 for i in range(len(labels))]
+                 for i in range(len(group_of_score))]
         calibrations["fused"] = calibrated(fused)
     default = default or best_detector(validation, list(calibrations))
     if default not in calibrations:
@@ -183,7 +183,7 @@ def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: Tile
 
 def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],
                    fake: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, Any]]:
-    """The fused detector's component weights, and what they were learned from.
+    """The fused detector's component weights, and the validation AUCs they give.
 
     A logistic regression (AI = 1) on the standardised raw scores of held-out real and
     AI images; a negative coefficient becomes 0 (a component that ranks these AI images
@@ -206,8 +206,7 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
     learned = learned_weights(features, labels)
     weights = {name: float(w) for name, w in zip(names, learned, strict=True)}
     aucs = {name: float(roc_auc_score(labels, features[:, i])) for i, name in enumerate(names)}
-    return weights, {"ai_images": count, "real_photos": len(labels) - count,
-                     "auc": {**aucs, "fused": float(roc_auc_score(labels, features @ learned)),
+    return weights, {"auc": {**aucs, "fused": float(roc_auc_score(labels, features @ learned)),
                              "fused_cross_validated": cross_validated_auc(features, labels)}}
 
 
