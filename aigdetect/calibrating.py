@@ -78,7 +78,7 @@ def calibrate_folder(
     fused detector's weights. Returns what was written, for a summary."""
     if binary is not None:
         add_binary(folder_path, binary)
-    folder = DetectorFolder.open(folder_path)
+    folder = DetectorFolder.open(folder_path, recalibrating=True)
     supervised = folder.supervised(uncalibrated_ok=True)
     parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
              for name in ("oneclass", *supervised)]

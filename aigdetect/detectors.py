@@ -252,7 +252,11 @@ class DetectorFolder:
     fusion_weights: dict[str, float] | None = None
 
     @classmethod
-    def open(cls, path: Path | None) -> DetectorFolder:
+    def open(cls, path: Path | None, recalibrating: bool = False) -> DetectorFolder:
+        """The detector folder at ``path`` (None: the shipped one), its thresholds
+        checked against its weights. ``recalibrating`` (for ``aigdetect calibrate``)
+        ignores the stored thresholds: after a refit they are stale, and calibrate is
+        what replaces them."""
         name = path.name if path is not None else "default"
         path = path or default_model_dir()
         if not path.is_dir():
@@ -264,7 +268,7 @@ class DetectorFolder:
             if manifest.get("format") != MANIFEST_FORMAT:
                 raise DetectorError(f"{path / MANIFEST_FILE}: not an aigdetect detector manifest")
         calibrations, reference, fusion = {}, None, None
-        if (path / CALIBRATION_FILE).is_file():
+        if (path / CALIBRATION_FILE).is_file() and not recalibrating:
             stored = _read_json(path / CALIBRATION_FILE, "calibration file")
             try:
                 calibrations = {n: Calibration.from_dict(c)

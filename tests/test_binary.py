@@ -3,6 +3,7 @@ fusion; then train --binary, --resume, calibrate and scan --detector through the
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_images import invoke, noise_jpeg, smooth_png
+from PIL import Image
 from typer.testing import CliRunner
 
 from aigdetect import weights as shipped_weights
@@ -91,6 +93,23 @@ def test_augmentation_ignores_the_label_and_keeps_patches_native() -> None:
     enlarged = Augmentation(downscale_p=0.0, upscale_p=1.0, upscale_max=2.0, blur_p=0.0,
                             sharpen_p=1.0, jpeg_p=0.0)(pixels, np.random.default_rng(2), 64)
     assert enlarged.shape[0] > 300 and enlarged.shape[1] > 400  # region of all 300 x 400
+
+
+def test_augmentation_can_pass_an_image_through_webp() -> None:
+    """WebP is applied to both classes alike, so that its smoothing cannot read as AI."""
+    smooth = np.repeat(np.repeat(np.random.default_rng(3).integers(0, 256, (16, 16, 3)), 16, 0),
+                       16, 1).astype(np.uint8)
+    only_webp = Augmentation(webp_p=1.0, webp_quality=(50, 50), downscale_p=0.0, upscale_p=0.0,
+                             blur_p=0.0, sharpen_p=0.0, jpeg_p=0.0)
+    out = only_webp(smooth, np.random.default_rng(0), 64)
+    buffer = io.BytesIO()
+    Image.fromarray(smooth).save(buffer, format="WEBP", quality=50)
+    expected = np.asarray(Image.open(buffer).convert("RGB"))
+    assert np.array_equal(out, expected)  # exactly one WebP round trip at the drawn quality
+    assert not np.array_equal(out, smooth)
+    never = Augmentation(webp_p=0.0, downscale_p=0.0, upscale_p=0.0, blur_p=0.0,
+                         sharpen_p=0.0, jpeg_p=0.0)
+    assert np.array_equal(never(smooth, np.random.default_rng(0), 64), smooth)
 
 
 def test_dataset_epoch_is_class_balanced(tmp_path: Path) -> None:

@@ -254,6 +254,28 @@ def test_a_residual_model_added_after_calibration_waits_for_it(
     assert result.exit_code == EXIT_USAGE and "calibrate" in result.stderr
 
 
+def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
+                                    tmp_path: Path) -> None:
+    """After a refit the stored thresholds are stale: scan refuses the folder until
+    'calibrate' runs again, and calibrate itself accepts it (it replaces them)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(folder["folder"], copy)
+    before = json.loads((copy / "calibration.json").read_text())["weights"]["residual_sha256"]
+    refit = invoke(runner, ["fit-residual", copy, "--real", folder["real"], "--fake",
+                            folder["fake"], "--val-fraction", "0", "--c", "1", "--workers", "0"])
+    assert refit.exit_code == 0, refit.stderr
+    stale = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q"])
+    assert stale.exit_code == EXIT_USAGE and "calibrate" in stale.stderr
+    again = invoke(runner, ["calibrate", copy, "--real", folder["work"] / "held_real",
+                            "--fpr", "0.1", "--workers", "0", "--processing", "asis"])
+    assert again.exit_code == 0, again.stderr
+    stored = json.loads((copy / "calibration.json").read_text())
+    assert stored["weights"]["residual_sha256"] == file_sha256(copy / RESIDUAL_FILE) != before
+    scan = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q",
+                           "--detector", "residual", "--workers", "0"])
+    assert scan.exit_code in (0, 1), scan.stderr  # a verdict, whichever it is
+
+
 @pytest.mark.parametrize("args", [[], ["--fake", "FAKE"], ["--csv", "BAD_CSV"]])
 def test_fit_residual_usage_errors(runner: CliRunner, folder: dict[str, Any], tmp_path: Path,
                                    args: list[str]) -> None:
