@@ -147,7 +147,8 @@ def calibrate_command(
                                        "detector checkpoint from 'aigdetect train --binary' "
                                        "to add to the folder."),
     fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos of "
-                              "each --real folder (the strictest threshold is kept)."),
+                              "each --real folder under each --processing (the strictest "
+                              "threshold is kept)."),
     default: str | None = typer.Option(None, help="Detector 'scan' uses by default "
                                        "(fused, binary, residual or oneclass). Unset: with "
                                        "--fake, the one that ranks those AI images best (the "
@@ -231,7 +232,8 @@ def fit_residual_command(
         DEFAULT_REGULARISATION, "--c", min=1e-6, help="Inverse regularisation strength of "
         "the logistic regression (smaller = simpler model)."),
     variants: int = typer.Option(2, min=1, help="Augmented copies of each training image "
-                                 "(random downscale, blur, JPEG; both classes alike)."),
+                                 "(random WebP, rescaling, blur, sharpening, JPEG; both "
+                                 "classes alike)."),
     val_fraction: float = typer.Option(0.15, min=0.0, max=0.9, help="Share of every group "
                                        "held out for validation (the split 'train --binary' "
                                        "holds out, so the two agree on what is unseen)."),

@@ -243,9 +243,9 @@ def scan_command(
     detector is **residual** (hand-crafted noise statistics; no network, so it is fast);
     --detector fused adds the binary and the one-class (camera-trace) detectors, each
     record keeping every component's score. On generators and cameras it never saw it
-    ranks AI images only a little better than chance in some conditions and flags about
-    1 in 10 processed or face photos: read weights/MODEL_CARD.md before relying on a
-    verdict.
+    ranks AI images only a little better than chance in some conditions; its thresholds
+    flag few real photos (0-3 % in the model card's benchmark) and few AI images, most of
+    which are called uncertain: read weights/MODEL_CARD.md before relying on a verdict.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable;

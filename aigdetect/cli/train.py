@@ -93,8 +93,9 @@ def train_command(
 
     **--binary**: a fresh extractor of the same architecture plus a real/AI head, on
     scrambled native-resolution patches; loss = cross-entropy + alpha x feature distillation
-    towards the frozen EXIF-trained extractor. Both classes are augmented alike (down- and
-    upscaling, blur, sharpening, JPEG q60-100, crops) so format and size cannot decide; AI
+    towards the frozen EXIF-trained extractor. Both classes are augmented alike (WebP
+    q50-95, down- and upscaling, blur, sharpening, JPEG q60-100, crops) so format and size
+    cannot decide; AI
     groups are balanced.
 
     For several GPUs or machines run the same command under **torchrun**.
