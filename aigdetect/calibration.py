@@ -5,6 +5,12 @@ detector's atypicality, the binary detector's logit). Its scores on
 held-out real photos (never trained on) set the threshold at a stated
 false-positive rate, give any image a percentile among real photos, and give
 the spread that turns a distance from the threshold into a 0..1 score.
+
+The verdict keeps the promise the threshold makes: ``ai`` above the threshold (at
+most ``fpr`` of each kind of real photo scores that high), ``uncertain`` below it
+down to the threshold at ``UNCERTAIN_FPR_FACTOR`` times ``fpr`` (worth a closer
+look), ``real`` below that. A band measured in real photos, not in raw units,
+means the same on every detector however its real scores are spread.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-#: Within this many real-photo spreads of the threshold the verdict is "uncertain".
-UNCERTAIN_BAND = 0.5
+#: "uncertain" reaches down to the threshold at this many times the calibrated FPR.
+UNCERTAIN_FPR_FACTOR = 4.0
 
 
 @dataclass
@@ -50,10 +56,28 @@ class Calibration:
         if not 0.0 < fpr < 1.0:
             raise ValueError(f"fpr must be between 0 and 1, not {fpr}")
         self.fpr = float(fpr)
-        # the empirical quantile, never interpolated: at most ``fpr`` of each group's
-        # photos score above it (linear interpolation let 3 of 24 through at 10 %)
-        self.threshold = max(float(np.quantile(scores, 1.0 - fpr, method="inverted_cdf"))
-                             for scores in (self.real_scores, *self.groups.values()))
+        self.threshold = self.threshold_at(fpr)
+
+    def threshold_at(self, fpr: float) -> float:
+        """The lowest raw score above which at most ``fpr`` of each group's photos lie.
+
+        The empirical quantile, never interpolated (linear interpolation let 3 of 24
+        through at 10 %)."""
+        return max(float(np.quantile(scores, 1.0 - fpr, method="inverted_cdf"))
+                   for scores in (self.real_scores, *self.groups.values()))
+
+    @property
+    def uncertain_width(self) -> float:
+        """How far below the threshold (raw units) ``uncertain`` reaches: down to the
+        threshold at ``UNCERTAIN_FPR_FACTOR`` x ``fpr`` (capped at half the photos)."""
+        looser = min(UNCERTAIN_FPR_FACTOR * self.fpr, 0.5)
+        return max(self.threshold - self.threshold_at(looser), 0.0)
+
+    def band(self, threshold: float | None = None) -> tuple[float, float]:
+        """Raw scores above the first and up to the second give ``uncertain``. With a
+        threshold of the user's own, the band keeps its calibrated width."""
+        threshold = self.threshold if threshold is None else threshold
+        return threshold - self.uncertain_width, threshold
 
     @property
     def centre(self) -> float:
@@ -86,10 +110,11 @@ class Calibration:
         return float(100.0 * (len(self.real_scores) - below) / len(self.real_scores))
 
     def verdict(self, raw: float, threshold: float | None = None) -> str:
-        margin = self.margin(raw, threshold)
-        if abs(margin) <= UNCERTAIN_BAND:
-            return "uncertain"
-        return "ai" if margin > 0 else "real"
+        """``ai`` above the threshold, ``uncertain`` in the band below it, else ``real``."""
+        low, high = self.band(threshold)
+        if raw > high:
+            return "ai"
+        return "uncertain" if raw > low else "real"
 
     def to_dict(self) -> dict[str, Any]:
         return {"fpr": self.fpr, "threshold": self.threshold,

@@ -41,6 +41,10 @@ class GroupMetrics:
     accuracy: float | None
     fpr: float | None
     tpr: float | None
+    #: share of the real (AI) images whose verdict is ``ai`` or ``uncertain``: what an
+    #: analyst would be sent to look at
+    review_fpr: float | None = None
+    review_tpr: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +77,7 @@ def group_metrics(
     # rank by the raw statistic (continuous); the 0-1 score saturates far from the threshold
     suspicion = np.array([r.raw_score for r in records], dtype=np.float64)
     flagged = np.array([r.raw_score > r.threshold for r in records], dtype=bool)
+    reviewed = np.array([r.verdict in ("ai", "uncertain") for r in records], dtype=bool)
     return GroupMetrics(
         name=name, label=label, n_real=len(real_ok), n_ai=len(ai_ok), errors=errors,
         auc=_safe(roc_auc_score, labels, suspicion),
@@ -80,6 +85,8 @@ def group_metrics(
         accuracy=float((flagged == labels.astype(bool)).mean()) if len(records) else None,
         fpr=float(flagged[labels == 0].mean()) if len(real_ok) else None,
         tpr=float(flagged[labels == 1].mean()) if len(ai_ok) else None,
+        review_fpr=float(reviewed[labels == 0].mean()) if len(real_ok) else None,
+        review_tpr=float(reviewed[labels == 1].mean()) if len(ai_ok) else None,
     )
 
 
@@ -120,12 +127,13 @@ def component_results(
     results: dict[str, tuple[str, list[ScanRecord]]], name: str,
 ) -> dict[str, tuple[str, list[ScanRecord]]]:
     """The same results as one component of a fused detector scored them: each
-    record's raw score and threshold replaced by that component's."""
+    record's raw score, threshold and verdict replaced by that component's."""
     def view(record: ScanRecord) -> ScanRecord:
         opinion = record.components.get(name)
         if opinion is None:
-            return replace(record, raw_score=None, threshold=None)
-        return replace(record, raw_score=opinion["raw_score"], threshold=opinion["threshold"])
+            return replace(record, raw_score=None, threshold=None, verdict="error")
+        return replace(record, raw_score=opinion["raw_score"], threshold=opinion["threshold"],
+                       verdict=opinion["verdict"])
 
     return {group: (label, [view(r) for r in records])
             for group, (label, records) in results.items()}

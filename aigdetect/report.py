@@ -230,13 +230,14 @@ def evaluation_table(rows: Sequence[GroupMetrics], threshold_note: str) -> Table
     table = Table(title=f"aigdetect evaluate (AI = positive class; {threshold_note})",
                   title_justify="left")
     for column in ("group", "label", "real", "ai", "errors", "AUC", "AP", "accuracy",
-                   "FPR", "TPR"):
+                   "FPR", "TPR", "FPR+unc.", "TPR+unc."):
         table.add_column(column, justify="left" if column in ("group", "label") else "right",
                          overflow="fold")
     for row in rows:
         table.add_row(row.name, row.label, str(row.n_real), str(row.n_ai), str(row.errors),
                       _fmt(row.auc), _fmt(row.average_precision), _fmt(row.accuracy),
-                      _fmt(row.fpr), _fmt(row.tpr), end_section=row.name == rows[-2].name
+                      _fmt(row.fpr), _fmt(row.tpr), _fmt(row.review_fpr),
+                      _fmt(row.review_tpr), end_section=row.name == rows[-2].name
                       if len(rows) > 1 else False)
     return table
 

@@ -3,7 +3,8 @@
 Built on ``aigdetect evaluate`` (run through the real CLI, one call per detector
 and condition). AI is the positive class. Reports, per condition and detector:
 the AUC of every (AI family x real set) pair and their mean, the false-positive
-rate at the shipped threshold per real set, the true-positive rate per AI family.
+rate at the shipped threshold (verdict ``ai``) per real set, the true-positive rate
+per AI family, and both again counting ``uncertain`` too (what would be looked at).
 
 Two modes:
 
@@ -83,6 +84,12 @@ def write_csv(rows: list[tuple[str, str, str]], path: Path) -> Path:
     return path
 
 
+#: Rows of the rate tables: label, summary key. FPR and TPR count the verdict ``ai``
+#: (above the threshold); "+unc." adds ``uncertain``, what an analyst is sent to look at.
+RATE_ROWS = (("FPR", "fpr"), ("TPR", "tpr"), ("FPR+unc.", "review_fpr"),
+             ("TPR+unc.", "review_tpr"))
+
+
 def summarise(groups: list[dict], pairs: list[dict]) -> dict:
     """The benchmark's view of one detector's groups and pairs from ``evaluate``."""
     def short(name: str) -> str:
@@ -95,6 +102,10 @@ def summarise(groups: list[dict], pairs: list[dict]) -> dict:
         "mean_pair_auc": sum(aucs) / len(aucs) if aucs else None,
         "fpr": {short(g["name"]): g["fpr"] for g in groups if g["label"] == "real"},
         "tpr": {short(g["name"]): g["tpr"] for g in groups if g["label"] == "ai"},
+        "review_fpr": {short(g["name"]): g.get("review_fpr")
+                       for g in groups if g["label"] == "real"},
+        "review_tpr": {short(g["name"]): g.get("review_tpr")
+                       for g in groups if g["label"] == "ai"},
         "errors": sum(g["errors"] for g in groups if g["label"] != "all"),
     }
 
@@ -128,10 +139,10 @@ def print_results(title: str, results: dict) -> None:
                                           for c in conditions])
         table.add_row("mean pair AUC", *[_fmt(by_condition[c]["mean_pair_auc"])
                                          for c in conditions], end_section=True)
-        for key in first["fpr"]:
-            table.add_row(f"FPR {key}", *[_fmt(by_condition[c]["fpr"][key]) for c in conditions])
-        for key in first["tpr"]:
-            table.add_row(f"TPR {key}", *[_fmt(by_condition[c]["tpr"][key]) for c in conditions])
+        for name, key in RATE_ROWS:
+            for group in first.get(key, {}):
+                table.add_row(f"{name} {group}", *[_fmt(by_condition[c][key][group])
+                                                   for c in conditions])
         console.print(table)
 
 
@@ -146,10 +157,8 @@ def markdown(results: dict) -> str:
         rows = [(f"AUC {k}", [by_condition[c]["pairs_auc"][k] for c in conditions])
                 for k in first["pairs_auc"]]
         rows.append(("**mean pair AUC**", [by_condition[c]["mean_pair_auc"] for c in conditions]))
-        rows += [(f"FPR {k}", [by_condition[c]["fpr"][k] for c in conditions])
-                 for k in first["fpr"]]
-        rows += [(f"TPR {k}", [by_condition[c]["tpr"][k] for c in conditions])
-                 for k in first["tpr"]]
+        rows += [(f"{name} {group}", [by_condition[c][key][group] for c in conditions])
+                 for name, key in RATE_ROWS for group in first.get(key, {})]
         lines += [f"| {name} | {' | '.join(_fmt(v) for v in values)} |" for name, values in rows]
         lines.append("")
     return "\n".join(lines)

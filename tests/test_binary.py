@@ -478,4 +478,5 @@ def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_
             assert 0.0 <= summary["mean_pair_auc"] <= 1.0
             assert set(summary["fpr"]) == {"cameras", "web"}
             assert set(summary["tpr"]) == {"gen-a"}
+            assert set(summary["review_fpr"]) == {"cameras", "web"}
     assert "mean pair AUC" in done.stdout

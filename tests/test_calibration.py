@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aigdetect.calibration import UNCERTAIN_BAND, Calibration
+from aigdetect.calibration import UNCERTAIN_FPR_FACTOR, Calibration
 
 
 @pytest.fixture
@@ -30,11 +30,44 @@ def test_score_is_half_at_threshold_and_rises_with_raw(calibration: Calibration)
     assert calibration.suspicion(3.0, threshold=3.0) == 0.5
 
 
-def test_verdict_band(calibration: Calibration) -> None:
-    t, s = calibration.threshold, calibration.spread
-    assert calibration.verdict(t + 0.9 * UNCERTAIN_BAND * s) == "uncertain"
-    assert calibration.verdict(t + 2 * UNCERTAIN_BAND * s) == "ai"
-    assert calibration.verdict(t - 2 * UNCERTAIN_BAND * s) == "real"
+def test_verdict_ai_above_threshold_uncertain_in_band_below(calibration: Calibration) -> None:
+    low, high = calibration.band()
+    assert high == calibration.threshold and low < high
+    assert calibration.verdict(high + 1e-9) == "ai"
+    assert calibration.verdict(high) == "uncertain"
+    assert calibration.verdict(low + 1e-9) == "uncertain"
+    assert calibration.verdict(low) == "real"
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.05, 0.1])
+def test_verdict_shares_keep_the_calibrated_rates(fpr: float) -> None:
+    """At most fpr of each group's real photos are called ai, at most
+    UNCERTAIN_FPR_FACTOR x fpr ai or uncertain."""
+    rng = np.random.default_rng(1)
+    groups = {"camera": rng.normal(size=300), "processed": rng.normal(1.0, 2.0, size=60)}
+    calibration = Calibration.fit(np.concatenate(list(groups.values())), fpr, groups)
+    for scores in groups.values():
+        verdicts = [calibration.verdict(x) for x in scores]
+        assert verdicts.count("ai") <= fpr * len(scores)
+        assert len(scores) - verdicts.count("real") <= UNCERTAIN_FPR_FACTOR * fpr * len(scores)
+    strictest = [calibration.verdict(x) for x in groups["processed"]]
+    assert strictest.count("uncertain") >= (UNCERTAIN_FPR_FACTOR - 1) * fpr * 60 - 2
+
+
+def test_own_threshold_keeps_the_band_width(calibration: Calibration) -> None:
+    low, high = calibration.band()
+    assert calibration.band(3.0) == pytest.approx((3.0 - (high - low), 3.0))
+    assert calibration.verdict(3.1, threshold=3.0) == "ai"
+    assert calibration.verdict(3.0 - (high - low) / 2, threshold=3.0) == "uncertain"
+
+
+def test_band_narrows_with_the_calibrated_rate(calibration: Calibration) -> None:
+    wide = calibration.uncertain_width
+    calibration.set_fpr(0.01)
+    assert calibration.uncertain_width > 0
+    assert calibration.band()[0] > calibration.real_scores[int(0.9 * len(calibration.real_scores))]
+    calibration.set_fpr(0.5)
+    assert calibration.uncertain_width == 0.0 and wide > 0
 
 
 def test_percentile_counts_real_photos_at_least_as_suspicious(calibration: Calibration) -> None:

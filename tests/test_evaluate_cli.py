@@ -22,7 +22,7 @@ from aigdetect.scanning import ScanRecord
 
 FAST = ["--workers", "0", "--patches", "4"]
 GROUP_KEYS = {"name", "label", "n_real", "n_ai", "errors", "auc", "average_precision",
-              "accuracy", "fpr", "tpr"}
+              "accuracy", "fpr", "tpr", "review_fpr", "review_tpr"}
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,15 @@ def test_json_document(evaluation: dict[str, Any], sets: dict[str, Path]) -> Non
 
 def test_metrics_agree_with_scan(runner: CliRunner, evaluation: dict[str, Any],
                                  sets: dict[str, Path]) -> None:
-    """The AUC, FPR and TPR of evaluate are those of scan's raw scores."""
-    raw = {}
+    """The AUC, FPR and TPR of evaluate are those of scan's raw scores, the review
+    shares those of its verdicts."""
+    raw, reviewed = {}, {}
     threshold = None
     for kind in ("real", "fake"):
         scanned = invoke(runner, ["scan", sets[kind], "-f", "json", *FAST])
         records = [r for r in json.loads(scanned.stdout)["results"] if r["verdict"] != "error"]
         raw[kind] = np.array([r["raw_score"] for r in records])
+        reviewed[kind] = np.mean([r["verdict"] in ("ai", "uncertain") for r in records])
         threshold = records[0]["threshold"]
     labels = np.array([0] * len(raw["real"]) + [1] * len(raw["fake"]))
     expected_auc = roc_auc_score(labels, np.concatenate([raw["real"], raw["fake"]]))
@@ -89,6 +91,9 @@ def test_metrics_agree_with_scan(runner: CliRunner, evaluation: dict[str, Any],
     assert overall["auc"] == pytest.approx(expected_auc)
     assert overall["fpr"] == pytest.approx(float(np.mean(raw["real"] > threshold)))
     assert overall["tpr"] == pytest.approx(float(np.mean(raw["fake"] > threshold)))
+    assert overall["review_fpr"] == pytest.approx(reviewed["real"])
+    assert overall["review_tpr"] == pytest.approx(reviewed["fake"])
+    assert overall["review_fpr"] >= overall["fpr"] and overall["review_tpr"] >= overall["tpr"]
 
 
 def test_table(runner: CliRunner, sets: dict[str, Path]) -> None:

@@ -34,7 +34,7 @@ from helpers_images import (
 from PIL import Image
 from typer.testing import CliRunner
 
-from aigdetect.calibration import UNCERTAIN_BAND, Calibration
+from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import read_checkpoint
 from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, EXIT_USAGE
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
@@ -164,11 +164,12 @@ def test_records_consistent_with_detector(zoo_scan, shipped: DetectorFolder,
         assert record["score"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-4)
         assert (record["score"] > 0.5) == (record["raw_score"] > record["threshold"]) or \
             abs(margin) < 1e-3
-        if margin > UNCERTAIN_BAND + 1e-3:
-            assert record["verdict"] == "ai"
-        elif margin < -UNCERTAIN_BAND - 1e-3:
+        low, high = calibration.band(record["threshold"])
+        if record["raw_score"] > high + 1e-3:
+            assert record["verdict"] == "ai" and record["score"] > 0.5
+        elif record["raw_score"] < low - 1e-3:
             assert record["verdict"] == "real"
-        elif abs(margin) < UNCERTAIN_BAND - 1e-3:
+        elif low + 1e-3 < record["raw_score"] < high - 1e-3:
             assert record["verdict"] == "uncertain"
         real = calibration.real_scores
         expected_pct = 100.0 * np.mean(real >= record["raw_score"])

@@ -237,15 +237,18 @@ def scan_command(
 
     **score** is in 0..1, higher = more likely AI-generated, 0.5 at the threshold: the
     logistic of how far the detector's raw score lies above the threshold, in units of the
-    real photos' spread. **verdict** is ai, real, uncertain (within half a spread of the
-    threshold, or a damaged file) or error (unreadable, or over a limit). **real pct** is the
+    real photos' spread. **verdict** is ai (score above 0.5: at most the calibrated FPR of
+    held-out real photos of each kind score that high), uncertain (below the threshold but
+    among the 4 x FPR most suspicious real photos, or a damaged file), real, or error
+    (unreadable, or over a limit). **real pct** is the
     share of held-out real photos that score at least as suspicious. The shipped default
     detector is **residual** (hand-crafted noise statistics; no network, so it is fast);
     --detector fused adds the binary and the one-class (camera-trace) detectors, each
     record keeping every component's score. On generators and cameras it never saw it
     ranks AI images only a little better than chance in some conditions; its thresholds
-    flag few real photos (0-3 % in the model card's benchmark) and few AI images, most of
-    which are called uncertain: read weights/MODEL_CARD.md before relying on a verdict.
+    call few real photos ai (0-3 % in the model card's benchmark) and few of the AI images
+    of generators it never saw (0-13 %): read weights/MODEL_CARD.md before relying on a
+    verdict.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable;

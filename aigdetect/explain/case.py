@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import UNCERTAIN_BAND, Calibration
+from ..calibration import Calibration
 from ..detectors import Detector, Judgement
 from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
@@ -110,7 +110,6 @@ def faces_case(detector: Detector, pixels: np.ndarray, name: str, faces: list[Pr
 
 def opinion(summary: dict[str, Any], calibration: Calibration) -> dict[str, Any]:
     """A judgement's summary plus the uncertain band (raw units) and calibrated FPR."""
-    band = UNCERTAIN_BAND * calibration.spread
-    return {**summary, "uncertain_band": [round(summary["threshold"] - band, 4),
-                                          round(summary["threshold"] + band, 4)],
+    low, high = calibration.band(summary["threshold"])
+    return {**summary, "uncertain_band": [round(low, 4), round(high, 4)],
             "calibrated_fpr": calibration.fpr}
