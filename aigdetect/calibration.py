@@ -8,9 +8,12 @@ the spread that turns a distance from the threshold into a 0..1 score.
 
 The verdict keeps the promise the threshold makes: ``ai`` above the threshold (at
 most ``fpr`` of each kind of real photo scores that high), ``uncertain`` below it
-down to the threshold at ``UNCERTAIN_FPR_FACTOR`` times ``fpr`` (worth a closer
-look), ``real`` below that. A band measured in real photos, not in raw units,
-means the same on every detector however its real scores are spread.
+down to the threshold at ``UNCERTAIN_FPR_FACTOR`` times ``fpr`` (so at most that
+share of each kind is sent for a closer look), ``real`` below that. A band counted
+in real photos, not in raw units, means the same on every detector however its
+real scores are spread. Both hold per kind (group), while the percentile pools
+every kind: an image unusual among camera originals but common among processed
+web photos keeps a low percentile and the verdict ``real``.
 """
 
 from __future__ import annotations

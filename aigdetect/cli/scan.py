@@ -239,7 +239,7 @@ def scan_command(
     logistic of how far the detector's raw score lies above the threshold, in units of the
     real photos' spread. **verdict** is ai (score above 0.5: at most the calibrated FPR of
     held-out real photos of each kind score that high), uncertain (below the threshold but
-    among the 4 x FPR most suspicious real photos, or a damaged file), real, or error
+    above the one at 4 x FPR, or a damaged file), real, or error
     (unreadable, or over a limit). **real pct** is the
     share of held-out real photos that score at least as suspicious. The shipped default
     detector is **residual** (hand-crafted noise statistics; no network, so it is fast);
