@@ -148,7 +148,8 @@ def calibrate_command(
                                        "to add to the folder."),
     fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos of "
                               "each --real folder under each --processing (the strictest "
-                              "threshold is kept)."),
+                              "threshold is kept): at most this share of each is called "
+                              "ai, at most 4 x this share ai or uncertain."),
     default: str | None = typer.Option(None, help="Detector 'scan' uses by default "
                                        "(fused, binary, residual or oneclass). Unset: with "
                                        "--fake, the one that ranks those AI images best (the "
