@@ -252,3 +252,9 @@ def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
     else:
         console = Console(file=stream, width=None if stream.isatty() else 200)
         console.print(evaluation_table(rows, threshold_note))
+        mean = extra.get("mean_pair_auc")
+        if mean:
+            low, high = mean["ci95"]
+            console.print(f"mean AUC over the {mean['pairs']} (AI group, real group) pairs: "
+                          f"{mean['value']:.3f} (95 % bootstrap interval {low:.3f}-{high:.3f})",
+                          markup=False)

@@ -90,8 +90,9 @@ RATE_ROWS = (("FPR", "fpr"), ("TPR", "tpr"), ("FPR+unc.", "review_fpr"),
              ("TPR+unc.", "review_tpr"))
 
 
-def summarise(groups: list[dict], pairs: list[dict]) -> dict:
-    """The benchmark's view of one detector's groups and pairs from ``evaluate``."""
+def summarise(groups: list[dict], pairs: list[dict], mean: dict | None = None) -> dict:
+    """The benchmark's view of one detector's groups, pairs and mean pair AUC (with its
+    bootstrap interval) from ``evaluate``."""
     def short(name: str) -> str:
         return name.split(":", 1)[-1]
 
@@ -100,6 +101,7 @@ def summarise(groups: list[dict], pairs: list[dict]) -> dict:
     return {
         "pairs_auc": pair_auc,
         "mean_pair_auc": sum(aucs) / len(aucs) if aucs else None,
+        "mean_pair_auc_ci95": mean["ci95"] if mean else None,
         "fpr": {short(g["name"]): g["fpr"] for g in groups if g["label"] == "real"},
         "tpr": {short(g["name"]): g["tpr"] for g in groups if g["label"] == "ai"},
         "review_fpr": {short(g["name"]): g.get("review_fpr")
@@ -119,9 +121,10 @@ def evaluate(csv_path: Path, model: Path | None, detector: str, condition: str,
     if model is not None:
         args += ["--model", str(model)]
     document = json.loads(aigdetect(*args))
-    summaries = {detector: summarise(document["groups"], document["pairs"])}
+    summaries = {detector: summarise(document["groups"], document["pairs"],
+                                     document.get("mean_pair_auc"))}
     for name, part in document.get("components", {}).items():
-        summaries[name] = summarise(part["groups"], part["pairs"])
+        summaries[name] = summarise(part["groups"], part["pairs"], part.get("mean_pair_auc"))
     return summaries
 
 
@@ -138,7 +141,10 @@ def print_results(title: str, results: dict) -> None:
             table.add_row(f"AUC {key}", *[_fmt(by_condition[c]["pairs_auc"][key])
                                           for c in conditions])
         table.add_row("mean pair AUC", *[_fmt(by_condition[c]["mean_pair_auc"])
-                                         for c in conditions], end_section=True)
+                                         for c in conditions])
+        table.add_row("  95 % bootstrap interval",
+                      *[_fmt(by_condition[c].get("mean_pair_auc_ci95")) for c in conditions],
+                      end_section=True)
         for name, key in RATE_ROWS:
             for group in first.get(key, {}):
                 table.add_row(f"{name} {group}", *[_fmt(by_condition[c][key][group])
@@ -157,6 +163,8 @@ def markdown(results: dict) -> str:
         rows = [(f"AUC {k}", [by_condition[c]["pairs_auc"][k] for c in conditions])
                 for k in first["pairs_auc"]]
         rows.append(("**mean pair AUC**", [by_condition[c]["mean_pair_auc"] for c in conditions]))
+        rows.append(("95 % bootstrap interval",
+                     [by_condition[c].get("mean_pair_auc_ci95") for c in conditions]))
         rows += [(f"{name} {group}", [by_condition[c][key][group] for c in conditions])
                  for name, key in RATE_ROWS for group in first.get(key, {})]
         lines += [f"| {name} | {' | '.join(_fmt(v) for v in values)} |" for name, values in rows]
@@ -164,8 +172,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _fmt(value: float | list[float] | None) -> str:
+    """A number, an interval (low-high) or "-"."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return f"{value[0]:.3f}-{value[1]:.3f}"
+    return f"{value:.3f}"
 
 
 def run_matrix(csv_path: Path, model: Path | None, detectors: list[str],

@@ -476,6 +476,8 @@ def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_
         for summary in by_condition.values():
             assert set(summary["pairs_auc"]) == {"gen-a vs cameras", "gen-a vs web"}
             assert 0.0 <= summary["mean_pair_auc"] <= 1.0
+            low, high = summary["mean_pair_auc_ci95"]
+            assert low <= summary["mean_pair_auc"] <= high
             assert set(summary["fpr"]) == {"cameras", "web"}
             assert set(summary["tpr"]) == {"gen-a"}
             assert set(summary["review_fpr"]) == {"cameras", "web"}

@@ -16,7 +16,15 @@ from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
 from aigdetect.detectors import DetectorFolder
-from aigdetect.evaluation import AI, REAL, evaluate_groups, group_metrics, labelled_sets
+from aigdetect.evaluation import (
+    AI,
+    REAL,
+    evaluate_groups,
+    group_metrics,
+    labelled_sets,
+    mean_pair_auc,
+    rank_auc,
+)
 from aigdetect.labelled import files_from_csv
 from aigdetect.scanning import ScanRecord
 
@@ -71,6 +79,9 @@ def test_json_document(evaluation: dict[str, Any], sets: dict[str, Path]) -> Non
         for key in ("auc", "average_precision", "accuracy", "fpr", "tpr"):
             assert 0.0 <= row[key] <= 1.0, key
     assert fake["auc"] == overall["auc"]
+    mean = evaluation["document"]["mean_pair_auc"]
+    assert mean["pairs"] == 1 and mean["value"] == pytest.approx(fake["auc"])
+    assert mean["ci95"][0] <= mean["value"] <= mean["ci95"][1]
 
 
 def test_metrics_agree_with_scan(runner: CliRunner, evaluation: dict[str, Any],
@@ -100,9 +111,10 @@ def test_table(runner: CliRunner, sets: dict[str, Path]) -> None:
     result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
                              "--quiet", *FAST])
     assert result.exit_code == EXIT_CLEAN, result.stderr
-    for column in ("AUC", "AP", "FPR", "TPR", "errors"):
+    for column in ("AUC", "AP", "FPR", "TPR", "FPR+unc.", "errors"):
         assert column in result.stdout
     assert "AI = positive" in result.stdout
+    assert "95 % bootstrap interval" in result.stdout
     assert result.stderr == ""
 
 
@@ -286,3 +298,31 @@ def test_read_label_csv(tmp_path: Path) -> None:
     bad.write_text("only-a-path\n")
     with pytest.raises(ValueError):
         files_from_csv(bad)
+
+
+def test_rank_auc_is_roc_auc() -> None:
+    rng = np.random.default_rng(0)
+    positive, negative = rng.normal(1, 1, 40).round(1), rng.normal(0, 1, 60).round(1)
+    labels = np.r_[np.ones(40), np.zeros(60)]
+    assert rank_auc(positive, negative) == pytest.approx(
+        roc_auc_score(labels, np.r_[positive, negative]))
+
+
+def test_mean_pair_auc_interval_holds_the_value_and_narrows_with_more_images() -> None:
+    def results(n: int) -> dict[str, tuple[str, list[ScanRecord]]]:
+        rng = np.random.default_rng(n)
+
+        def records(mean: float) -> list[ScanRecord]:
+            return [ScanRecord(path=f"{i}.png", raw_score=float(x))
+                    for i, x in enumerate(rng.normal(mean, 1, n))]
+        return {"cams": (REAL, records(0.0)), "web": (REAL, records(0.5)),
+                "gen": (AI, records(1.0)), "empty": (AI, [])}
+
+    small, large = mean_pair_auc(results(30)), mean_pair_auc(results(600))
+    assert small["pairs"] == 2 and small["resamples"] > 0
+    for mean in (small, large):
+        low, high = mean["ci95"]
+        assert low < mean["value"] < high
+    assert large["ci95"][1] - large["ci95"][0] < small["ci95"][1] - small["ci95"][0]
+    assert mean_pair_auc(results(30)) == small  # seeded: the same interval every run
+    assert mean_pair_auc({"cams": (REAL, [])}) is None

@@ -13,6 +13,7 @@ from ..evaluation import (
     component_results,
     evaluate_groups,
     labelled_sets,
+    mean_pair_auc,
     pair_metrics,
     plot_roc,
 )
@@ -124,9 +125,10 @@ def evaluate_command(
         "calibrated_fpr": calibration.fpr, "condition": condition,
         "processing": CONDITIONS[condition].describe(),
         "matched_processing": condition == "matched", "model": loaded.identity,
-        "pairs": pair_metrics(results),
+        "pairs": pair_metrics(results), "mean_pair_auc": mean_pair_auc(results),
         "components": {name: {"groups": [g.to_dict() for g in evaluate_groups(view)],
-                              "pairs": pair_metrics(view)}
+                              "pairs": pair_metrics(view),
+                              "mean_pair_auc": mean_pair_auc(view)}
                        for name in components
                        for view in [component_results(results, name)]},
     })
