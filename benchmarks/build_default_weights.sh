@@ -20,8 +20,8 @@ aigdetect fit-gmm "$SPLITS/train_real" --extractor runs/extractor.pt -o runs/shi
   --patches 16 --fpr 0.05 --seed 0 --workers 1 --no-cache
 
 # 3. binary detector (alpha 0.05) and its alpha = 0 ablation, side by side, 45 min each
-#    (the shipped binary.pt was trained this way, with the augmentation's WebP step; a CPU
-#    run is not bit-for-bit repeatable under load: --max-minutes can end it early)
+#    (the shipped binary.pt was trained this way, with the augmentation's WebP step;
+#    --max-minutes ends a run early on a slower or busier machine)
 for alpha in 0.05 0; do
   mkdir -p "runs/binary-a$alpha"
   aigdetect train --binary --csv "$SPLITS/train.csv" --teacher runs/extractor.pt \
