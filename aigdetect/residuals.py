@@ -13,7 +13,9 @@ and decoder. Pooled over an image's tiles, four kinds of statistics:
 * the residual's **power spectrum**: its radial profile, and the peaks (or
   troughs) that upsampling by 2, 4 or 8 leaves at periods 2-8 px;
 * **colour**: how strongly the three channels' residuals correlate (a camera's
-  demosaicing couples them);
+  demosaicing couples them), and co-occurrences of the chroma planes' own
+  first-order residuals (demosaicing, chroma subsampling and a decoder each leave
+  colour noise of their own texture);
 * the residual **energies** themselves (noise level), and how that energy is
   spread over the image's 8x8 blocks (a camera's sensor noise sets a floor under
   even its flat blocks).
@@ -23,7 +25,9 @@ Chosen by cross-validation on the training data alone
 repository and AI images by whole generator family, each fold scored under
 matched processing, web processing and small crops enlarged for the web; every
 step in the model card). The coarse co-occurrences raised its mean AUC from
-0.834 to 0.868. Deliberately left out: the residual energy
+0.834 to 0.868; the chroma co-occurrences raised it 0.868 -> 0.873 and 0.873 ->
+0.885 (two augmentation draws), and against held-out processed web photos,
+where it was weakest, 0.709 -> 0.736 and 0.710 -> 0.731. Deliberately left out: the residual energy
 on each phase of the 8x8 JPEG grid and of the 2x2 colour-filter grid. They read
 the file's compression history and the camera's pipeline, which tell a camera
 JPEG from a PNG render (format, not generation), and they did not transfer:
@@ -62,7 +66,7 @@ def residual_statistics(tiles: np.ndarray) -> np.ndarray:
     parts = [cooccurrences(first_h, first_v, second_h, second_v, square),
              coarse_cooccurrences(luma),
              spectrum_profile(spectrum), upsampling_peaks(spectrum),
-             channel_correlations(pixels),
+             channel_correlations(pixels), chroma_cooccurrences(pixels, luma),
              np.log([np.mean(r**2) + _EPS for r in (first_h, second_h, square)]),
              block_energy_spread(square)]
     return np.concatenate(parts).astype(np.float32)
@@ -193,6 +197,21 @@ def channel_correlations(pixels: np.ndarray) -> np.ndarray:
     """Correlations of the R-G, G-B and R-B residuals of (N, 3, H, W) pixels."""
     channels = [square_residual(pixels[:, c]) for c in range(3)]
     return np.array([_correlation(channels[a], channels[b]) for a, b in ((0, 1), (1, 2), (0, 2))])
+
+
+def chroma_cooccurrences(pixels: np.ndarray, luma: np.ndarray) -> np.ndarray:
+    """Square roots of normalised co-occurrence histograms of the first-order
+    residuals of the blue- and red-difference planes (B - Y, R - Y) of (N, 3, H, W)
+    pixels, horizontal and vertical pairs pooled, at quantisation steps 1 and 2.
+    Alone they rank AI images against held-out processed photos as well as all the
+    luma statistics together (0.737 against 0.709), and they add to them."""
+    histograms = []
+    for chroma in (pixels[:, 2] - luma, pixels[:, 0] - luma):
+        first_h, first_v = np.diff(chroma, axis=2), np.diff(chroma, axis=1)
+        for step in (1, 2):
+            histograms.append(_normalised(pair_histogram(quantise(first_h, step), 2)
+                                          + pair_histogram(quantise(first_v, step), 1)))
+    return np.sqrt(np.concatenate(histograms))
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
