@@ -90,24 +90,24 @@ RATE_ROWS = (("FPR", "fpr"), ("TPR", "tpr"), ("FPR+unc.", "review_fpr"),
              ("TPR+unc.", "review_tpr"))
 
 
-def summarise(groups: list[dict], pairs: list[dict], mean: dict | None = None) -> dict:
-    """The benchmark's view of one detector's groups, pairs and mean pair AUC (with its
-    bootstrap interval) from ``evaluate``."""
+def summarise(part: dict) -> dict:
+    """The benchmark's view of one detector in an ``evaluate`` JSON document (or of one
+    of its ``components``): its pairs, mean pair AUC with its bootstrap interval, and
+    the rates per group."""
     def short(name: str) -> str:
         return name.split(":", 1)[-1]
 
-    pair_auc = {f"{short(p['ai'])} vs {short(p['real'])}": p["auc"] for p in pairs}
-    aucs = [v for v in pair_auc.values() if v is not None]
+    groups, mean = part["groups"], part["mean_pair_auc"]
+    real = [g for g in groups if g["label"] == "real"]
+    ai = [g for g in groups if g["label"] == "ai"]
     return {
-        "pairs_auc": pair_auc,
-        "mean_pair_auc": sum(aucs) / len(aucs) if aucs else None,
+        "pairs_auc": {f"{short(p['ai'])} vs {short(p['real'])}": p["auc"] for p in part["pairs"]},
+        "mean_pair_auc": mean["value"] if mean else None,
         "mean_pair_auc_ci95": mean["ci95"] if mean else None,
-        "fpr": {short(g["name"]): g["fpr"] for g in groups if g["label"] == "real"},
-        "tpr": {short(g["name"]): g["tpr"] for g in groups if g["label"] == "ai"},
-        "review_fpr": {short(g["name"]): g.get("review_fpr")
-                       for g in groups if g["label"] == "real"},
-        "review_tpr": {short(g["name"]): g.get("review_tpr")
-                       for g in groups if g["label"] == "ai"},
+        "fpr": {short(g["name"]): g["fpr"] for g in real},
+        "tpr": {short(g["name"]): g["tpr"] for g in ai},
+        "review_fpr": {short(g["name"]): g["review_fpr"] for g in real},
+        "review_tpr": {short(g["name"]): g["review_tpr"] for g in ai},
         "errors": sum(g["errors"] for g in groups if g["label"] != "all"),
     }
 
@@ -121,10 +121,9 @@ def evaluate(csv_path: Path, model: Path | None, detector: str, condition: str,
     if model is not None:
         args += ["--model", str(model)]
     document = json.loads(aigdetect(*args))
-    summaries = {detector: summarise(document["groups"], document["pairs"],
-                                     document.get("mean_pair_auc"))}
+    summaries = {detector: summarise(document)}
     for name, part in document.get("components", {}).items():
-        summaries[name] = summarise(part["groups"], part["pairs"], part.get("mean_pair_auc"))
+        summaries[name] = summarise(part)
     return summaries
 
 
@@ -143,10 +142,10 @@ def print_results(title: str, results: dict) -> None:
         table.add_row("mean pair AUC", *[_fmt(by_condition[c]["mean_pair_auc"])
                                          for c in conditions])
         table.add_row("  95 % bootstrap interval",
-                      *[_fmt(by_condition[c].get("mean_pair_auc_ci95")) for c in conditions],
+                      *[_fmt(by_condition[c]["mean_pair_auc_ci95"]) for c in conditions],
                       end_section=True)
         for name, key in RATE_ROWS:
-            for group in first.get(key, {}):
+            for group in first[key]:
                 table.add_row(f"{name} {group}", *[_fmt(by_condition[c][key][group])
                                                    for c in conditions])
         console.print(table)
@@ -164,9 +163,9 @@ def markdown(results: dict) -> str:
                 for k in first["pairs_auc"]]
         rows.append(("**mean pair AUC**", [by_condition[c]["mean_pair_auc"] for c in conditions]))
         rows.append(("95 % bootstrap interval",
-                     [by_condition[c].get("mean_pair_auc_ci95") for c in conditions]))
+                     [by_condition[c]["mean_pair_auc_ci95"] for c in conditions]))
         rows += [(f"{name} {group}", [by_condition[c][key][group] for c in conditions])
-                 for name, key in RATE_ROWS for group in first.get(key, {})]
+                 for name, key in RATE_ROWS for group in first[key]]
         lines += [f"| {name} | {' | '.join(_fmt(v) for v in values)} |" for name, values in rows]
         lines.append("")
     return "\n".join(lines)

@@ -81,7 +81,7 @@ def evaluate(csv_path: Path, condition: str, extra: list[str], workers: int) -> 
     document = json.loads(aigdetect("evaluate", "--csv", str(csv_path), "-f", "json", "-q",
                                     "--condition", condition, "--workers", str(workers),
                                     *extra))
-    return summarise(document["groups"], document["pairs"], document.get("mean_pair_auc"))
+    return summarise(document)
 
 
 def main() -> None:
