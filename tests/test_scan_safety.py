@@ -539,3 +539,21 @@ def test_jfif_jif_and_heif_are_image_extensions(tmp_path) -> None:
         (tmp_path / name).write_bytes(b"x")
     found = [p.name for p in walk_folder(tmp_path, IMAGE_EXTENSIONS)]
     assert found == ["a.jfif", "b.JIF", "c.heif"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "raise_signal"), reason="needs signal.raise_signal")
+def test_ctrl_c_waits_for_the_deferred_block_to_end() -> None:
+    """A record is written and counted whole: Ctrl-C inside the block lands after it."""
+    from aigdetect.runtime import interrupt_deferred
+
+    handler = signal.getsignal(signal.SIGINT)
+    finished = []
+    with pytest.raises(KeyboardInterrupt), interrupt_deferred():
+        signal.raise_signal(signal.SIGINT)
+        finished.append("written")
+        finished.append("counted")
+    assert finished == ["written", "counted"]
+    assert signal.getsignal(signal.SIGINT) is handler
+    with interrupt_deferred():  # no Ctrl-C: nothing raised
+        finished.append("again")
+    assert finished[-1] == "again"

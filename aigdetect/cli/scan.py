@@ -31,6 +31,7 @@ from ..report import (
     write_scan,
 )
 from ..resume import Previous, prepare_append, read_previous, recorded
+from ..runtime import interrupt_deferred
 from ..scanning import ScanRecord, scan
 from .common import (
     ALIGNED_OPTION,
@@ -307,12 +308,13 @@ def scan_command(
             for record in results:
                 if provenance:
                     record.provenance = read_provenance(record.path)
-                tally.add(record.verdict)
-                if streaming:
-                    write_jsonl_record(record, stream)
-                else:
-                    records.append(record)
-                tally.done += 1
+                with interrupt_deferred():  # a record is kept and counted, or neither
+                    tally.add(record.verdict)
+                    if streaming:
+                        write_jsonl_record(record, stream)
+                    else:
+                        records.append(record)
+                    tally.done += 1
                 advance(1)
     except KeyboardInterrupt:  # stop cleanly: keep every finished record
         interrupted = True
