@@ -41,8 +41,12 @@ from .density import DensityError, RealPhotoDensity
 from .faces import ENLARGE
 from .features import FaceSettings, FeatureExtractor, TileSettings
 from .files import atomic_write, file_sha256
-from .residual_model import ResidualClassifier, ResidualModelError
-from .residuals import residual_dim, residual_statistics
+from .residual_model import (
+    ResidualClassifier,
+    ResidualModelError,
+    residual_input_dim,
+    residual_inputs,
+)
 
 EXTRACTOR_FILE = "extractor.pt"
 DENSITY_FILE = "density.npz"
@@ -181,12 +185,14 @@ class ResidualDetector(SingleDetector):
     name: str = "residual"
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
-        return float(self.model.decision_function(residual_statistics(tiles)[None])[0]), {}
+        inputs = residual_inputs(tiles, self.model.coding_costs)
+        return float(self.model.decision_function(inputs[None])[0]), {}
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
         """The log-odds of each tile's own statistics."""
         return self.model.decision_function(
-            np.stack([residual_statistics(tiles[i : i + 1]) for i in range(len(tiles))]))
+            np.stack([residual_inputs(tiles[i : i + 1], self.model.coding_costs)
+                      for i in range(len(tiles))]))
 
 
 @dataclass
@@ -410,11 +416,12 @@ class DetectorFolder:
             raise DetectorError(f"{self.path} has no {RESIDUAL_FILE} (fit one with "
                                 "'aigdetect fit-residual')")
         model = ResidualClassifier.load(self.path / RESIDUAL_FILE)
-        computed = residual_dim(model.provenance.get("config", {}).get("patch_size", 64))
-        if len(model.coef_) != computed:
+        computed = residual_input_dim(model.provenance.get("config", {}).get("patch_size", 64),
+                                      model.coding_costs)
+        if model.input_dim != computed:
             raise DetectorError(
-                f"{self.path / RESIDUAL_FILE} was fitted on {len(model.coef_)} residual "
-                f"statistics; this aigdetect computes {computed}. Refit it with "
+                f"{self.path / RESIDUAL_FILE} was fitted on {model.input_dim} residual "
+                f"inputs; this aigdetect computes {computed}. Refit it with "
                 "'aigdetect fit-residual', then run 'aigdetect calibrate' again")
         return ResidualDetector(model, self._calibration("residual", uncalibrated_ok))
 

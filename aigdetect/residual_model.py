@@ -7,6 +7,13 @@ less to overfit, fits in seconds on a CPU (so leave-one-generator-out
 retraining is cheap), and errs differently from the networks, which is what a
 fusion needs.
 
+What it reads of a tile set (:func:`residual_inputs`): the residual statistics
+of :mod:`aigdetect.residuals` and, when fitted with ``coding_costs``
+(``fit-residual --coding-costs``; off for the shipped model), the luma's
+prediction-error counts, which a first stage, a real-photo coding-cost model
+(:mod:`aigdetect.coding_cost`, fitted on the real training photos), turns into
+bits spent against bits expected.
+
 Training follows the binary detector's rules (:mod:`aigdetect.binary_data`):
 both classes augmented alike, each group weighted by the square root of its
 size, the same validation split. Weights are plain arrays in one ``.npz``
@@ -29,6 +36,7 @@ from sklearn.metrics import roc_auc_score
 
 from . import __version__
 from .binary_data import Augmentation, split_for_validation
+from .coding_cost import COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
 from .files import atomic_write
 from .labelled import AI, REAL, LabelledFile
 from .patches import CONDITIONS, ImageReadError, apply_processing, grid_tiles, load_image
@@ -38,29 +46,62 @@ from .residuals import residual_statistics
 #: by 0.003-0.006 mean AUC with two augmentation draws and two statistic sets)
 DEFAULT_REGULARISATION = 0.03
 FORMAT = "aigdetect.residual-detector"
-FORMAT_VERSION = 1
+#: 1: statistics only; 2: with the coding-cost model's tables. A model is written in
+#: the lowest version that holds it, so older aigdetects still read what they can score.
+FORMAT_VERSION = 2
 
 
 class ResidualModelError(Exception):
     """A residual detector file that cannot be used, or data it cannot be fitted on."""
 
 
+def residual_inputs(tiles: np.ndarray, coding_costs: bool) -> np.ndarray:
+    """What the residual classifier reads of an (N, 3, P, P) tile set: the residual
+    statistics, then (``coding_costs``) the prediction-error counts that its
+    coding-cost model scores."""
+    statistics = residual_statistics(tiles)
+    if not coding_costs:
+        return statistics
+    return np.concatenate([statistics, error_counts(tiles).ravel()]).astype(np.float32)
+
+
+def residual_input_dim(patch_size: int, coding_costs: bool) -> int:
+    """Length of :func:`residual_inputs`' vector for tiles of ``patch_size``."""
+    return len(residual_inputs(np.zeros((1, 3, patch_size, patch_size), np.uint8),
+                               coding_costs))
+
+
 @dataclass
 class ResidualClassifier:
-    """Standardised residual statistics -> logistic regression; higher = more AI-like.
+    """Residual inputs -> [coding costs] -> standardised -> logistic regression; higher =
+    more AI-like.
 
+    With ``coding_costs``, ``fit`` first fits the coding-cost model on the rows
+    labelled real, and the classifier reads its statistics beside the others.
     ``regularisation`` is scikit-learn's ``C`` (smaller = simpler model).
     """
 
     regularisation: float = DEFAULT_REGULARISATION
+    coding_costs: bool = False
+    coding_: CodingCostModel | None = None
     mean_: np.ndarray | None = None
     scale_: np.ndarray | None = None
     coef_: np.ndarray | None = None
     intercept_: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
 
-    def fit(self, features: np.ndarray, labels: np.ndarray,
+    @property
+    def input_dim(self) -> int:
+        """Length of the input rows it was fitted on (``residual_inputs``' length)."""
+        if self.coef_ is None:
+            raise ResidualModelError("the residual classifier is not fitted")
+        return len(self.coef_) + (COUNTS_SIZE - STATISTICS if self.coding_ is not None else 0)
+
+    def fit(self, inputs: np.ndarray, labels: np.ndarray,
             sample_weight: np.ndarray | None = None) -> ResidualClassifier:
+        if self.coding_costs:
+            self.coding_ = CodingCostModel().fit(inputs[labels == REAL, -COUNTS_SIZE:])
+        features = self._features(inputs)
         self.mean_ = features.mean(axis=0)
         self.scale_ = features.std(axis=0)
         self.scale_[self.scale_ < 1e-12] = 1.0  # a constant statistic carries nothing
@@ -69,11 +110,17 @@ class ResidualClassifier:
         self.coef_, self.intercept_ = model.coef_[0], float(model.intercept_[0])
         return self
 
-    def decision_function(self, features: np.ndarray) -> np.ndarray:
-        """The log-odds of AI for each row of ``features``."""
+    def decision_function(self, inputs: np.ndarray) -> np.ndarray:
+        """The log-odds of AI for each row of ``inputs`` (:func:`residual_inputs`)."""
         if self.coef_ is None:
             raise ResidualModelError("the residual classifier is not fitted")
-        return self._standardise(features) @ self.coef_ + self.intercept_
+        return self._standardise(self._features(inputs)) @ self.coef_ + self.intercept_
+
+    def _features(self, inputs: np.ndarray) -> np.ndarray:
+        if self.coding_ is None:
+            return inputs
+        statistics, counts = inputs[:, :-COUNTS_SIZE], inputs[:, -COUNTS_SIZE:]
+        return np.concatenate([statistics, self.coding_.statistics(counts)], axis=1)
 
     def _standardise(self, features: np.ndarray) -> np.ndarray:
         return (np.nan_to_num(features) - self.mean_) / self.scale_
@@ -82,30 +129,40 @@ class ResidualClassifier:
         """Plain arrays + a JSON header in one ``.npz``, written atomically."""
         if self.coef_ is None:
             raise ResidualModelError("the residual classifier is not fitted")
-        header = {"format": FORMAT, "format_version": FORMAT_VERSION,
+        arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_}
+        if self.coding_ is not None:
+            arrays.update(coding_bits=self.coding_.bits_, coding_entropy=self.coding_.entropy_)
+        header = {"format": FORMAT, "format_version": 2 if self.coding_ is not None else 1,
                   "regularisation": self.regularisation,
                   "intercept": self.intercept_, "provenance": self.provenance}
         with atomic_write(Path(path)) as temporary, open(temporary, "wb") as handle:
-            np.savez(handle, header=np.array(json.dumps(header)), mean=self.mean_,
-                     scale=self.scale_, coef=self.coef_)
+            np.savez(handle, header=np.array(json.dumps(header)), **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> ResidualClassifier:
         try:
             with np.load(Path(path), allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
-                arrays = {key: data[key] for key in ("mean", "scale", "coef")}
+                if header.get("format") != FORMAT:
+                    raise ResidualModelError(f"{path}: not an aigdetect residual detector file")
+                if header.get("format_version", 0) > FORMAT_VERSION:
+                    raise ResidualModelError(
+                        f"{path}: written by a newer aigdetect; upgrade to read it")
+                arrays = {key: data[key] for key in data.files if key != "header"}
+                coding = (CodingCostModel(bits_=arrays["coding_bits"],
+                                          entropy_=arrays["coding_entropy"])
+                          if header["format_version"] >= 2 else None)
+                return cls(regularisation=header["regularisation"],
+                           coding_costs=coding is not None, coding_=coding,
+                           mean_=arrays["mean"], scale_=arrays["scale"], coef_=arrays["coef"],
+                           intercept_=float(header["intercept"]),
+                           provenance=header["provenance"])
         except FileNotFoundError:
             raise ResidualModelError(f"{path}: no such file") from None
+        except ResidualModelError:
+            raise
         except Exception as error:
             raise ResidualModelError(f"{path}: not a residual detector file ({error})") from None
-        if header.get("format") != FORMAT:
-            raise ResidualModelError(f"{path}: not an aigdetect residual detector file")
-        if header.get("format_version", 0) > FORMAT_VERSION:
-            raise ResidualModelError(f"{path}: written by a newer aigdetect; upgrade to read it")
-        return cls(regularisation=header["regularisation"], mean_=arrays["mean"],
-                   scale_=arrays["scale"], coef_=arrays["coef"],
-                   intercept_=float(header["intercept"]), provenance=header["provenance"])
 
 
 @dataclass(frozen=True)
@@ -120,6 +177,8 @@ class ResidualFitConfig:
     val_fraction: float = 0.15
     seed: int = 0
     workers: int = 2
+    #: add the coding costs (:mod:`aigdetect.coding_cost`) to the statistics
+    coding_costs: bool = False
 
 
 def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
@@ -132,7 +191,7 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
             raise ResidualModelError(f"no {'real' if label == REAL else 'AI'} training images")
     features, labels, groups, unreadable = training_features(train, config, on_image)
     skipped = len(unreadable)
-    model = ResidualClassifier(config.regularisation)
+    model = ResidualClassifier(config.regularisation, config.coding_costs)
     model.fit(features, labels, group_weights(labels, groups))
     model.provenance = {
         "aigdetect_version": __version__, "config": vars(config).copy(),
@@ -227,7 +286,8 @@ def _augmented_statistics(job: tuple[str, int, ResidualFitConfig]) -> np.ndarray
     for variant in range(config.variants):
         rng = np.random.default_rng([config.seed, index, variant])
         augmented = augmentation(pixels, rng, config.patch_size)
-        rows.append(residual_statistics(grid_tiles(augmented, config.patch_size, config.tiles)))
+        rows.append(residual_inputs(grid_tiles(augmented, config.patch_size, config.tiles),
+                                   config.coding_costs))
     return np.stack(rows)
 
 
@@ -237,4 +297,5 @@ def _matched_statistics(job: tuple[str, ResidualFitConfig]) -> np.ndarray | str:
     if isinstance(pixels, str):
         return pixels
     pixels = apply_processing(pixels, CONDITIONS["matched"])
-    return residual_statistics(grid_tiles(pixels, config.patch_size, config.tiles))
+    return residual_inputs(grid_tiles(pixels, config.patch_size, config.tiles),
+                           config.coding_costs)

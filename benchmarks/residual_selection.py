@@ -14,6 +14,7 @@ benchmark) and ``small-web`` (a 256 px centre crop enlarged for the web: small
 AI images are often upscaled).
 
     python benchmarks/residual_selection.py --regularisation 0.03,0.1
+    python benchmarks/residual_selection.py --coding-costs   # fit-residual --coding-costs
 
 Prints the mean AUC per processing (AI positive) over the 3 x 3 folds; about
 5 minutes on 2 CPU cores (the statistics are computed once, then every fold is
@@ -29,6 +30,7 @@ import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +42,10 @@ from aigdetect.residual_model import (
     ResidualClassifier,
     ResidualFitConfig,
     group_weights,
+    residual_input_dim,
+    residual_inputs,
     training_features,
 )
-from aigdetect.residuals import residual_dim, residual_statistics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 BIG_FAMILIES = ("sd-1.5-finetunes", "sd-1.x")
@@ -89,8 +92,9 @@ PROCESSINGS = {
 }
 
 
-def processed_statistics(path: str) -> dict[str, np.ndarray] | None:
-    """The file's statistics under each processing; None when it cannot be read."""
+def processed_inputs(path: str, coding_costs: bool) -> dict[str, np.ndarray] | None:
+    """The residual classifier's inputs for the file under each processing; None when
+    it cannot be read."""
     try:
         pixels = load_image(path).pixels
     except Exception:  # a bad file is left out of the selection, not fatal
@@ -100,12 +104,13 @@ def processed_statistics(path: str) -> dict[str, np.ndarray] | None:
         processed = pixels
         for step in steps:
             processed = apply_processing(processed, step)
-        out[name] = residual_statistics(grid_tiles(processed, CONFIG.patch_size, CONFIG.tiles))
+        out[name] = residual_inputs(grid_tiles(processed, CONFIG.patch_size, CONFIG.tiles),
+                                    coding_costs)
     return out
 
 
 def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, sources: np.ndarray,
-                   regularisation: float) -> dict[str, float]:
+                   regularisation: float, coding_costs: bool) -> dict[str, float]:
     """Mean AUC per processing over every (AI family, real fold) pair held out."""
     aucs: dict[str, list[float]] = defaultdict(list)
     families = sorted({s for s in sources if s.startswith("ai:")})
@@ -119,7 +124,8 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, sources:
             x = features["train"][train].reshape(-1, features["train"].shape[-1])
             y = np.repeat(labels[train], CONFIG.variants)
             g = np.repeat(groups, CONFIG.variants)
-            model = ResidualClassifier(regularisation).fit(x, y, group_weights(y, g))
+            model = ResidualClassifier(regularisation, coding_costs).fit(
+                x, y, group_weights(y, g))
             for name in PROCESSINGS:
                 scores = model.decision_function(features[name][held])
                 aucs[name].append(roc_auc_score(labels[held], scores))
@@ -133,17 +139,21 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=SHARED / "manifest.csv")
     parser.add_argument("--regularisation", default=str(CONFIG.regularisation),
                         help="comma-separated values of C to compare")
+    parser.add_argument("--coding-costs", action="store_true",
+                        help="add the coding costs, as 'fit-residual --coding-costs' does")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
     if not args.manifest.is_file():
         raise SystemExit(f"{args.manifest} not found: this selection needs ../shared/data")
     files = shippable_files(args.manifest)
-    print(f"{len(files)} files, {residual_dim(CONFIG.patch_size)} statistics each",
+    dim = residual_input_dim(CONFIG.patch_size, args.coding_costs)
+    print(f"{len(files)} files, {dim} inputs each",
           file=sys.stderr)
     with ProcessPoolExecutor(args.workers) as pool:
-        computed = list(pool.map(processed_statistics, [f.path for f in files], chunksize=4))
-    config = replace(CONFIG, workers=args.workers)
+        computed = list(pool.map(partial(processed_inputs, coding_costs=args.coding_costs),
+                                 [f.path for f in files], chunksize=4))
+    config = replace(CONFIG, workers=args.workers, coding_costs=args.coding_costs)
     readable = [f for f, c in zip(files, computed, strict=True) if c is not None]
     augmented, _, _, unreadable = training_features(readable, config)
     kept = [f for f in readable if f.path not in unreadable]
@@ -154,11 +164,12 @@ def main() -> None:
     sources = np.array([f.group for f in kept])
     results = {}
     for value in (float(v) for v in args.regularisation.split(",")):
-        results[f"C={value:g}"] = cross_validate(features, labels, sources, value)
+        results[f"C={value:g}"] = cross_validate(features, labels, sources, value,
+                                                 args.coding_costs)
         print(f"C={value:g}: {results[f'C={value:g}']}")
     if args.out:
-        args.out.write_text(json.dumps({"files": len(kept), "statistics":
-                                        residual_dim(CONFIG.patch_size),
+        args.out.write_text(json.dumps({"files": len(kept), "inputs": dim,
+                                        "coding_costs": args.coding_costs,
                                         "results": results}, indent=1))
 
 

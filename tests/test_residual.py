@@ -24,10 +24,16 @@ from typer.testing import CliRunner
 
 from aigdetect import weights as shipped_weights
 from aigdetect.cli import EXIT_USAGE
+from aigdetect.coding_cost import COUNTS_SIZE
 from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
 from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL
-from aigdetect.residual_model import ResidualClassifier, ResidualModelError, group_weights
+from aigdetect.residual_model import (
+    ResidualClassifier,
+    ResidualModelError,
+    group_weights,
+    residual_input_dim,
+)
 from aigdetect.residuals import (
     block_energy_spread,
     coarse_cooccurrences,
@@ -123,20 +129,28 @@ def test_group_weights_balance_classes_and_shrink_big_groups() -> None:
     assert big / small == pytest.approx(np.sqrt(100 / 4))
 
 
-def test_classifier_learns_saves_and_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("coding_costs", [False, True])
+def test_classifier_learns_saves_and_loads(tmp_path: Path, coding_costs: bool) -> None:
     rng = np.random.default_rng(5)
     shift = np.array([2.0, 0, 0, 0, 0, 0])
     features = np.vstack([rng.normal(0, 1, (60, 6)), rng.normal(0, 1, (60, 6)) + shift])
     features[:, 5] = 3.0  # a constant column must not break the standardisation
+    if coding_costs:  # prediction-error counts follow the statistics
+        features = np.hstack([features, rng.poisson(3.0, (120, COUNTS_SIZE))])
     labels = np.array([REAL] * 60 + [AI] * 60)
-    model = ResidualClassifier(regularisation=1.0).fit(features, labels)
+    model = ResidualClassifier(regularisation=1.0, coding_costs=coding_costs).fit(features,
+                                                                                   labels)
     scores = model.decision_function(features)
     assert scores[labels == AI].mean() > scores[labels == REAL].mean() + 1
     model.provenance = {"note": "test"}
     model.save(tmp_path / "residual.npz")
     loaded = ResidualClassifier.load(tmp_path / "residual.npz")
     np.testing.assert_allclose(loaded.decision_function(features), scores)
-    assert loaded.provenance == {"note": "test"}
+    assert loaded.provenance == {"note": "test"} and loaded.input_dim == features.shape[1]
+    assert loaded.coding_costs == coding_costs
+    # without coding costs the file stays in format 1, which older aigdetects read
+    with np.load(tmp_path / "residual.npz") as stored:
+        assert json.loads(str(stored["header"]))["format_version"] == (2 if coding_costs else 1)
 
 
 def test_classifier_refuses_what_is_not_its_file(tmp_path: Path) -> None:
@@ -256,14 +270,17 @@ def test_a_residual_model_added_after_calibration_waits_for_it(
 
 def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
                                     tmp_path: Path) -> None:
-    """After a refit the stored thresholds are stale: scan refuses the folder until
-    'calibrate' runs again, and calibrate itself accepts it (it replaces them)."""
+    """After a refit (here with the coding costs) the stored thresholds are stale: scan
+    refuses the folder until 'calibrate' runs again, and calibrate itself accepts it (it
+    replaces them); then scan and explain read the refitted model."""
     copy = tmp_path / "copy"
     shutil.copytree(folder["folder"], copy)
     before = json.loads((copy / "calibration.json").read_text())["weights"]["residual_sha256"]
     refit = invoke(runner, ["fit-residual", copy, "--real", folder["real"], "--fake",
-                            folder["fake"], "--val-fraction", "0", "--c", "1", "--workers", "0"])
+                            folder["fake"], "--val-fraction", "0", "--c", "1", "--coding-costs",
+                            "--workers", "0"])
     assert refit.exit_code == 0, refit.stderr
+    assert ResidualClassifier.load(copy / RESIDUAL_FILE).coding_costs
     stale = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q"])
     assert stale.exit_code == EXIT_USAGE and "calibrate" in stale.stderr
     again = invoke(runner, ["calibrate", copy, "--real", folder["work"] / "held_real",
@@ -274,6 +291,11 @@ def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
     scan = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q",
                            "--detector", "residual", "--workers", "0"])
     assert scan.exit_code in (0, 1), scan.stderr  # a verdict, whichever it is
+    explain = invoke(runner, ["explain", folder["fake"] / "f1.png", "--model", copy, "-o",
+                              tmp_path / "out", "-f", "json", "-q"])
+    assert explain.exit_code in (0, 1), explain.stderr
+    tiles = json.loads(explain.stdout)["images"][0]["heatmap"]["tiles"]
+    assert all(np.isfinite(tile["residual_logit"]) for tile in tiles)
 
 
 @pytest.mark.parametrize("args", [[], ["--fake", "FAKE"], ["--csv", "BAD_CSV"]])
@@ -321,7 +343,8 @@ def test_a_residual_model_of_another_statistics_count_is_refused(
                              "residual", "-q"])
     assert result.exit_code == EXIT_USAGE, result.stderr
     said = " ".join(result.stderr.split())
-    assert f"{residual_dim() + 1} residual statistics" in said and "fit-residual" in said
+    assert f"{residual_input_dim(64, False) + 1} residual inputs" in said
+    assert "fit-residual" in said
 
 
 # ---------------------------------------------------------------------------
@@ -341,8 +364,9 @@ def test_selection_deals_whole_repositories_into_balanced_folds() -> None:
     assert sizes == [4, 5, 5]
 
 
-def test_selection_runs_on_a_tiny_manifest(tmp_path: Path,
-                                           subprocess_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("coding_costs", [False, True])
+def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[str, str],
+                                           coding_costs: bool) -> None:
     """Held-out repositories and families through the script, end to end."""
     rows = []
     for repo in range(3):
@@ -357,11 +381,13 @@ def test_selection_runs_on_a_tiny_manifest(tmp_path: Path,
         f"{p},{k},{r},{f},yes\n" for p, k, r, f in rows))
     out = tmp_path / "selection.json"
     done = subprocess.run([sys.executable, SELECTION, "--manifest", tmp_path / "manifest.csv",
-                           "--regularisation", "0.1,1", "--workers", "1", "--out", out],
+                           "--regularisation", "0.1,1", "--workers", "1", "--out", out,
+                           *(["--coding-costs"] if coding_costs else [])],
                           capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr
     stored = json.loads(out.read_text())
-    assert stored["files"] == 15 and stored["statistics"] == residual_dim()
+    assert stored["files"] == 15 and stored["coding_costs"] == coding_costs
+    assert stored["inputs"] == residual_input_dim(64, coding_costs)
     for result in stored["results"].values():
         assert set(result) == {"matched", "web", "small-web", "mean"}
         assert all(0.0 <= value <= 1.0 for value in result.values())

@@ -16,9 +16,10 @@ app = typer.Typer(
     help=(
         "Tell camera photographs from AI-generated images.\n\n"
         "An extractor learns camera traces by predicting real photos' EXIF tags from their "
-        "pixels. The default detector fuses a one-class model of those traces (images that "
-        "fit no camera) with a binary real/AI classifier regularised by the same extractor "
-        "and a linear classifier on hand-crafted residual statistics."
+        "pixels. Detectors: a one-class model of those traces (images that fit no camera), "
+        "a binary real/AI classifier regularised by the same extractor, a linear classifier "
+        "on hand-crafted residual statistics (the shipped default: it ranks "
+        "unseen generators best), and their fusion."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
