@@ -41,12 +41,7 @@ from .density import DensityError, RealPhotoDensity
 from .faces import ENLARGE
 from .features import FaceSettings, FeatureExtractor, TileSettings
 from .files import atomic_write, file_sha256
-from .residual_model import (
-    ResidualClassifier,
-    ResidualModelError,
-    residual_input_dim,
-    residual_inputs,
-)
+from .residual_model import ResidualClassifier, ResidualModelError
 
 EXTRACTOR_FILE = "extractor.pt"
 DENSITY_FILE = "density.npz"
@@ -185,14 +180,12 @@ class ResidualDetector(SingleDetector):
     name: str = "residual"
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
-        inputs = residual_inputs(tiles, self.model.coding_costs)
-        return float(self.model.decision_function(inputs[None])[0]), {}
+        return float(self.model.decision_function(self.model.inputs(tiles)[None])[0]), {}
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
         """The log-odds of each tile's own statistics."""
         return self.model.decision_function(
-            np.stack([residual_inputs(tiles[i : i + 1], self.model.coding_costs)
-                      for i in range(len(tiles))]))
+            np.stack([self.model.inputs(tiles[i : i + 1]) for i in range(len(tiles))]))
 
 
 @dataclass
@@ -416,8 +409,7 @@ class DetectorFolder:
             raise DetectorError(f"{self.path} has no {RESIDUAL_FILE} (fit one with "
                                 "'aigdetect fit-residual')")
         model = ResidualClassifier.load(self.path / RESIDUAL_FILE)
-        computed = residual_input_dim(model.provenance.get("config", {}).get("patch_size", 64),
-                                      model.coding_costs)
+        computed = model.inputs.dim(model.provenance.get("config", {}).get("patch_size", 64))
         if model.input_dim != computed:
             raise DetectorError(
                 f"{self.path / RESIDUAL_FILE} was fitted on {model.input_dim} residual "

@@ -365,11 +365,25 @@ def apply_processing(pixels: np.ndarray, processing: Processing) -> np.ndarray:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     if processing.quality:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=processing.quality)
-        buffer.seek(0)
-        image = Image.open(buffer).convert("RGB")
+        image = jpeg_round_trip(image, processing.quality)
     return np.asarray(image, dtype=np.uint8)
+
+
+def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
+    """``image`` saved as a JPEG at ``quality`` (Pillow's defaults otherwise) and decoded."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
+def recompressed_tiles(tiles: np.ndarray, quality: int) -> np.ndarray:
+    """An (N, 3, P, P) uint8 tile set re-encoded as one JPEG strip at ``quality``: the
+    same last compression for every image, whatever its file's own storage was."""
+    count, _, size, _ = tiles.shape
+    strip = np.ascontiguousarray(np.concatenate(list(tiles.transpose(0, 2, 3, 1)), axis=1))
+    decoded = np.asarray(jpeg_round_trip(Image.fromarray(strip), quality), dtype=np.uint8)
+    return np.ascontiguousarray(decoded.reshape(size, count, size, 3).transpose(1, 3, 0, 2))
 
 
 def ensure_min_size(pixels: np.ndarray, size: int, notes: list[str] | None = None) -> np.ndarray:

@@ -15,6 +15,7 @@ AI images are often upscaled).
 
     python benchmarks/residual_selection.py --regularisation 0.03,0.1
     python benchmarks/residual_selection.py --coding-costs   # fit-residual --coding-costs
+    python benchmarks/residual_selection.py --recompress-quality 0   # tiles as decoded
 
 Prints the mean AUC per processing (AI positive) over the 3 x 3 folds; about
 5 minutes on 2 CPU cores (the statistics are computed once, then every fold is
@@ -29,7 +30,7 @@ import json
 import sys
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -41,9 +42,8 @@ from aigdetect.patches import CONDITIONS, Processing, apply_processing, grid_til
 from aigdetect.residual_model import (
     ResidualClassifier,
     ResidualFitConfig,
+    ResidualInputs,
     group_weights,
-    residual_input_dim,
-    residual_inputs,
     training_features,
 )
 
@@ -92,7 +92,7 @@ PROCESSINGS = {
 }
 
 
-def processed_inputs(path: str, coding_costs: bool) -> dict[str, np.ndarray] | None:
+def processed_inputs(path: str, inputs: ResidualInputs) -> dict[str, np.ndarray] | None:
     """The residual classifier's inputs for the file under each processing; None when
     it cannot be read."""
     try:
@@ -104,13 +104,12 @@ def processed_inputs(path: str, coding_costs: bool) -> dict[str, np.ndarray] | N
         processed = pixels
         for step in steps:
             processed = apply_processing(processed, step)
-        out[name] = residual_inputs(grid_tiles(processed, CONFIG.patch_size, CONFIG.tiles),
-                                    coding_costs)
+        out[name] = inputs(grid_tiles(processed, CONFIG.patch_size, CONFIG.tiles))
     return out
 
 
 def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, sources: np.ndarray,
-                   regularisation: float, coding_costs: bool) -> dict[str, float]:
+                   regularisation: float, inputs: ResidualInputs) -> dict[str, float]:
     """Mean AUC per processing over every (AI family, real fold) pair held out."""
     aucs: dict[str, list[float]] = defaultdict(list)
     families = sorted({s for s in sources if s.startswith("ai:")})
@@ -124,7 +123,7 @@ def cross_validate(features: dict[str, np.ndarray], labels: np.ndarray, sources:
             x = features["train"][train].reshape(-1, features["train"].shape[-1])
             y = np.repeat(labels[train], CONFIG.variants)
             g = np.repeat(groups, CONFIG.variants)
-            model = ResidualClassifier(regularisation, coding_costs).fit(
+            model = ResidualClassifier(regularisation, inputs).fit(
                 x, y, group_weights(y, g))
             for name in PROCESSINGS:
                 scores = model.decision_function(features[name][held])
@@ -139,6 +138,8 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=SHARED / "manifest.csv")
     parser.add_argument("--regularisation", default=str(CONFIG.regularisation),
                         help="comma-separated values of C to compare")
+    parser.add_argument("--recompress-quality", type=int, default=CONFIG.recompress_quality,
+                        help="as 'fit-residual --recompress-quality' (0: tiles as decoded)")
     parser.add_argument("--coding-costs", action="store_true",
                         help="add the coding costs, as 'fit-residual --coding-costs' does")
     parser.add_argument("--workers", type=int, default=2)
@@ -147,13 +148,14 @@ def main() -> None:
     if not args.manifest.is_file():
         raise SystemExit(f"{args.manifest} not found: this selection needs ../shared/data")
     files = shippable_files(args.manifest)
-    dim = residual_input_dim(CONFIG.patch_size, args.coding_costs)
+    config = replace(CONFIG, workers=args.workers, coding_costs=args.coding_costs,
+                     recompress_quality=args.recompress_quality or None)
+    dim = config.inputs.dim(config.patch_size)
     print(f"{len(files)} files, {dim} inputs each",
           file=sys.stderr)
     with ProcessPoolExecutor(args.workers) as pool:
-        computed = list(pool.map(partial(processed_inputs, coding_costs=args.coding_costs),
+        computed = list(pool.map(partial(processed_inputs, inputs=config.inputs),
                                  [f.path for f in files], chunksize=4))
-    config = replace(CONFIG, workers=args.workers, coding_costs=args.coding_costs)
     readable = [f for f, c in zip(files, computed, strict=True) if c is not None]
     augmented, _, _, unreadable = training_features(readable, config)
     kept = [f for f in readable if f.path not in unreadable]
@@ -165,11 +167,11 @@ def main() -> None:
     results = {}
     for value in (float(v) for v in args.regularisation.split(",")):
         results[f"C={value:g}"] = cross_validate(features, labels, sources, value,
-                                                 args.coding_costs)
+                                                 config.inputs)
         print(f"C={value:g}: {results[f'C={value:g}']}")
     if args.out:
         args.out.write_text(json.dumps({"files": len(kept), "inputs": dim,
-                                        "coding_costs": args.coding_costs,
+                                        "read": asdict(config.inputs),
                                         "results": results}, indent=1))
 
 

@@ -17,6 +17,7 @@ from aigdetect.patches import (
     grid_tiles,
     load_image,
     random_crops,
+    recompressed_tiles,
     tile_count,
 )
 
@@ -245,3 +246,16 @@ def test_tiny_image_upscaled_to_one_tile():
 def test_ensure_min_size_leaves_large_images_alone():
     pixels = random_rgb(64, 80)
     assert ensure_min_size(pixels, 64) is pixels
+
+
+def test_recompressed_tiles_keep_each_tile_in_its_place():
+    """Each tile comes back where it was, the same size, only JPEG-coded: at quality 100
+    a smooth tile is all but unchanged, and every tile is nearest its own original."""
+    ramp = np.linspace(20, 230, 64)[None, None, :] + np.zeros((3, 64, 1))
+    tiles = np.stack([np.clip(ramp + 10 * i, 0, 255) for i in range(4)]).astype(np.uint8)
+    tiles[2] = tiles[2].transpose(0, 2, 1)  # one tile runs the other way
+    back = recompressed_tiles(tiles, 100)
+    assert back.shape == tiles.shape and back.dtype == np.uint8
+    distances = np.abs(back[:, None].astype(int) - tiles[None].astype(int)).mean(axis=(2, 3, 4))
+    assert (distances.argmin(axis=1) == np.arange(4)).all()
+    assert distances.diagonal().max() < 1.5

@@ -28,11 +28,13 @@ from aigdetect.coding_cost import COUNTS_SIZE
 from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
 from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL
+from aigdetect.patches import recompressed_tiles
 from aigdetect.residual_model import (
+    LEGACY_INPUTS,
     ResidualClassifier,
+    ResidualInputs,
     ResidualModelError,
     group_weights,
-    residual_input_dim,
 )
 from aigdetect.residuals import (
     block_energy_spread,
@@ -129,17 +131,17 @@ def test_group_weights_balance_classes_and_shrink_big_groups() -> None:
     assert big / small == pytest.approx(np.sqrt(100 / 4))
 
 
-@pytest.mark.parametrize("coding_costs", [False, True])
-def test_classifier_learns_saves_and_loads(tmp_path: Path, coding_costs: bool) -> None:
+@pytest.mark.parametrize("inputs", [LEGACY_INPUTS, ResidualInputs(90, coding_costs=False),
+                                    ResidualInputs(90, coding_costs=True)])
+def test_classifier_learns_saves_and_loads(tmp_path: Path, inputs: ResidualInputs) -> None:
     rng = np.random.default_rng(5)
     shift = np.array([2.0, 0, 0, 0, 0, 0])
     features = np.vstack([rng.normal(0, 1, (60, 6)), rng.normal(0, 1, (60, 6)) + shift])
     features[:, 5] = 3.0  # a constant column must not break the standardisation
-    if coding_costs:  # prediction-error counts follow the statistics
+    if inputs.coding_costs:  # prediction-error counts follow the statistics
         features = np.hstack([features, rng.poisson(3.0, (120, COUNTS_SIZE))])
     labels = np.array([REAL] * 60 + [AI] * 60)
-    model = ResidualClassifier(regularisation=1.0, coding_costs=coding_costs).fit(features,
-                                                                                   labels)
+    model = ResidualClassifier(regularisation=1.0, inputs=inputs).fit(features, labels)
     scores = model.decision_function(features)
     assert scores[labels == AI].mean() > scores[labels == REAL].mean() + 1
     model.provenance = {"note": "test"}
@@ -147,10 +149,21 @@ def test_classifier_learns_saves_and_loads(tmp_path: Path, coding_costs: bool) -
     loaded = ResidualClassifier.load(tmp_path / "residual.npz")
     np.testing.assert_allclose(loaded.decision_function(features), scores)
     assert loaded.provenance == {"note": "test"} and loaded.input_dim == features.shape[1]
-    assert loaded.coding_costs == coding_costs
-    # without coding costs the file stays in format 1, which older aigdetects read
+    assert loaded.inputs == inputs
+    # tiles read as decoded, without coding costs: format 1, which older aigdetects read
     with np.load(tmp_path / "residual.npz") as stored:
-        assert json.loads(str(stored["header"]))["format_version"] == (2 if coding_costs else 1)
+        version = json.loads(str(stored["header"]))["format_version"]
+    assert version == (1 if inputs == LEGACY_INPUTS else 2)
+
+
+def test_recompression_makes_the_last_storage_matter_less() -> None:
+    """The same tiles, as decoded from a lossless file or after a JPEG q90 round trip:
+    re-encoded at q90 first, their statistics differ far less than as decoded."""
+    tiles = tiles_of(noise_array((256, 256), 9))
+    stored_as_jpeg = recompressed_tiles(tiles, 90)
+    for_reading = {read: np.linalg.norm(read(tiles) - read(stored_as_jpeg))
+                   for read in (ResidualInputs(None), ResidualInputs(90))}
+    assert for_reading[ResidualInputs(90)] < 0.5 * for_reading[ResidualInputs(None)]
 
 
 def test_classifier_refuses_what_is_not_its_file(tmp_path: Path) -> None:
@@ -280,7 +293,7 @@ def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
                             folder["fake"], "--val-fraction", "0", "--c", "1", "--coding-costs",
                             "--workers", "0"])
     assert refit.exit_code == 0, refit.stderr
-    assert ResidualClassifier.load(copy / RESIDUAL_FILE).coding_costs
+    assert ResidualClassifier.load(copy / RESIDUAL_FILE).inputs.coding_costs
     stale = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q"])
     assert stale.exit_code == EXIT_USAGE and "calibrate" in stale.stderr
     again = invoke(runner, ["calibrate", copy, "--real", folder["work"] / "held_real",
@@ -343,7 +356,7 @@ def test_a_residual_model_of_another_statistics_count_is_refused(
                              "residual", "-q"])
     assert result.exit_code == EXIT_USAGE, result.stderr
     said = " ".join(result.stderr.split())
-    assert f"{residual_input_dim(64, False) + 1} residual inputs" in said
+    assert f"{residual_dim() + 1} residual inputs" in said
     assert "fit-residual" in said
 
 
@@ -386,8 +399,9 @@ def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[
                           capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr
     stored = json.loads(out.read_text())
-    assert stored["files"] == 15 and stored["coding_costs"] == coding_costs
-    assert stored["inputs"] == residual_input_dim(64, coding_costs)
+    assert stored["read"] == {"recompress_quality": 90, "coding_costs": coding_costs}
+    assert stored["files"] == 15
+    assert stored["inputs"] == residual_dim() + (COUNTS_SIZE if coding_costs else 0)
     for result in stored["results"].values():
         assert set(result) == {"matched", "web", "small-web", "mean"}
         assert all(0.0 <= value <= 1.0 for value in result.values())

@@ -27,6 +27,7 @@ from ..oneclass import fit_detector
 from ..patches import CONDITIONS
 from ..report import printable
 from ..residual_model import (
+    DEFAULT_RECOMPRESS_QUALITY,
     DEFAULT_REGULARISATION,
     ResidualFitConfig,
     ResidualModelError,
@@ -239,6 +240,11 @@ def fit_residual_command(
                                        "held out for validation (the split 'train --binary' "
                                        "holds out, so the two agree on what is unseen)."),
     seed: int = typer.Option(0, help="Random seed (split, augmentation)."),
+    recompress_quality: int = typer.Option(
+        DEFAULT_RECOMPRESS_QUALITY, min=0, max=100, help="Re-encode each image's tiles as "
+        "JPEG at this quality before the statistics, in training and in every scan, so that "
+        "the file's own storage (lossless PNG, camera JPEG, WebP) does not decide. 0: read "
+        "the tiles as decoded (the previous behaviour)."),
     coding_costs: bool = typer.Option(
         False, "--coding-costs/--no-coding-costs", help="Add coding costs: the bits the "
         "image's pixels cost under a pixel-prediction model of your real photos, against the "
@@ -266,6 +272,7 @@ def fit_residual_command(
              "aigdetect fit-residual my-detector/ --real photos/ --fake generated/")
     config = ResidualFitConfig(regularisation=regularisation, variants=variants,
                                val_fraction=val_fraction, seed=seed, workers=workers,
+                               recompress_quality=recompress_quality or None,
                                coding_costs=coding_costs)
     with progress_bar(len(files), "fitting residual detector") as advance:
         try:
