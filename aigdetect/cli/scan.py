@@ -247,8 +247,8 @@ def scan_command(
     --detector fused adds the binary and the one-class (camera-trace) detectors, each
     record keeping every component's score. On generators and cameras it never saw it
     ranks AI images only a little better than chance in some conditions; its thresholds
-    call few real photos ai (0-3 % in the model card's benchmark) and few of the AI images
-    of generators it never saw (0-13 %): read weights/MODEL_CARD.md before relying on a
+    call few real photos ai (1-4 % in the model card's benchmark) and few of the AI images
+    of generators it never saw (0-9 %): read weights/MODEL_CARD.md before relying on a
     verdict.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
