@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 
 from . import __version__
 from .binary_data import Augmentation, split_for_validation
-from .coding_cost import COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
+from .coding_cost import COUNTS_SHAPE, COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
 from .files import atomic_write
 from .labelled import AI, REAL, LabelledFile
 from .patches import (
@@ -83,6 +83,13 @@ class ResidualInputs:
 
     recompress_quality: int | None = None
     coding_costs: bool = False
+
+    def __post_init__(self) -> None:
+        quality = self.recompress_quality
+        if quality is not None and (type(quality) is not int or not 1 <= quality <= 100):
+            raise ValueError(f"recompress_quality must be 1-100 or None, not {quality!r}")
+        if type(self.coding_costs) is not bool:
+            raise ValueError(f"coding_costs must be true or false, not {self.coding_costs!r}")
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         if self.recompress_quality is not None:
@@ -184,6 +191,9 @@ class ResidualClassifier:
                 coding = (CodingCostModel(bits_=arrays["coding_bits"],
                                           entropy_=arrays["coding_entropy"])
                           if inputs.coding_costs else None)
+                if coding is not None and (coding.bits_.shape != COUNTS_SHAPE
+                                           or coding.entropy_.shape != COUNTS_SHAPE[:2]):
+                    raise ValueError("its coding-cost tables have the wrong shape")
                 return cls(regularisation=header["regularisation"], inputs=inputs,
                            coding_=coding,
                            mean_=arrays["mean"], scale_=arrays["scale"], coef_=arrays["coef"],

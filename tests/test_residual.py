@@ -156,6 +156,30 @@ def test_classifier_learns_saves_and_loads(tmp_path: Path, inputs: ResidualInput
     assert version == (1 if inputs == LEGACY_INPUTS else 2)
 
 
+@pytest.mark.parametrize("inputs", [{"recompress_quality": "90"},
+                                    {"recompress_quality": 0, "coding_costs": False},
+                                    {"coding_costs": "yes"}, {"unknown": 1}])
+def test_a_residual_file_that_says_nonsense_about_its_inputs_is_refused(
+        tmp_path: Path, inputs: dict[str, Any]) -> None:
+    header = {"format": "aigdetect.residual-detector", "format_version": 2, "inputs": inputs,
+              "regularisation": 0.03, "intercept": 0.0, "provenance": {}}
+    np.savez(tmp_path / "odd.npz", header=np.array(json.dumps(header)), mean=np.zeros(3),
+             scale=np.ones(3), coef=np.zeros(3))
+    with pytest.raises(ResidualModelError, match="not a residual detector file"):
+        ResidualClassifier.load(tmp_path / "odd.npz")
+
+
+def test_a_residual_file_with_misshapen_coding_tables_is_refused(tmp_path: Path) -> None:
+    header = {"format": "aigdetect.residual-detector", "format_version": 2,
+              "inputs": {"recompress_quality": 90, "coding_costs": True},
+              "regularisation": 0.03, "intercept": 0.0, "provenance": {}}
+    np.savez(tmp_path / "odd.npz", header=np.array(json.dumps(header)), mean=np.zeros(3),
+             scale=np.ones(3), coef=np.zeros(3), coding_bits=np.zeros((2, 2)),
+             coding_entropy=np.zeros(2))
+    with pytest.raises(ResidualModelError, match="wrong shape"):
+        ResidualClassifier.load(tmp_path / "odd.npz")
+
+
 def test_recompression_makes_the_last_storage_matter_less() -> None:
     """The same tiles, as decoded from a lossless file or after a JPEG q90 round trip:
     re-encoded at q90 first, their statistics differ far less than as decoded."""
