@@ -24,6 +24,7 @@ Two modes:
     python benchmarks/detection.py --per-group 100 --out runs/benchmark/shipped.json
     python benchmarks/detection.py --logo sd-1.5-finetunes --train-minutes 15
     python benchmarks/detection.py --logo all --logo-train residual --detectors residual,fused
+    python benchmarks/detection.py --logo all --logo-train residual --residual-args=--coding-costs
 """
 
 from __future__ import annotations
@@ -246,7 +247,7 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
             binary = ["--binary", str(folder / "train.best.pt")]
         if "residual" in retrain:
             aigdetect("fit-residual", str(folder), "--csv", str(train_csv),
-                      "--workers", str(max(args.workers, 1)))
+                      "--workers", str(max(args.workers, 1)), *args.residual_args.split())
         # fusion weights from the AI images both trainings held out (one split function),
         # as for the shipped model
         link_binary_validation(train_csv, folder / "fusion-ai", seed=0)
@@ -281,6 +282,9 @@ def main() -> None:
                         help="supervised detectors retrained per fold: binary, residual")
     parser.add_argument("--train-minutes", type=float, default=15.0)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--residual-args", default="",
+                        help="further options of 'aigdetect fit-residual' for the folds "
+                        "(e.g. '--coding-costs')")
     parser.add_argument("--train-args", default="--patches 8 --lr 5e-4 --alpha 0.05",
                         help="further options of 'aigdetect train --binary' for the folds "
                         "(use the shipped model's)")
