@@ -182,12 +182,12 @@ class ResidualClassifier:
                 header = json.loads(str(data["header"]))
                 if header.get("format") != FORMAT:
                     raise ResidualModelError(f"{path}: not an aigdetect residual detector file")
-                if header.get("format_version", 0) > FORMAT_VERSION:
+                version = header.get("format_version", 0)
+                if version > FORMAT_VERSION:
                     raise ResidualModelError(
                         f"{path}: written by a newer aigdetect; upgrade to read it")
                 arrays = {key: data[key] for key in data.files if key != "header"}
-                inputs = (ResidualInputs(**header["inputs"]) if header["format_version"] >= 2
-                          else LEGACY_INPUTS)
+                inputs = ResidualInputs(**header["inputs"]) if version >= 2 else LEGACY_INPUTS
                 coding = (CodingCostModel(bits_=arrays["coding_bits"],
                                           entropy_=arrays["coding_entropy"])
                           if inputs.coding_costs else None)

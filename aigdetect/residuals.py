@@ -58,7 +58,7 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 def residual_statistics(tiles: np.ndarray) -> np.ndarray:
     """One float32 vector of residual statistics for an (N, 3, P, P) uint8 tile set."""
     pixels = tiles.astype(np.float64)  # float32 rounding would flip quantisation ties
-    luma = luma_planes(tiles)
+    luma = luma_planes(pixels)
     first_h, first_v = np.diff(luma, axis=2), np.diff(luma, axis=1)
     second_h, second_v = np.diff(luma, 2, axis=2), np.diff(luma, 2, axis=1)
     square = square_residual(luma)
@@ -72,14 +72,9 @@ def residual_statistics(tiles: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def luma_planes(tiles: np.ndarray) -> np.ndarray:
+def luma_planes(pixels: np.ndarray) -> np.ndarray:
     """(N, H, W) float64 luma (ITU-R BT.601 weights) of (N, 3, H, W) pixels."""
-    return np.einsum("nchw,c->nhw", tiles.astype(np.float64), _LUMA)
-
-
-def residual_dim(patch_size: int = 64) -> int:
-    """Length of :func:`residual_statistics`' vector for tiles of ``patch_size``."""
-    return len(residual_statistics(np.zeros((1, 3, patch_size, patch_size), np.uint8)))
+    return np.einsum("nchw,c->nhw", pixels.astype(np.float64, copy=False), _LUMA)
 
 
 def square_residual(channel: np.ndarray) -> np.ndarray:

@@ -42,7 +42,6 @@ from aigdetect.residuals import (
     log_power_spectrum,
     pair_histogram,
     quantise,
-    residual_dim,
     residual_statistics,
     square_residual,
     upsampling_peaks,
@@ -63,7 +62,7 @@ def test_statistics_have_a_fixed_length_and_stay_finite_on_flat_tiles() -> None:
     flat = np.full((3, 3, 64, 64), 128, np.uint8)
     for tiles in (noisy, flat, noisy[:1]):
         vector = residual_statistics(tiles)
-        assert vector.shape == (residual_dim(),) and vector.dtype == np.float32
+        assert vector.shape == (LEGACY_INPUTS.dim(64),) and vector.dtype == np.float32
         assert np.isfinite(vector).all()
 
 
@@ -380,7 +379,7 @@ def test_a_residual_model_of_another_statistics_count_is_refused(
                              "residual", "-q"])
     assert result.exit_code == EXIT_USAGE, result.stderr
     said = " ".join(result.stderr.split())
-    assert f"{residual_dim() + 1} residual inputs" in said
+    assert f"{LEGACY_INPUTS.dim(64) + 1} residual inputs" in said
     assert "fit-residual" in said
 
 
@@ -425,7 +424,7 @@ def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[
     stored = json.loads(out.read_text())
     assert stored["read"] == {"recompress_quality": 90, "coding_costs": coding_costs}
     assert stored["files"] == 15
-    assert stored["inputs"] == residual_dim() + (COUNTS_SIZE if coding_costs else 0)
+    assert stored["inputs"] == LEGACY_INPUTS.dim(64) + (COUNTS_SIZE if coding_costs else 0)
     for result in stored["results"].values():
         assert set(result) == {"matched", "web", "small-web", "mean"}
         assert all(0.0 <= value <= 1.0 for value in result.values())
