@@ -242,6 +242,17 @@ def evaluation_table(rows: Sequence[GroupMetrics], threshold_note: str) -> Table
     return table
 
 
+def baseline_line(compared: dict[str, Any]) -> str:
+    """One line saying how the evaluated detector compares with ``--baseline``'s."""
+    difference, base = compared["difference"], compared["mean_pair_auc"]
+    low, high = difference["ci95"]
+    verdict = ("better" if low > 0 else "worse" if high < 0
+               else "no difference these images can tell")
+    return (f"against the baseline {compared['model']['name']} ({compared['detector']}, mean "
+            f"pair AUC {base['value']:.3f}): {difference['value']:+.3f} (95 % paired bootstrap "
+            f"interval {low:+.3f} to {high:+.3f}; {verdict})")
+
+
 def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
                      threshold_note: str, extra: dict[str, Any]) -> None:
     if fmt == "json":
@@ -258,3 +269,6 @@ def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
             console.print(f"mean AUC over the {mean['pairs']} (AI group, real group) pairs: "
                           f"{mean['value']:.3f} (95 % bootstrap interval {low:.3f}-{high:.3f})",
                           markup=False)
+        compared = extra.get("baseline")
+        if compared and compared["difference"]:
+            console.print(baseline_line(compared), markup=False)

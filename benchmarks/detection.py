@@ -114,15 +114,22 @@ def summarise(part: dict) -> dict:
 
 
 def evaluate(csv_path: Path, model: Path | None, detector: str, condition: str,
-             workers: int) -> dict[str, dict]:
+             workers: int, baseline: Path | None = None) -> dict[str, dict]:
     """One ``aigdetect evaluate`` run: the detector's summary, and each component's
-    when it is a fusion (their scores are in the same records)."""
+    when it is a fusion (their scores are in the same records). With ``baseline`` the
+    detector's summary adds its paired difference from that folder's same detector."""
     args = ["evaluate", "--csv", str(csv_path), "-f", "json", "-q", "--detector", detector,
             "--condition", condition, "--workers", str(workers)]
     if model is not None:
         args += ["--model", str(model)]
+    if baseline is not None:
+        args += ["--baseline", str(baseline)]
     document = json.loads(aigdetect(*args))
     summaries = {detector: summarise(document)}
+    if document.get("baseline"):
+        difference = document["baseline"]["difference"] or {}
+        summaries[detector] |= {"baseline_difference": difference.get("value"),
+                                "baseline_difference_ci95": difference.get("ci95")}
     for name, part in document.get("components", {}).items():
         summaries[name] = summarise(part)
     return summaries
@@ -145,6 +152,9 @@ def print_results(title: str, results: dict) -> None:
         table.add_row("  95 % bootstrap interval",
                       *[_fmt(by_condition[c]["mean_pair_auc_ci95"]) for c in conditions],
                       end_section=True)
+        for name, values in baseline_rows(by_condition, conditions):
+            table.add_row(name, *[_fmt(v, signed=True) for v in values],
+                          end_section=name.startswith(" "))
         for name, key in RATE_ROWS:
             for group in first[key]:
                 table.add_row(f"{name} {group}", *[_fmt(by_condition[c][key][group])
@@ -165,35 +175,52 @@ def markdown(results: dict) -> str:
         rows.append(("**mean pair AUC**", [by_condition[c]["mean_pair_auc"] for c in conditions]))
         rows.append(("95 % bootstrap interval",
                      [by_condition[c]["mean_pair_auc_ci95"] for c in conditions]))
-        rows += [(f"{name} {group}", [by_condition[c][key][group] for c in conditions])
+        differences = [(name.strip(), values)
+                       for name, values in baseline_rows(by_condition, conditions)]
+        rates = [(f"{name} {group}", [by_condition[c][key][group] for c in conditions])
                  for name, key in RATE_ROWS for group in first[key]]
-        lines += [f"| {name} | {' | '.join(_fmt(v) for v in values)} |" for name, values in rows]
+        lines += [f"| {name} | {' | '.join(_fmt(v, signed) for v in values)} |"
+                  for signed, part in ((False, rows), (True, differences), (False, rates))
+                  for name, values in part]
         lines.append("")
     return "\n".join(lines)
 
 
-def _fmt(value: float | list[float] | None) -> str:
-    """A number, an interval (low-high) or "-"."""
+def baseline_rows(by_condition: dict, conditions: list[str]) -> list[tuple[str, list]]:
+    """The paired difference from ``--baseline`` and its interval, when measured."""
+    if "baseline_difference" not in by_condition[conditions[0]]:
+        return []
+    return [("difference from the baseline",
+             [by_condition[c]["baseline_difference"] for c in conditions]),
+            ("  95 % paired bootstrap interval",
+             [by_condition[c]["baseline_difference_ci95"] for c in conditions])]
+
+
+def _fmt(value: float | list[float] | None, signed: bool = False) -> str:
+    """A number, an interval (low to high) or "-"; ``signed`` for differences."""
     if value is None:
         return "-"
+    number = "{:+.3f}" if signed else "{:.3f}"
     if isinstance(value, list):
-        return f"{value[0]:.3f}-{value[1]:.3f}"
-    return f"{value:.3f}"
+        return f"{number.format(value[0])} to {number.format(value[1])}" if signed else \
+            f"{value[0]:.3f}-{value[1]:.3f}"
+    return number.format(value)
 
 
 def run_matrix(csv_path: Path, model: Path | None, detectors: list[str],
-               conditions: list[str], workers: int) -> dict:
+               conditions: list[str], workers: int, baseline: Path | None = None) -> dict:
     """detector -> condition -> summary. A fused run also gives its components, which
-    are then not run again."""
+    are then not run again (unless compared with a ``baseline``: each detector's
+    difference comes from its own run)."""
     results: dict[str, dict] = {}
     for condition in conditions:
         for detector in detectors:
-            if condition in results.get(detector, {}):
+            if condition in results.get(detector, {}) and baseline is None:
                 continue  # measured as a component of the fused run
             started = time.monotonic()
-            summaries = evaluate(csv_path, model, detector, condition, workers)
+            summaries = evaluate(csv_path, model, detector, condition, workers, baseline)
             for name, summary in summaries.items():
-                if name in detectors:
+                if name == detector or (name in detectors and baseline is None):
                     results.setdefault(name, {})[condition] = summary
             log.print(f"{detector} / {condition}: mean pair AUC "
                       f"{_fmt(summaries[detector]['mean_pair_auc'])} "
@@ -267,6 +294,9 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="detector folder (default: shipped)")
+    parser.add_argument("--baseline", type=Path, help="a second detector folder scored on the "
+                        "same images: adds each detector's paired difference in mean pair "
+                        "AUC (not with --logo)")
     parser.add_argument("--splits", type=Path, default=ROOT / "runs/splits",
                         help="output of benchmarks/shared_splits.py")
     parser.add_argument("--test-dir", type=Path, help="a folder with real/<set>/ and "
@@ -299,14 +329,19 @@ def main() -> None:
         raise SystemExit(f"{test_dir} does not exist: run benchmarks/shared_splits.py first")
     rows = test_sets(test_dir, args.per_group or None, args.seed)
     started = time.monotonic()
+    if args.logo and args.baseline:
+        raise SystemExit("--baseline compares two fixed detector folders; --logo retrains "
+                         "per fold: use one or the other")
     if args.logo:
         results = {"mode": "leave-one-generator-out",
                    "folds": run_logo(args, [r for r in rows if r[1] == "real"])}
     else:
         csv_path = write_csv(rows, args.out.with_suffix(".csv"))
-        matrix = run_matrix(csv_path, args.model, args.detectors, args.conditions, args.workers)
+        matrix = run_matrix(csv_path, args.model, args.detectors, args.conditions, args.workers,
+                            args.baseline)
         print_results("unseen generators and cameras", matrix)
-        results = {"mode": "shipped model, unseen sets", "results": matrix}
+        results = {"mode": "shipped model, unseen sets", "results": matrix,
+                   "baseline": str(args.baseline) if args.baseline else None}
     results |= {"per_group": args.per_group, "seconds": round(time.monotonic() - started),
                 "groups": sorted({f"{label}:{group}" for _, label, group in rows})}
     args.out.parent.mkdir(parents=True, exist_ok=True)

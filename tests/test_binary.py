@@ -452,6 +452,37 @@ def test_scan_refuses_a_detector_the_folder_lacks(runner: CliRunner, tmp_path: P
     assert "calibrate" in result.stderr
 
 
+def test_evaluate_against_a_baseline_folder(runner: CliRunner, calibrated: dict[str, Any],
+                                            binary_run: dict[str, Any]) -> None:
+    """``evaluate --baseline``: the same files scored by a second folder's same
+    detector; its mean pair AUC is what evaluating that folder alone gives, and the
+    difference is the two means' (with a paired interval around it)."""
+    shipped = Path(shipped_weights.__file__).parent
+    common = ["evaluate", "--real", binary_run["real"], "--fake", binary_run["fake"],
+              "--detector", "oneclass", "-f", "json", "--workers", "0", "-q"]
+    compared = invoke(runner, [*common, "--model", calibrated["folder"], "--baseline", shipped])
+    assert compared.exit_code == 0, compared.stderr
+    document = json.loads(compared.stdout)
+    alone = json.loads(invoke(runner, [*common, "--model", shipped]).stdout)
+    baseline = document["baseline"]
+    assert baseline["detector"] == "oneclass"
+    assert baseline["model"]["extractor_sha256"] == alone["model"]["extractor_sha256"]
+    assert baseline["mean_pair_auc"]["value"] == pytest.approx(alone["mean_pair_auc"]["value"])
+    difference = baseline["difference"]
+    assert difference["value"] == pytest.approx(
+        document["mean_pair_auc"]["value"] - alone["mean_pair_auc"]["value"])
+    low, high = difference["ci95"]
+    assert low <= difference["value"] <= high
+    table = invoke(runner, [*(a for a in common if a not in ("-f", "json")), "--model",
+                            calibrated["folder"], "--baseline", shipped])
+    assert "against the baseline" in table.stdout and "paired" in table.stdout
+    by_name = json.loads(invoke(runner, [*common, "--model", calibrated["folder"],
+                                         "--baseline", "shipped"]).stdout)
+    assert by_name["baseline"]["model"]["extractor_sha256"] == alone["model"]["extractor_sha256"]
+    refused = invoke(runner, [*common, "--baseline", shipped, "--faces"])
+    assert refused.exit_code == EXIT_USAGE and "--baseline" in refused.stderr
+
+
 def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_path: Path,
                                                 subprocess_env: dict[str, str]) -> None:
     """benchmarks/detection.py through the real CLI: pair AUCs, FPR per real set, TPR per
@@ -466,7 +497,7 @@ def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_
     done = subprocess.run(
         [sys.executable, script, "--model", calibrated["folder"], "--test-dir", test_dir,
          "--per-group", "0", "--detectors", "fused,oneclass", "--conditions", "asis,matched",
-         "--workers", "0", "--out", out],
+         "--workers", "0", "--out", out, "--baseline", calibrated["folder"]],
         capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr
     results = json.loads(out.read_text())["results"]
@@ -481,4 +512,7 @@ def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_
             assert set(summary["fpr"]) == {"cameras", "web"}
             assert set(summary["tpr"]) == {"gen-a"}
             assert set(summary["review_fpr"]) == {"cameras", "web"}
-    assert "mean pair AUC" in done.stdout
+            # against itself: the paired difference is exactly zero
+            assert summary["baseline_difference"] == 0.0
+            assert summary["baseline_difference_ci95"] == [0.0, 0.0]
+    assert "mean pair AUC" in done.stdout and "difference from the baseline" in done.stdout

@@ -23,6 +23,7 @@ from aigdetect.evaluation import (
     group_metrics,
     labelled_sets,
     mean_pair_auc,
+    paired_difference,
     rank_auc,
 )
 from aigdetect.labelled import files_from_csv
@@ -326,3 +327,51 @@ def test_mean_pair_auc_interval_holds_the_value_and_narrows_with_more_images() -
     assert large["ci95"][1] - large["ci95"][0] < small["ci95"][1] - small["ci95"][0]
     assert mean_pair_auc(results(30)) == small  # seeded: the same interval every run
     assert mean_pair_auc({"cams": (REAL, [])}) is None
+
+
+def scored(prefix: str, scores: list[float | None]) -> list[ScanRecord]:
+    """Records of files ``prefix0.png``, ``prefix1.png``... with these raw scores."""
+    return [ScanRecord(path=f"{prefix}{i}.png", raw_score=score)
+            for i, score in enumerate(scores)]
+
+
+def test_paired_difference_of_a_detector_with_itself_is_exactly_zero() -> None:
+    rng = np.random.default_rng(1)
+    results = {"cams": (REAL, scored("c", list(rng.normal(0, 1, 40)))),
+               "gen": (AI, scored("g", list(rng.normal(0.5, 1, 40))))}
+    same = paired_difference(results, results)
+    assert same["value"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    assert same["images"] == 80
+    # separately each interval is wide; paired, what both share cancels
+    alone = mean_pair_auc(results)
+    assert alone["ci95"][1] - alone["ci95"][0] > 0.1
+
+
+def test_paired_difference_tells_a_small_consistent_gain() -> None:
+    """A detector that ranks like the baseline plus a little more signal: the
+    separate intervals overlap, the paired one lies above zero."""
+    rng = np.random.default_rng(2)
+    noise_real, noise_ai = rng.normal(0, 1, 150), rng.normal(0, 1, 150)
+    baseline = {"cams": (REAL, scored("c", list(noise_real))),
+                "gen": (AI, scored("g", list(noise_ai + 0.5)))}
+    better = {"cams": (REAL, scored("c", list(noise_real))),
+              "gen": (AI, scored("g", list(noise_ai + 0.5 + 0.3 * (noise_ai < 0))))}
+    difference = paired_difference(better, baseline)
+    expected = mean_pair_auc(better)["value"] - mean_pair_auc(baseline)["value"]
+    assert difference["value"] == pytest.approx(expected)
+    low, high = difference["ci95"]
+    assert 0 < low <= difference["value"] <= high
+    assert mean_pair_auc(better)["ci95"][0] < mean_pair_auc(baseline)["ci95"][1]
+    assert paired_difference(baseline, better)["value"] == pytest.approx(-expected)
+
+
+def test_paired_difference_counts_only_files_both_scored() -> None:
+    results = {"cams": (REAL, scored("c", [0.0, 1.0, 2.0])),
+               "gen": (AI, scored("g", [3.0, 0.5, None]))}
+    baseline = {"cams": (REAL, scored("c", [0.0, 1.0, None])),
+                "gen": (AI, scored("g", [3.0, 0.5, 9.0])), "other": (AI, scored("o", [1.0]))}
+    difference = paired_difference(results, baseline)
+    assert difference["images"] == 4  # c0, c1, g0, g1: scored by both
+    # on those four files both detectors give the same scores
+    assert difference["value"] == 0.0
+    assert paired_difference({"cams": (REAL, scored("c", [1.0]))}, baseline) is None

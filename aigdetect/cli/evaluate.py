@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -10,11 +11,13 @@ import typer
 from ..evaluation import (
     AI,
     REAL,
+    LabelledSet,
     component_results,
     evaluate_groups,
     labelled_sets,
     mean_pair_auc,
     pair_metrics,
+    paired_difference,
     plot_roc,
 )
 from ..files import parse_extensions
@@ -32,6 +35,7 @@ from .common import (
     MODEL_OPTION,
     PATCHES_OPTION,
     WORKERS_OPTION,
+    LoadedDetector,
     check_face_options,
     err,
     fail,
@@ -59,6 +63,11 @@ def evaluate_command(
     detector_name: str | None = DETECTOR_OPTION,
     patches: str | None = PATCHES_OPTION,
     model: Path | None = MODEL_OPTION,
+    baseline: Path | None = typer.Option(
+        None, help="A second detector folder, or 'shipped' for the one shipped with "
+        "aigdetect, scored on the same images with the same --detector (else its own "
+        "default): adds the difference in mean pair AUC with a paired bootstrap interval, "
+        "which tells smaller differences apart than the two separate intervals can."),
     device: str = DEVICE_OPTION,
     batch_size: int = BATCH_OPTION,
     workers: int = WORKERS_OPTION,
@@ -95,20 +104,23 @@ def evaluate_command(
     if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
         fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
     check_face_options(faces, aligned, face_model, None)
+    if faces and baseline is not None:
+        fail("--baseline compares general detectors; with --faces the face detector judges",
+             "leave out --faces, or compare face detectors with --face-model one at a time")
     loaded = load_detector(model, detector_name, device, patches, batch_size,
                            condition=condition)
     if faces:
         loaded = with_faces(loaded, face_model, device, batch_size, aligned)
     judge = loaded.face_detector or loaded.detector
-    results: dict[str, tuple[str, list[ScanRecord]]] = {}
-    with progress_bar(sum(len(g.paths) for g in groups), "evaluating", disable=quiet) as advance:
-        for group in groups:
-            records = []
-            for record in scan(group.paths, loaded.detector, loaded.identity, loaded.tiles,
-                               workers, face_detector=loaded.face_detector):
-                records.append(record)
-                advance(1)
-            results[group.name] = (group.label, records)
+    compared = None if baseline is None else load_detector(
+        None if is_shipped(baseline) else baseline, detector_name, device, patches,
+        batch_size, condition=condition)
+    runs = 1 if compared is None else 2
+    with progress_bar(runs * sum(len(g.paths) for g in groups), "evaluating",
+                      disable=quiet) as advance:
+        results = score_groups(groups, loaded, workers, advance)
+        baseline_results = None if compared is None else score_groups(
+            groups, compared, workers, advance)
     rows = evaluate_groups(results)
     calibration = judge.calibration
     name = f"faces:{judge.name}" if faces else judge.name
@@ -131,6 +143,10 @@ def evaluate_command(
                               "mean_pair_auc": mean_pair_auc(view)}
                        for name in components
                        for view in [component_results(results, name)]},
+        "baseline": None if compared is None else {
+            "detector": compared.detector.name, "model": compared.identity,
+            "mean_pair_auc": mean_pair_auc(baseline_results),
+            "difference": paired_difference(results, baseline_results)},
     })
     if plot is not None:
         try:
@@ -138,3 +154,23 @@ def evaluate_command(
         except (RuntimeError, OSError, ValueError) as error:
             fail(f"--plot {plot}: {error}")
         err.print(f"ROC curves written to {plot}")
+
+
+def score_groups(groups: list[LabelledSet], loaded: LoadedDetector, workers: int,
+                 advance: Callable[[int], None]) -> dict[str, tuple[str, list[ScanRecord]]]:
+    """Every group's scan records by one detector: group name -> (label, records)."""
+    results = {}
+    for group in groups:
+        records = []
+        for record in scan(group.paths, loaded.detector, loaded.identity, loaded.tiles,
+                           workers, face_detector=loaded.face_detector):
+            records.append(record)
+            advance(1)
+        results[group.name] = (group.label, records)
+    return results
+
+
+def is_shipped(baseline: Path) -> bool:
+    """``--baseline shipped`` names the shipped detector, unless a folder of that name
+    is here."""
+    return baseline == Path("shipped") and not baseline.exists()
