@@ -92,7 +92,7 @@ PROCESSINGS = {
 }
 
 
-def processed_inputs(path: str, inputs: ResidualInputs) -> dict[str, np.ndarray] | None:
+def processed_inputs(path: str, config: ResidualFitConfig) -> dict[str, np.ndarray] | None:
     """The residual classifier's inputs for the file under each processing; None when
     it cannot be read."""
     try:
@@ -104,7 +104,7 @@ def processed_inputs(path: str, inputs: ResidualInputs) -> dict[str, np.ndarray]
         processed = pixels
         for step in steps:
             processed = apply_processing(processed, step)
-        out[name] = inputs(grid_tiles(processed, CONFIG.patch_size, CONFIG.tiles))
+        out[name] = config.inputs(grid_tiles(processed, config.patch_size, config.tiles))
     return out
 
 
@@ -142,6 +142,8 @@ def main() -> None:
                         help="as 'fit-residual --recompress-quality' (0: tiles as decoded)")
     parser.add_argument("--coding-costs", action="store_true",
                         help="add the coding costs, as 'fit-residual --coding-costs' does")
+    parser.add_argument("--tiles", type=int, default=CONFIG.tiles,
+                        help="64 px tiles per image, in training and scoring alike")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
@@ -149,12 +151,12 @@ def main() -> None:
         raise SystemExit(f"{args.manifest} not found: this selection needs ../shared/data")
     files = shippable_files(args.manifest)
     config = replace(CONFIG, workers=args.workers, coding_costs=args.coding_costs,
-                     recompress_quality=args.recompress_quality or None)
+                     recompress_quality=args.recompress_quality or None, tiles=args.tiles)
     dim = config.inputs.dim(config.patch_size)
     print(f"{len(files)} files, {dim} inputs each",
           file=sys.stderr)
     with ProcessPoolExecutor(args.workers) as pool:
-        computed = list(pool.map(partial(processed_inputs, inputs=config.inputs),
+        computed = list(pool.map(partial(processed_inputs, config=config),
                                  [f.path for f in files], chunksize=4))
     readable = [f for f, c in zip(files, computed, strict=True) if c is not None]
     augmented, _, _, unreadable = training_features(readable, config)
