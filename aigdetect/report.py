@@ -177,11 +177,8 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
         # a pipe or file gets wide rows rather than folded paths
         console = console or Console(file=stream, width=None if stream.isatty() else 200)
         console.print(scan_table(records))
-        s = summary(records)
-        console.print(f"{s['files']} files: {s['ai']} ai, {s['uncertain']} uncertain, "
-                      f"{s['real']} real, {s['error']} unreadable"
-                      + (f", {s[NO_FACE]} without a face" if s[NO_FACE] else "")
-                      + (" (interrupted: partial results)" if interrupted else ""))
+        if interrupted:  # the file must not pass for a whole scan; the counts go to stderr
+            console.print("interrupted: partial results")
     elif fmt == "json":
         document = {"schema_version": SCHEMA_VERSION, "aigdetect_version": __version__,
                     **({"interrupted": True} if interrupted else {}),

@@ -240,12 +240,13 @@ def survive_any_text(stream: TextIO) -> None:
 
 @contextmanager
 def progress_bar(total: int, label: str, disable: bool = False):
-    """A progress bar on stderr; yields a function that advances it."""
+    """A progress bar on stderr when it is a terminal (a log file or pipe would get a
+    stray line from it, nothing useful); yields a function that advances it."""
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
     # redrawn as files finish, not from a timer thread: with --workers 0 a redraw during
     # a decode would land in the decoder's captured stderr (see patches.decoder_output)
-    with Progress(*columns, console=err, disable=disable, transient=True,
+    with Progress(*columns, console=err, disable=disable or not err.is_terminal, transient=True,
                   auto_refresh=False) as progress:
         task = progress.add_task(label, total=total)
 

@@ -32,7 +32,7 @@ from ..report import (
 )
 from ..resume import Previous, prepare_append, read_previous, recorded
 from ..runtime import interrupt_deferred
-from ..scanning import ScanRecord, scan
+from ..scanning import NO_FACE, ScanRecord, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -402,8 +402,11 @@ def report_scan(tally: ScanTally, output_format: str, quiet: bool, interrupted: 
     code = exit_code(tally.verdicts)
     verdicts = tally.verdicts
     skipped = f" ({tally.skipped} already recorded, skipped)" if tally.skipped else ""
-    if not quiet and output_format != "table":  # the table prints its own summary
-        err.print(f"[dim]{verdicts.total()} files{skipped}: {verdicts['ai']} ai, "
+    if not quiet:  # stderr in every format: stdout carries only the results
+        faceless = f", {verdicts[NO_FACE]} without a face" if verdicts[NO_FACE] else ""
+        files = "file" if verdicts.total() == 1 else "files"
+        err.print(f"[dim]{verdicts.total()} {files}{skipped}: {verdicts['ai']} ai, "
                   f"{verdicts['uncertain']} uncertain, {verdicts['real']} real, "
-                  f"{verdicts['error']} unreadable; exit code {code}[/]")
+                  f"{verdicts['error']} unreadable{faceless}; exit code {code}[/]",
+                  soft_wrap=True)
     raise typer.Exit(code)
