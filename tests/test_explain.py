@@ -188,6 +188,25 @@ def test_outputs_never_inside_the_evidence_nor_over_a_file(tmp_path: Path) -> No
     assert new_file(tmp_path, 1, photo) != taken
 
 
+def test_missing_input_is_a_case_and_the_report_may_go_in_the_new_folder(
+        tmp_path: Path) -> None:
+    """As scan does: an input that is not there is reported and counted (exit 3 or 4),
+    not skipped; and --html may name a file in the -o folder explain creates."""
+    photo = write_image(tmp_path / "evidence" / "a.jpg")
+    missing = tmp_path / "evidence" / "gone.jpg"
+    case_folder = tmp_path / "case17"
+    result = invoke(CliRunner(), ["explain", photo, missing, "-o", case_folder, "--html",
+                                  case_folder / "report.html", "-f", "json", "-q"])
+    document = json.loads(result.stdout)
+    gone = next(c for c in document["images"] if c["path"] == str(missing))
+    assert "no such file" in gone["error"] and gone["verdict"] is None
+    assert set(gone) == CASE_KEYS
+    assert result.exit_code in (3, 4)
+    assert (case_folder / "report.html").is_file()
+    table = invoke(CliRunner(), ["explain", missing, "-o", tmp_path / "again", "-q"])
+    assert table.exit_code == 3 and "not read" in table.stdout
+
+
 @pytest.mark.parametrize(("metrics", "status"), [
     ({"concordance": 0.641, "chance": 0.5}, "informative"),
     ({"concordance": 0.551, "chance": 0.5}, "weak"),

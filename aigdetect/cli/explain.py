@@ -23,7 +23,7 @@ from ..detectors import (
     default_model_dir,
     oneclass_features,
 )
-from ..explain.case import EXPLAIN_SCHEMA_VERSION, Explainer
+from ..explain.case import EXPLAIN_SCHEMA_VERSION, Explainer, unexplained_case
 from ..explain.consistency import PretextReader
 from ..explain.console import print_document
 from ..explain.html import render as render_html
@@ -53,7 +53,7 @@ def explain_command(
     paths: list[str] = typer.Argument(..., help="Image files, folders (recursive) or globs."),
     output_dir: Path | None = typer.Option(
         None, "--output", "-o", help="Folder for the heat maps (created if needed; existing "
-        "files are never replaced). Default: a new explain-<UTC time>/ here."),
+        "files are never replaced). Default: a new explain-YYYYMMDDTHHMMSSZ/ here (UTC)."),
     output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
     html_report: Path | None = typer.Option(
         None, "--html", help="Also write a self-contained HTML case report to this new file."),
@@ -83,16 +83,13 @@ def explain_command(
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = []  # inputs that are not files: error cases, as in scan
     files = list(iter_inputs(paths, IMAGE_EXTENSIONS, lambda p, m: found.append((p, m))))
-    for path, message in found:
-        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(message)}",
-                  highlight=False)
-    if not files:
+    if not files and not found:
         fail("no image files among the inputs", "give image files or folders holding some")
     started = datetime.now(timezone.utc)
     if html_report is not None:
-        check_new_file(html_report, "--html", paths, files)
+        check_new_file(html_report, "--html", paths, files, output_dir)
     check_face_options(faces, aligned, face_model, None)
     folder = explain_folder(output_dir, started, paths)
     loaded = load_detector(model, detector_name, device, None, 256)
@@ -101,7 +98,7 @@ def explain_command(
     explainer = Explainer(loaded.detector, loaded.tiles,
                           load_pretext(model, device, loaded.detector), map_tiles,
                           loaded.face_detector)
-    cases = []
+    cases = [unexplained_case(path, message) for path, message in found]
     with progress_bar(len(files), "explaining", disable=quiet) as advance:
         for index, path in enumerate(files, start=1):
             cases.append(explainer.explain(path, new_file(folder, index, path)))
@@ -162,13 +159,17 @@ def new_file(folder: Path, index: int, image: Path) -> Path:
     fail(f"{folder} holds too many heat maps of {image.name}", "give another -o DIR")
 
 
-def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path]) -> None:
-    """A report file must be new, in an existing folder, and outside the evidence."""
+def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path],
+                   output_dir: Path | None = None) -> None:
+    """A report file must be new, outside the evidence, and in an existing folder or
+    in ``output_dir`` (the -o folder, created before the report is written)."""
     if path.exists() or path.is_symlink():
         fail(f"{option} {path} already exists; it is never replaced",
              "give a new file name")
-    if not Path(os.path.abspath(path)).parent.is_dir():
-        fail(f"cannot write {option} {path}: its folder does not exist")
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir() and (output_dir is None or parent != Path(os.path.abspath(output_dir))):
+        fail(f"cannot write {option} {path}: its folder does not exist",
+             "create it first, or write the report into the -o folder")
     inside = input_folder_holding(path, inputs)
     if inside is not None:
         fail(f"{option} {path} is inside the input folder {inside}",

@@ -25,6 +25,15 @@ from .heatmap import draw_faces, draw_heatmap, tile_evidence
 EXPLAIN_SCHEMA_VERSION = 1
 
 
+def unexplained_case(path: str | Path, error: str | None) -> dict[str, Any]:
+    """A case with nothing read yet: what an input that is not a readable image (a
+    missing file, an empty folder) gets, so that it is reported and counted."""
+    return {"path": unicode_safe(path), "sha256": None, "size": None, "format": None,
+            "width": None, "height": None, "notes": [],
+            "error": error and unicode_safe(error), "verdict": None, "heatmap": None,
+            "camera_traces": None, "faces": None, "provenance": read_provenance(path)}
+
+
 @dataclass
 class Explainer:
     """What explaining needs: the detector, its tiles, the pretext model, the map."""
@@ -39,14 +48,10 @@ class Explainer:
     def explain(self, path: Path, heatmap: Path) -> dict[str, Any]:
         """The case of one file; an unreadable file gives a case with ``error``."""
         prepared = prepare_image(path, self.tiles)
-        case: dict[str, Any] = {
-            "path": unicode_safe(path), "sha256": prepared.sha256, "size": prepared.size,
-            "format": prepared.format, "width": prepared.width, "height": prepared.height,
-            "notes": [unicode_safe(n) for n in prepared.notes],
-            "error": prepared.error and unicode_safe(prepared.error),
-            "verdict": None, "heatmap": None, "camera_traces": None, "faces": None,
-            "provenance": read_provenance(path),
-        }
+        case = unexplained_case(path, prepared.error)
+        case |= {"sha256": prepared.sha256, "size": prepared.size, "format": prepared.format,
+                 "width": prepared.width, "height": prepared.height,
+                 "notes": [unicode_safe(n) for n in prepared.notes]}
         if prepared.tiles is None:
             return case
         judgement = self.detector.judge(prepared.tiles)

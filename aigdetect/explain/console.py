@@ -29,8 +29,7 @@ def print_document(document: dict[str, Any], console: Console) -> None:
                        f"{document['detector']}, {document['analysed_at']}", style="bold"))
     for case in document["images"]:
         console.rule(Text(printable(case["path"])))
-        console.print(cell(f"sha256 {case['sha256']}  {case['size']} bytes  {case['format']} "
-                           f"{case['width']}x{case['height']}"))
+        console.print(cell(file_line(case)))
         if case["error"]:
             console.print(Text(f"error: {printable(case['error'])}", style="magenta"))
         if case["verdict"] is not None:
@@ -43,6 +42,15 @@ def print_document(document: dict[str, Any], console: Console) -> None:
         if case.get("faces") is not None:
             console.print(faces_table(case["faces"]))
         console.print(provenance_table(case["provenance"]))
+
+
+def file_line(case: dict[str, Any]) -> str:
+    """Hash, size, format and pixels: as much as was read (nothing of a missing file)."""
+    parts = [f"sha256 {case['sha256']}" if case["sha256"] else None,
+             f"{case['size']} bytes" if case["size"] is not None else None,
+             case["format"],
+             f"{case['width']}x{case['height']}" if case["width"] else None]
+    return "  ".join(part for part in parts if part) or "not read"
 
 
 def verdict_table(verdict: dict[str, Any]) -> Table:
