@@ -18,6 +18,8 @@ from typing import Any
 from .files import file_sha256, unicode_safe
 
 Key = tuple[str, int, int]
+#: Records keep thresholds to 4 decimals: a difference below this is rounding.
+THRESHOLD_ROUNDING = 1e-4
 #: How every record line starts (``path`` is the first field of a ScanRecord).
 RECORD_START = b'{"path": '
 
@@ -38,6 +40,10 @@ class Previous:
     cut_at: int | None = None
     #: the last line is a whole record without its newline: add one before appending
     needs_newline: bool = False
+    #: the models (weights' identities, as sorted JSON) that wrote the records
+    models: set[str] = field(default_factory=set)
+    #: (detector, threshold) that decided each scored record's verdict
+    deciders: set[tuple[str, float]] = field(default_factory=set)
 
 
 def key_of(path: str | Path, size: int, mtime_ns: int) -> Key:
@@ -81,6 +87,11 @@ def read_previous(path: Path) -> Previous:
 
 
 def _remember(previous: Previous, record: dict[str, Any]) -> None:
+    if isinstance(record.get("model"), dict) and record["model"]:
+        previous.models.add(json.dumps(record["model"], sort_keys=True))
+    detector, threshold = record.get("detector"), record.get("threshold")
+    if isinstance(detector, str) and isinstance(threshold, int | float):
+        previous.deciders.add((detector, float(threshold)))
     size, mtime_ns = record.get("size"), record.get("mtime_ns")
     if isinstance(size, int) and isinstance(mtime_ns, int):
         previous.scanned[key_of(record["path"], size, mtime_ns)] = record
@@ -116,3 +127,20 @@ def recorded(file: Path, previous: Previous, verify_hash: bool = False) -> dict[
         return record if file_sha256(file) == record.get("sha256") else None
     except OSError:
         return None
+
+
+def judged_otherwise(previous: Previous, identity: dict[str, str],
+                     deciders: dict[str, float]) -> str | None:
+    """How the recorded verdicts were reached otherwise than this run would reach them
+    (another model, detector or threshold), or None when alike. Appending then would
+    mix two judges' verdicts in one file under one summary: evidence must not."""
+    model = json.dumps(identity, sort_keys=True)
+    if any(earlier != model for earlier in previous.models):
+        return "other weights (the records' 'model' differs from this run's)"
+    for detector, threshold in sorted(previous.deciders):
+        if detector not in deciders:
+            return f"the {detector} detector (this run: {', '.join(sorted(deciders))})"
+        if abs(threshold - deciders[detector]) > THRESHOLD_ROUNDING:
+            return (f"the {detector} detector at threshold {threshold:g} (this run: "
+                    f"{deciders[detector]:g})")
+    return None

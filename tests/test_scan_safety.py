@@ -196,6 +196,41 @@ def test_resume_keeps_exit_code_of_recorded_files(runner, tmp_path) -> None:
     assert len(read_jsonl(out)) == 2  # and not recorded twice
 
 
+@pytest.mark.parametrize("other", [
+    ["--detector", "oneclass"],   # another detector of the same folder
+    ["--fpr", "0.2"],             # the same detector at another threshold
+    ["--threshold", "0.5"],
+])
+def test_resume_refuses_to_mix_judges(runner, good, tmp_path, other) -> None:
+    """Records judged by one detector and threshold must not be continued by another:
+    the file would hold two judges' verdicts under one summary and exit code."""
+    out = tmp_path / "results.jsonl"
+    first = invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", out, *FAST])
+    assert first.exit_code in (0, 1)
+    before = out.read_bytes()
+    mixed = invoke(runner, ["scan", *good[:2], "-f", "jsonl", "-o", out, "--resume",
+                            *other, *FAST])
+    assert mixed.exit_code == EXIT_USAGE
+    assert "mix" in mixed.stderr and "new -o file" in mixed.stderr
+    assert out.read_bytes() == before
+    alike = invoke(runner, ["scan", *good[:2], "-f", "jsonl", "-o", out, "--resume", *FAST])
+    assert alike.exit_code in (0, 1), alike.stderr
+    assert len(read_jsonl(out)) == 2
+
+
+def test_judged_otherwise_names_what_differs() -> None:
+    from aigdetect.resume import Previous, judged_otherwise
+    shipped = {"name": "default", "residual_sha256": "aa"}
+    previous = Previous(models={json.dumps(shipped, sort_keys=True)},
+                        deciders={("residual", 3.3641)})
+    assert judged_otherwise(previous, shipped, {"residual": 3.36412}) is None  # rounding
+    assert "weights" in judged_otherwise(previous, {**shipped, "residual_sha256": "bb"},
+                                         {"residual": 3.36412})
+    assert "threshold 3.3641" in judged_otherwise(previous, shipped, {"residual": 2.0})
+    assert "residual detector" in judged_otherwise(previous, shipped, {"fused": 1.18})
+    assert judged_otherwise(Previous(), shipped, {"fused": 1.18}) is None  # a new file
+
+
 @pytest.mark.parametrize("bad", [
     ["-f", "json", "--resume"],
     ["-f", "jsonl", "--resume"],  # no -o

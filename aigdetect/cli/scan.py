@@ -30,7 +30,7 @@ from ..report import (
     write_run_file,
     write_scan,
 )
-from ..resume import Previous, prepare_append, read_previous, recorded
+from ..resume import Previous, judged_otherwise, prepare_append, read_previous, recorded
 from ..runtime import interrupt_deferred
 from ..scanning import NO_FACE, ScanRecord, scan
 from .common import (
@@ -153,10 +153,12 @@ class ScanTally:
         self.verdicts[verdict] += 1
 
 
-def skip_recorded(files: list[Path], output: Path, verify_hash: bool,
-                  tally: ScanTally) -> tuple[list[Path], Previous]:
+def skip_recorded(files: list[Path], output: Path, verify_hash: bool, tally: ScanTally,
+                  loaded: LoadedDetector, threshold: float | None) -> tuple[list[Path], Previous]:
     """Files still to scan after an earlier run recorded some in ``output``; the
-    skipped ones count towards the summary and exit code as they were recorded."""
+    skipped ones count towards the summary and exit code as they were recorded.
+    The earlier records must have been judged as this run judges (same weights,
+    detector and threshold), or the file would mix two judges' verdicts."""
     if not output.is_file():
         return files, Previous()
     try:
@@ -166,6 +168,12 @@ def skip_recorded(files: list[Path], output: Path, verify_hash: bool,
     if previous.foreign:
         fail(f"--output {output} is not a JSONL results file of aigdetect; --resume would "
              "append to it", "choose another -o, or --overwrite to replace it")
+    otherwise = judged_otherwise(previous, loaded.identity, deciders(loaded, threshold))
+    if otherwise is not None:
+        fail(f"--output {output} holds verdicts reached by {otherwise}; resuming would mix "
+             "two judges' verdicts in one file",
+             "resume with the options of the first run (--model, --detector, --threshold, "
+             "--fpr, --faces), or write a new -o file")
     try:
         prepare_append(output, previous)
     except OSError as error:
@@ -183,6 +191,16 @@ def skip_recorded(files: list[Path], output: Path, verify_hash: bool,
             tally.skipped += 1
             tally.add(str(record.get("verdict", "error")))
     return todo, previous
+
+
+def deciders(loaded: LoadedDetector, threshold: float | None) -> dict[str, float]:
+    """Detector name -> threshold, for every detector whose verdict a record of this
+    run can carry (the general one, and with --faces the face detector)."""
+    judges = {loaded.detector.name: loaded.detector.calibration.threshold
+              if threshold is None else threshold}
+    if loaded.face_detector is not None:
+        judges[f"faces:{loaded.face_detector.name}"] = loaded.face_detector.calibration.threshold
+    return judges
 
 
 def scan_command(
@@ -282,7 +300,8 @@ def scan_command(
                 detector.calibration.set_fpr(fpr)
         previous = Previous()
         if resume:
-            files, previous = skip_recorded(files, output, verify_hash, tally)
+            files, previous = skip_recorded(files, output, verify_hash, tally, loaded,
+                                            threshold)
             tally.done = tally.skipped
     except KeyboardInterrupt:
         err.print("interrupted before scanning; nothing written", markup=False)
