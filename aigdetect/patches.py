@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 #: Default decompression-bomb guard: 250 megapixels (the largest phone sensors
 #: are about 200 MP); more is refused before a single pixel is decoded.
@@ -128,9 +128,10 @@ def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedI
     """Decode an image file read-only into 8-bit RGB without resampling.
 
     Palette, greyscale, CMYK, alpha and 16-bit images are converted to 8-bit RGB
-    (noted); an animation gives its first frame (noted). Raises
-    :class:`ImageReadError` for empty, truncated, corrupt, non-image and
-    oversized files, and for files over ``limits``. What the decoders report
+    (noted); an animation gives its first frame (noted); a file cut short gives
+    what it holds (noted as damaged). Raises :class:`ImageReadError` for empty,
+    corrupt, non-image and oversized files, files cut short with no pixel left,
+    and files over ``limits``. What the decoders report
     about damaged data (Pillow's warnings, libjpeg's messages on stderr) becomes
     a ``damaged: ...`` note, never a line on the terminal.
     """
@@ -146,8 +147,8 @@ def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedI
                 check_limits(image, handle, limits)
                 notes = _frames_notes(image)
                 with decoder_output() as printed:
-                    pixels = _decode(handle, image)
-                notes += damage_notes(_pillow_warnings(caught), printed)
+                    pixels, cut_short = _decode(handle, image)
+                notes += damage_notes(_pillow_warnings(caught), printed) + cut_short
                 if pixels is None:
                     pixels = _to_rgb8(image, notes)
                 return DecodedImage(pixels, image.format, image.size[0], image.size[1], notes)
@@ -222,12 +223,32 @@ def _frames_notes(image: Image.Image) -> list[str]:
     return [f"{count} frames: first frame used"] if count > 1 else []
 
 
-def _decode(handle: BinaryIO, image: Image.Image) -> np.ndarray | None:
-    """Decode the pixels: JPEG's fast path returns them; else Pillow loads ``image``."""
+def _decode(handle: BinaryIO, image: Image.Image) -> tuple[np.ndarray | None, list[str]]:
+    """Decode the pixels: JPEG's fast path returns them; else Pillow loads ``image``.
+    Also returns the notes of a file cut short, whose pixels are recovered as far as
+    it goes (carved and partly copied evidence often lacks only its last bytes)."""
     pixels = _decode_jpeg(handle, image) if image.format in ("JPEG", "MPO") else None
-    if pixels is None:
+    if pixels is not None:
+        return pixels, []
+    try:
         image.load()
-    return pixels
+    except OSError as error:
+        if "truncated" not in str(error).lower():
+            raise
+        _load_truncated(image)
+        return None, [f"damaged: the file ends early ({error}); what is missing is "
+                      "filled by the decoder"]
+    return None, []
+
+
+def _load_truncated(image: Image.Image) -> None:
+    """Load what a cut-short file holds (Pillow's switch is global: set for this call)."""
+    allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        image.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
 
 
 @contextmanager

@@ -134,13 +134,23 @@ def test_empty_file(tmp_path):
 
 
 def test_truncated_jpeg(tmp_path, make_jpeg):
+    """A file cut short gives what it holds, noted as damaged (the note caps its
+    verdict); one cut inside its headers holds no pixel and is an error."""
     whole = make_jpeg(tmp_path / "whole.jpg", size=(96, 96)).read_bytes()
-    path = tmp_path / "half.jpg"
-    path.write_bytes(whole[: len(whole) // 2])
-    before = digest(path)
+    complete = load_image(tmp_path / "whole.jpg").pixels
+    for kept in (len(whole) - 2, len(whole) // 2):  # no end marker; half the data
+        path = tmp_path / f"cut{kept}.jpg"
+        path.write_bytes(whole[:kept])
+        before = digest(path)
+        decoded = load_image(path)
+        assert decoded.pixels.shape == complete.shape
+        assert any(n.startswith("damaged:") for n in decoded.notes)
+        assert np.array_equal(decoded.pixels[:16], complete[:16])  # the rows it holds
+        assert digest(path) == before
+    headers_only = tmp_path / "headers.jpg"
+    headers_only.write_bytes(whole[:300])
     with pytest.raises(ImageReadError, match="truncated"):
-        load_image(path)
-    assert digest(path) == before
+        load_image(headers_only)
 
 
 def test_text_file_is_not_an_image(tmp_path):

@@ -27,6 +27,7 @@ from helpers_images import (
     invoke,
     make_good_folder,
     make_zoo,
+    noise_jpeg,
     parse_json_stdout,
     smooth_png,
     snapshot,
@@ -220,6 +221,16 @@ def test_all_readable_exit_code_and_table(runner, images) -> None:
     assert "aigdetect scan" in result.stdout
     for path in images["good"]:
         assert path.name in result.stdout
+
+
+def test_jpeg_cut_short_is_scored_but_never_decides(runner, tmp_path) -> None:
+    whole = noise_jpeg(tmp_path / "whole.jpg", seed=5).read_bytes()
+    cut = tmp_path / "carved.jpg"
+    cut.write_bytes(whole[: len(whole) * 2 // 3])
+    result = invoke(runner, ["scan", cut, "-f", "json", *FAST])
+    record = parse_json_stdout(result.stdout)["results"][0]
+    assert record["verdict"] == "uncertain" and record["raw_score"] is not None
+    assert any(note.startswith("damaged:") for note in record["notes"])
 
 
 def test_missing_path_becomes_error_record(runner, images, tmp_path) -> None:
