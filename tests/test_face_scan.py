@@ -76,6 +76,12 @@ def test_aligned_scan_judges_each_input_as_one_face(
     assert record["image"]["detector"] == "oneclass"
     assert record["image"]["verdict"] in ("ai", "real", "uncertain")
     assert "faces_density_sha256" in record["model"]
+    # the run header names the judge of the verdicts, as the records do
+    run = document["run"]
+    assert run["detector"] == "faces:oneclass"
+    assert run["threshold"] == pytest.approx(record["threshold"], abs=1e-4)
+    assert run["image"]["detector"] == "oneclass"
+    assert run["image"]["threshold"] == pytest.approx(record["image"]["threshold"], abs=1e-4)
 
 
 def test_image_without_a_face_says_so(runner: CliRunner, face_model: Path,

@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 
 from .. import __version__
+from ..detectors import Detector
 from ..files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe
 from ..patches import DEFAULT_MAX_DECODE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, DecodeLimits
 from ..provenance import read_provenance
@@ -365,10 +366,13 @@ def write_results(records: list[ScanRecord], output_format: str, output: Path | 
 
 def run_header(started: datetime, loaded: LoadedDetector, threshold: float | None,
                tally: ScanTally, interrupted: bool, settings: dict[str, Any]) -> dict[str, Any]:
-    """Who scanned what, how and when: the chain-of-custody record of one run."""
-    detector = loaded.detector
-    parts = getattr(detector, "parts", [])
+    """Who scanned what, how and when: the chain-of-custody record of one run. Its
+    detector and threshold are those that decided the verdicts, as in the records:
+    with --faces the face detector's, the general detector's under ``image``."""
     verdicts = tally.verdicts
+    general = judge_description(loaded.detector, threshold)
+    decider = general if loaded.face_detector is None else {
+        **judge_description(loaded.face_detector, None, "faces:"), "image": general}
     return {
         "aigdetect_version": __version__,
         "command": [unicode_safe(arg) for arg in sys.argv],
@@ -376,15 +380,23 @@ def run_header(started: datetime, loaded: LoadedDetector, threshold: float | Non
         "started": started.isoformat(timespec="milliseconds"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         **({"interrupted": True} if interrupted else {}),
-        "detector": detector.name,
-        "threshold": detector.calibration.threshold if threshold is None else threshold,
-        "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
-        "component_thresholds": {part.name: part.calibration.threshold for part in parts},
+        **decider,
         "model": loaded.identity,
         "settings": {"patches": loaded.tiles.max_tiles or "all", **settings},
         "counts": {"files": verdicts.total(), **{v: verdicts[v] for v in VERDICTS},
                    "skipped": tally.skipped},
     }
+
+
+def judge_description(detector: Detector, threshold: float | None,
+                      prefix: str = "") -> dict[str, Any]:
+    """A detector's name as records give it, its threshold (a --threshold replaces the
+    calibrated one, whose false-positive rate then no longer holds) and its parts'."""
+    return {"detector": f"{prefix}{detector.name}",
+            "threshold": detector.calibration.threshold if threshold is None else threshold,
+            "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
+            "component_thresholds": {part.name: part.calibration.threshold
+                                     for part in getattr(detector, "parts", [])}}
 
 
 def sidecar_wanted(output: Path, output_format: str) -> bool:
