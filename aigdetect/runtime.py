@@ -19,12 +19,19 @@ def pick_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
+        if device.type == "mps" and not mps_available():
+            raise ValueError("--device mps was asked for, but this machine or PyTorch build "
+                             "has no Apple MPS backend")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 @contextmanager

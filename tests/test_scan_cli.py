@@ -233,6 +233,17 @@ def test_jpeg_cut_short_is_scored_but_never_decides(runner, tmp_path) -> None:
     assert any(note.startswith("damaged:") for note in record["notes"])
 
 
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_device_this_machine_lacks_is_a_usage_error(runner, images, device) -> None:
+    from aigdetect.runtime import mps_available
+    if (torch.cuda.is_available() if device == "cuda" else mps_available()):
+        pytest.skip(f"this machine has {device}")
+    result = invoke(runner, ["scan", images["good"][0], "--device", device, *FAST])
+    assert result.exit_code == EXIT_USAGE
+    assert f"--device {device}" in result.stderr and "--device cpu" in result.stderr
+    assert result.stdout == ""
+
+
 def test_missing_path_becomes_error_record(runner, images, tmp_path) -> None:
     missing = tmp_path / "not-there.jpg"
     result = invoke(runner, ["scan", images["good"][0], missing, "--format", "json", *FAST])
