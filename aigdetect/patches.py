@@ -183,13 +183,13 @@ def check_limits(image: Image.Image, handle: BinaryIO, limits: DecodeLimits) -> 
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageReadError(
-            f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
-            f"exceeds the {limits.max_pixels / 1e6:.1f} MP guard (raise it with --max-pixels)")
+            f"image too large: {width}x{height} = {width * height / 1e6:.2f} MP "
+            f"exceeds the {limits.max_pixels / 1e6:.2f} MP guard (raise it with --max-pixels)")
     needed = width * height * decode_bytes_per_pixel(image.mode)
     if needed > limits.max_decode_mb * 1_000_000:
         raise ImageReadError(
-            f"decoding would need {needed / 1e9:.1f} GB ({width}x{height} {image.mode}), over "
-            f"--max-decode-mb {limits.max_decode_mb}")
+            f"decoding would need {needed / 1e6:,.0f} MB ({width}x{height} {image.mode}), "
+            f"over --max-decode-mb {limits.max_decode_mb}")
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
         handle.seek(0)
         # SOS markers: coded data stuffs every 0xFF with 0x00, so 0xFFDA starts a scan (or
@@ -341,6 +341,8 @@ def _to_rgb8(image: Image.Image, notes: list[str]) -> np.ndarray:
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "CMYK":
         notes.append("CMYK converted to RGB")
+    elif mode == "P":  # few colours: the residual statistics see quantised pixels
+        notes.append("palette image converted to RGB")
     elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         notes.append("alpha channel dropped")
     if mode != "RGB":

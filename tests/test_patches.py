@@ -64,6 +64,7 @@ def test_palette_png(tmp_path):
     decoded = load_image(tmp_path / "p.png")
     assert decoded.pixels.shape == (40, 50, 3)
     np.testing.assert_array_equal(decoded.pixels, np.asarray(image.convert("RGB")))
+    assert decoded.notes == ["palette image converted to RGB"]
 
 
 def test_greyscale_png(tmp_path):

@@ -165,7 +165,7 @@ def test_memory_ceiling_refuses_before_decoding(runner, good, tmp_path) -> None:
     records = scan_json(runner, [big, good[0]])
     assert records["deep.png"]["verdict"] == "error"
     assert "over --max-decode-mb 2048" in records["deep.png"]["error"]
-    assert "decoding would need 3.0 GB" in records["deep.png"]["error"]
+    assert "decoding would need 2,996 MB" in records["deep.png"]["error"]
     assert records[good[0].name]["verdict"] != "error"  # the scan goes on
 
 
