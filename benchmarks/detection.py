@@ -6,6 +6,11 @@ the AUC of every (AI family x real set) pair and their mean, the false-positive
 rate at the shipped threshold (verdict ``ai``) per real set, the true-positive rate
 per AI family, and both again counting ``uncertain`` too (what would be looked at).
 
+With ``--baseline FOLDER`` (``shipped``: the shipped weights) each detector is also
+scored by that folder on the same images, and its table adds the paired difference
+in mean pair AUC: the way to tell whether a change helped, since the separate
+intervals of two detectors overlap for differences of a few hundredths.
+
 Two modes:
 
 * default: the shipped (or ``--model``) detector on ``runs/splits/test`` from
@@ -22,6 +27,7 @@ Two modes:
 
     python benchmarks/shared_splits.py --out runs/splits
     python benchmarks/detection.py --per-group 100 --out runs/benchmark/shipped.json
+    python benchmarks/detection.py --model runs/new --baseline shipped --detectors residual
     python benchmarks/detection.py --logo sd-1.5-finetunes --train-minutes 15
     python benchmarks/detection.py --logo all --logo-train residual --detectors residual,fused
     python benchmarks/detection.py --logo all --logo-train residual --residual-args=--coding-costs
