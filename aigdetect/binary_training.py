@@ -78,6 +78,8 @@ def detection_metrics(labels: np.ndarray, p_ai: np.ndarray,
 class BinaryTask:
     """Real vs AI with cross-entropy + alpha x feature distillation to a frozen teacher."""
 
+    kind = BINARY
+
     def __init__(self, config: BinaryConfig) -> None:
         self.config = config
         self.train_files: list[LabelledFile] = []

@@ -116,8 +116,10 @@ def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
-    except Exception as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
+    except Exception as error:  # torch's own message runs to many lines of unsafe advice
+        raise CheckpointError(f"{path}: not a readable checkpoint "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                              ) from None
     if not isinstance(payload, dict) or "meta" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an aigdetect checkpoint")
     return ModelMeta.from_json(payload["meta"]), payload

@@ -74,6 +74,10 @@ class TrainingTask(Protocol):
     """What a task gives the engine. Batches are tuples whose last element counts,
     per sample, the files that failed to decode and were replaced."""
 
+    #: the checkpoint task it writes (``checkpoint.PRETEXT``, ``BINARY``, ``FACES``):
+    #: ``--resume`` refuses a checkpoint another kind of training wrote
+    kind: str
+
     def prepare(self, console: Console, dist: Distributed) -> None:
         """Find and label the data, split off validation; raise TrainingError if unusable."""
 
@@ -149,7 +153,7 @@ def _start_model(task: TrainingTask, config: EngineConfig, console: Console,
                  quiet: bool) -> tuple[nn.Module, ModelMeta, dict[str, Any]]:
     """A new model, or the checkpoint at ``config.output`` with its optimiser state."""
     if config.resume and config.output.exists():
-        model, meta = load_model(config.output)
+        model, meta = load_model(config.output, task=task.kind)
         _, payload = read_checkpoint(config.output)
         if not quiet:
             console.print(f"Resuming from {config.output} (epoch {meta.epoch}, step {meta.step})")

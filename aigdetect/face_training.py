@@ -113,6 +113,8 @@ def write_debug_sheets(samples: list[FaceSample], config: FaceTrainConfig,
 class FaceTask:
     """Faces pretext: rank four EXIF tags and 'original vs manipulated' on face crops."""
 
+    kind = FACES
+
     def __init__(self, config: FaceTrainConfig) -> None:
         self.config = config
         self.train_samples: list[FaceSample] = []
@@ -154,9 +156,6 @@ class FaceTask:
         """Every parameter trains."""
 
     def datasets(self, meta: ModelMeta) -> tuple[FaceDataset, FaceDataset]:
-        if meta.task != FACES:  # --resume of a checkpoint another training wrote
-            raise TrainingError(f"--resume: {self.config.output} is a {meta.task} checkpoint, "
-                                "not a faces one; write the faces run to another -o file")
         c = self.config
         patch_size = meta.config.patch_size
         return (FaceDataset(self.train_samples, c.patches, patch_size, train=True,

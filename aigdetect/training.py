@@ -18,7 +18,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import ModelMeta
+from .checkpoint import PRETEXT, ModelMeta
 from .dataset import Photo, PretextDataset, load_labels, split_by_camera
 from .engine import EngineConfig, TrainingError, run_training
 from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, build_vocabularies
@@ -181,6 +181,8 @@ def metrics_table(metrics: dict[str, dict[str, float]], losses: dict[str, float]
 
 class PretextTask:
     """EXIF pretext: classify categorical tags, rank ordinal ones, on held-out cameras."""
+
+    kind = PRETEXT
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config

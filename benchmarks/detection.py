@@ -273,7 +273,7 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
         binary = []
         if "binary" in retrain:
             log.print(f"fold {fold}: training {args.train_minutes} min without it")
-            aigdetect("train", "--binary", "--csv", str(train_csv), "-o",
+            aigdetect("train", "--binary", "--overwrite", "--csv", str(train_csv), "-o",
                       str(folder / "train.pt"), "--teacher", str(shipped / "extractor.pt"),
                       "--epochs", str(args.epochs), "--max-minutes", str(args.train_minutes),
                       "--workers", str(args.workers), *args.train_args.split())

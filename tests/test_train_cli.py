@@ -264,6 +264,54 @@ def test_bad_head_weight_is_refused(session_photo_folder, tmp_path):
     assert "TAG=NUMBER" in text(result)
 
 
+def test_an_existing_checkpoint_is_continued_or_knowingly_replaced(trained, tmp_path):
+    """A forgotten --resume must not wipe hours of training; -o a folder is refused
+    before training, not after it."""
+    _, first = trained
+    output = tmp_path / "model.pt"
+    shutil.copy(first, output)
+    photos = Path(load_model(first)[1].training["photos"])
+    before = output.read_bytes()
+    refused = run(*train_args(photos, output, *FAST))
+    assert refused.exit_code == 2 and "--overwrite" in text(refused)
+    assert output.read_bytes() == before
+    both = run(*train_args(photos, output, *FAST, "--resume", "--overwrite"))
+    assert both.exit_code == 2 and output.read_bytes() == before
+    folder = run(*train_args(photos, tmp_path, *FAST))
+    assert folder.exit_code == 2 and "is a folder" in text(folder)
+    fast_one = [*FAST]
+    fast_one[fast_one.index("--max-steps") + 1] = "1"
+    replaced = run(*train_args(photos, output, *fast_one, "--overwrite"))
+    assert replaced.exit_code == 0, replaced.output
+    assert load_model(output)[1].step == 1  # a new run, not the old one's 2 steps
+
+
+def test_resume_refuses_a_checkpoint_of_another_training(session_photo_folder, tmp_path):
+    """--resume of a binary detector's checkpoint as the EXIF pretext: a usage error
+    naming both kinds, not a traceback from mismatched heads."""
+    from aigdetect.detectors import default_model_dir
+    output = tmp_path / "binary.pt"
+    shutil.copy(default_model_dir() / "binary.pt", output)
+    result = run(*train_args(session_photo_folder, output, *FAST, "--resume"))
+    assert result.exit_code == 2, result.output
+    assert "a binary checkpoint, where a pretext one is needed" in text(result)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--head-weight", "colour=2"], "no head 'colour'"),
+    (["--real", "."], "--real apply to --binary only"),
+    (["--alpha", "0"], "--alpha apply to --binary only"),
+    (["--max-minutes", "-1"], "max-minutes"),
+])
+def test_options_that_would_be_ignored_are_refused(session_photo_folder, tmp_path, extra,
+                                                   message):
+    extra = [str(tmp_path) if a == "." else a for a in extra]
+    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", *FAST, *extra))
+    assert result.exit_code == 2
+    assert message in text(result)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_unknown_ranking_loss_is_refused(session_photo_folder, tmp_path):
     result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--ranking-loss", "hinge"))
     assert result.exit_code == 2

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 
 from ..binary_training import BinaryConfig, train_binary
-from ..checkpoint import CheckpointError
+from ..checkpoint import FACE_HEADS, CheckpointError
 from ..detectors import EXTRACTOR_FILE, default_model_dir
+from ..exif import CATEGORICAL_TAGS, ORDINAL_TAGS
 from ..face_training import FaceTrainConfig, train_faces
 from ..training import TrainConfig, TrainingError, train
 from .common import (
@@ -18,6 +19,9 @@ from .common import (
     labels_csv_option,
     real_folders_option,
 )
+
+#: Heads of the EXIF pretext that --head-weight can weigh.
+PRETEXT_HEADS = (*CATEGORICAL_TAGS, *ORDINAL_TAGS)
 
 
 def train_command(
@@ -63,6 +67,9 @@ def train_command(
                                "cuda:1, mps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --output's checkpoint "
                                 "(weights, optimiser, schedule, epoch)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start a new training over an "
+                                   "existing --output (without it, or --resume, an existing "
+                                   "checkpoint is never replaced)."),
     val_fraction: float = typer.Option(0.15, min=0.0, max=0.9, help="Share of photos held out "
                                        "for validation: whole camera models; --binary also "
                                        "holds out that share of every AI group."),
@@ -72,8 +79,8 @@ def train_command(
                                         "fold into 'other'."),
     max_steps: int | None = typer.Option(None, min=1, help="Stop after this many steps "
                                          "(checkpoint saved)."),
-    max_minutes: float | None = typer.Option(None, help="Stop after this much wall time "
-                                             "(checkpoint saved; --resume continues)."),
+    max_minutes: float | None = typer.Option(None, min=0.01, help="Stop after this much wall "
+                                             "time (checkpoint saved; --resume continues)."),
     head_weight: list[str] = typer.Option([], help="Loss weight of one head, TAG=W (e.g. "
                                           "model=0.5, or with --faces original=2); "
                                           "repeatable. Default 1 for every head."),
@@ -116,6 +123,16 @@ def train_command(
     if not faces and (aligned or debug_dir is not None):
         fail("--aligned and --debug-dir apply to --faces only",
              "aigdetect train --faces photos/ --debug-dir faces-debug/ -o faces.pt")
+    binary_only = [option for option, given in (
+        ("--real", real), ("--fake", fake), ("--csv", labels), ("--teacher", teacher),
+        ("--alpha", alpha != BinaryConfig.alpha), ("--freeze-extractor", freeze_extractor))
+        if given]
+    if binary_only and not binary:
+        fail(f"{', '.join(binary_only)} apply to --binary only",
+             "aigdetect train --binary --real photos/ --fake generated/ -o binary.pt")
+    if binary and head_weight:
+        fail("--head-weight weighs the pretext and --faces heads; --binary has one head")
+    check_output(output, resume, overwrite)
     try:
         if binary:
             if photos is not None:
@@ -131,18 +148,33 @@ def train_command(
                  "--real/--fake)")
         elif faces:
             train_faces(FaceTrainConfig(photos=photos, aligned=aligned, debug_dir=debug_dir,
-                                        head_weights=parse_head_weights(head_weight),
+                                        head_weights=parse_head_weights(head_weight,
+                                                                        FACE_HEADS),
                                         **common), err)
         else:
             train(TrainConfig(photos=photos, ranking_loss=ranking_loss,
                               min_class_count=min_class_count,
-                              head_weights=parse_head_weights(head_weight), **common), err)
+                              head_weights=parse_head_weights(head_weight, PRETEXT_HEADS),
+                              **common), err)
     except (TrainingError, CheckpointError, ValueError) as error:
         fail(str(error))
 
 
-def parse_head_weights(items: list[str]) -> dict[str, float]:
-    """``["model=0.5"]`` -> ``{"model": 0.5}``."""
+def check_output(output: Path, resume: bool, overwrite: bool) -> None:
+    """A checkpoint is hours of work: an existing one is continued (--resume) or
+    knowingly replaced (--overwrite), never lost to a forgotten flag."""
+    if resume and overwrite:
+        fail("--resume continues --output, --overwrite starts over it: choose one")
+    if output.is_dir():
+        fail(f"-o {output} is a folder; training writes a checkpoint file",
+             f"e.g. -o {output / 'extractor.pt'}")
+    if output.exists() and not (resume or overwrite):
+        fail(f"-o {output} already exists; it is never replaced without --overwrite",
+             "continue it with --resume, or start again with --overwrite")
+
+
+def parse_head_weights(items: list[str], heads: tuple[str, ...]) -> dict[str, float]:
+    """``["model=0.5"]`` -> ``{"model": 0.5}``; a head the training lacks is refused."""
     weights: dict[str, float] = {}
     for item in items:
         tag, _, value = item.partition("=")
@@ -150,4 +182,7 @@ def parse_head_weights(items: list[str]) -> dict[str, float]:
             weights[tag.strip()] = float(value)
         except ValueError:
             fail(f"--head-weight {item!r} is not TAG=NUMBER", "e.g. --head-weight model=0.5")
+        if tag.strip() not in heads:
+            fail(f"--head-weight {item!r}: no head {tag.strip()!r} in this training",
+                 f"heads: {', '.join(heads)}")
     return weights
