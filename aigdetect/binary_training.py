@@ -11,6 +11,7 @@ detector from latching onto whatever separates the few training generators.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -75,6 +77,17 @@ def detection_metrics(labels: np.ndarray, p_ai: np.ndarray,
     return metrics
 
 
+def present(files: list[LabelledFile], console: Console) -> list[LabelledFile]:
+    """The files that exist; the others (CSV rows naming moved or deleted files) are
+    said and left out, rather than silently stood in for by another image."""
+    kept = [f for f in files if os.path.isfile(f.path)]
+    if len(kept) < len(files):
+        first = next(f for f in files if not os.path.isfile(f.path))
+        console.print(f"[yellow]warning:[/] {len(files) - len(kept)} listed file(s) do not "
+                      f"exist and are left out, e.g. {escape(first.path)}", highlight=False)
+    return kept
+
+
 class BinaryTask:
     """Real vs AI with cross-entropy + alpha x feature distillation to a frozen teacher."""
 
@@ -93,6 +106,7 @@ class BinaryTask:
             files = labelled_files(c.real, c.fake, c.labels_csv)
         except OSError as error:
             raise TrainingError(f"cannot read {c.labels_csv}: {error.strerror}") from None
+        files = present(files, console)
         for label, words in ((REAL, "real (--real DIR)"), (AI, "AI (--fake DIR)")):
             if sum(f.label == label for f in files) < 2:
                 raise TrainingError(f"fewer than 2 {words} images: the binary detector needs "

@@ -366,12 +366,17 @@ class DetectorFolder:
             return Calibration.fit(np.zeros(1), 0.5)
         raise DetectorError(f"{self.path}: no calibration for the {name} detector")
 
+    def require_oneclass(self) -> None:
+        """Every detector folder has the one-class detector: the fused one and the
+        calibration photos' pretext reference rest on it."""
+        for name in (EXTRACTOR_FILE, DENSITY_FILE):
+            if not (self.path / name).is_file():
+                raise DetectorError(f"{self.path} is not a one-class detector folder: {name} "
+                                    "is missing (make one with 'aigdetect fit-gmm')")
+
     def _oneclass(self, device: torch.device, batch_size: int) -> OneClassDetector:
         extractor_path, density_path = self.path / EXTRACTOR_FILE, self.path / DENSITY_FILE
-        for path in (extractor_path, density_path):
-            if not path.is_file():
-                raise DetectorError(f"{self.path} is not a one-class detector folder: "
-                                    f"{path.name} is missing (make one with 'aigdetect fit-gmm')")
+        self.require_oneclass()
         density = RealPhotoDensity.load(density_path)
         if not math.isfinite(density.threshold):
             raise DetectorError(f"{density_path}: its threshold is not a finite number; refit "

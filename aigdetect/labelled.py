@@ -56,7 +56,7 @@ def files_from_csv(path: Path) -> list[LabelledFile]:
                 continue
             if len(row) < 2 or row[1].strip().lower() not in _LABEL_WORDS:
                 raise ValueError(f"{path}:{number}: expected 'path,label[,group]' with label "
-                                 "real or ai")
+                                 "real or ai (also 0 / 1, fake, generated)")
             label = _LABEL_WORDS[row[1].strip().lower()]
             file = Path(row[0].strip())
             file = file if file.is_absolute() else path.parent / file

@@ -261,6 +261,19 @@ def test_train_binary_resumes(runner: CliRunner, binary_run: dict[str, Any]) -> 
     assert load_model(output)[1].step == 3
 
 
+def test_train_binary_csv_says_which_listed_files_are_missing(
+        runner: CliRunner, binary_run: dict[str, Any], tmp_path: Path) -> None:
+    rows = [f"{p},real" for p in sorted(binary_run["real"].rglob("*.jpg"))]
+    rows += [f"{p},ai" for p in sorted(binary_run["fake"].rglob("*.png"))]
+    rows.append(f"{tmp_path / 'moved.png'},ai")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    result = invoke(runner, ["train", "--binary", "--csv", labels, "-o", tmp_path / "b.pt",
+                             "--max-steps", "1", *TRAIN_FAST])
+    assert result.exit_code == 0, result.stderr
+    assert "1 listed file(s) do not exist" in " ".join(result.stderr.split())
+
+
 def test_train_binary_without_distillation(runner: CliRunner, binary_run: dict[str, Any]) -> None:
     output = binary_run["work"] / "alpha0.pt"
     result = invoke(runner, ["train", "--binary", "--real", binary_run["real"], "--fake",
@@ -394,6 +407,37 @@ def test_calibrate_as_is_only_and_unknown_processing(
     bad = invoke(runner, ["calibrate", folder, "--real", held_out, "--processing", "asis,print"])
     assert bad.exit_code == EXIT_USAGE
     assert "asis, matched, web" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_calibrate_refuses_before_writing_or_scoring(
+    runner: CliRunner, binary_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """A folder that is no detector folder gets nothing copied into it; too few photos
+    are refused before minutes of scoring, with the minimum named."""
+    images = tmp_path / "images"
+    images.mkdir()
+    noise_jpeg(images / "a.jpg")
+    real = tmp_path / "real"
+    for i in range(24):
+        noise_jpeg(real / f"r{i}.jpg", seed=900 + i)
+    result = invoke(runner, ["calibrate", images, "--binary", binary_run["output"], "--real",
+                             real, "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE and "extractor.pt is missing" in result.stderr
+    assert sorted(p.name for p in images.iterdir()) == ["a.jpg"]
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(real.iterdir())[:5]:
+        shutil.copy(path, few)
+    result = invoke(runner, ["calibrate", shipped_copy(tmp_path), "--real", few, "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE and "at least 20" in result.stderr
+    assert "calibrating" not in result.stderr  # refused before any scoring
+
+
+def shipped_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "shipped"
+    shutil.copytree(Path(shipped_weights.__file__).parent, folder,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py", "faces"))
+    return folder
 
 
 @pytest.mark.parametrize("detector", ["fused", "binary", "oneclass"])

@@ -163,6 +163,19 @@ def test_plot(runner: CliRunner, sets: dict[str, Path], tmp_path: Path) -> None:
     assert "ROC" in result.stderr
 
 
+def test_plot_without_matplotlib_is_refused_before_scoring(
+        runner: CliRunner, sets: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--plot", tmp_path / "roc.png", *FAST])
+    assert result.exit_code == EXIT_USAGE
+    assert "aigdetect[plot]" in result.stderr and result.stdout == ""
+
+
 @pytest.mark.parametrize("name", ["no-such-folder/roc.png", "roc.unknown-format"])
 def test_bad_plot_path_is_usage_error(runner: CliRunner, sets: dict[str, Path],
                                       tmp_path: Path, name: str) -> None:

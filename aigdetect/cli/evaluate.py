@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,9 @@ def evaluate_command(
             fail(f"no images found in {folder}")
     if plot is not None and not plot.parent.is_dir():
         fail(f"--plot {plot}: folder {plot.parent} does not exist")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        fail("--plot needs matplotlib, which is not installed",
+             "pip install 'aigdetect[plot]', or leave out --plot")
     if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
         fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
     check_face_options(faces, aligned, face_model, None)

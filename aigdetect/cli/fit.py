@@ -13,6 +13,7 @@ from ..calibrating import calibrate_folder
 from ..checkpoint import CheckpointError
 from ..density import DensityError
 from ..detectors import (
+    DENSITY_FILE,
     DETECTOR_NAMES,
     EXTRACTOR_FILE,
     FACES_DIR,
@@ -291,5 +292,14 @@ def fit_residual_command(
               f"({model.provenance['unreadable']} unreadable) in "
               f"{len(model.provenance['groups'])} groups; validation AUC (matched processing) "
               f"{'n/a' if auc is None else f'{auc:.3f}'} on {validation['images']} held-out "
-              f"images. Wrote {output / RESIDUAL_FILE}; calibrate it with 'aigdetect "
-              f"calibrate {output} --real HELD_OUT_PHOTOS'")
+              f"images. Wrote {output / RESIDUAL_FILE}; {next_step(output)}")
+
+
+def next_step(folder: Path) -> str:
+    """What makes a folder with a fresh residual.npz usable: calibration, and before it
+    the one-class detector every folder rests on, if it lacks one."""
+    calibrate = f"calibrate it with 'aigdetect calibrate {folder} --real HELD_OUT_PHOTOS'"
+    if (folder / EXTRACTOR_FILE).is_file() and (folder / DENSITY_FILE).is_file():
+        return calibrate
+    return (f"{folder} has no one-class detector yet, which every detector folder needs: "
+            f"add one with 'aigdetect fit-gmm PHOTOS -o {folder}', then {calibrate}")

@@ -292,6 +292,8 @@ def scan_command(
             if sidecar_wanted(output, output_format):
                 check_output(run_file(output), paths, files, force, overwrite, resume)
         tally.total = len(files)
+        if not files and not found:  # not an error (a watched folder may be empty), but said
+            err.print("[yellow]warning:[/] no image files among the inputs", highlight=False)
         limits = DecodeLimits(max_pixels * 1_000_000, max_decode_mb, max_scans)
         loaded = load_detector(model, detector_name, device, patches, batch_size, limits)
         if faces:
