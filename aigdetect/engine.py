@@ -156,7 +156,8 @@ def _start_model(task: TrainingTask, config: EngineConfig, console: Console,
         model, meta = load_model(config.output, task=task.kind)
         _, payload = read_checkpoint(config.output)
         if not quiet:
-            console.print(f"Resuming from {config.output} (epoch {meta.epoch}, step {meta.step})")
+            console.print(f"Resuming from {config.output} (epochs done: {meta.epoch}, "
+                          f"step {meta.step})")
         return model, meta, payload.get("training_state", {})
     if config.resume and not quiet:
         console.print(f"[yellow]warning:[/] --resume: {config.output} does not exist yet; "
@@ -210,6 +211,7 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
         console.print(f"Training on {device}, {dist.world_size} process(es): {task.describe()}")
     started = time.monotonic()
     step, metrics, stop = meta.step, dict(meta.metrics), False
+    first_step = step
     best_score = resume_state.get("best_score")
     skipped = 0
     progress = Progress(
@@ -281,6 +283,10 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
                 progress.console.print(task.metrics_table(
                     metrics, mean_losses, f"epoch {epoch + 1}: validation"))
             dist.barrier()
+    if not quiet and step == first_step:  # a --resume of a finished run
+        console.print(f"Nothing to train: {config.output} has its {step} steps already "
+                      "(--epochs or --max-steps reached); left unchanged")
+        return metrics
     if not quiet:
         console.print(f"Saved {config.output} after {step} steps "
                       f"({time.monotonic() - started:.0f} s)")

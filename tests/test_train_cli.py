@@ -195,7 +195,7 @@ def test_resume_continues_the_run(trained, tmp_path):
               "--val-fraction", "0.25", "--device", "cpu"]  # no step limit
     result = run(*train_args(photos, output, *resume, "--resume"))
     assert result.exit_code == 0, result.output
-    assert "Resuming from" in text(result) and "epoch 1, step 2" in text(result)
+    assert "Resuming from" in text(result) and "epochs done: 1, step 2" in text(result)
     _, meta = load_model(output)
     assert (meta.epoch, meta.step) == (2, 4)
     payload = torch.load(output, weights_only=True)
@@ -215,9 +215,11 @@ def test_resume_at_max_steps_takes_no_further_step(trained, tmp_path):
     output = tmp_path / "model.pt"
     shutil.copy(first, output)
     photos = Path(load_model(first)[1].training["photos"])
+    before = output.read_bytes()
     result = run(*train_args(photos, output, *FAST, "--resume"))  # same --max-steps 2
     assert result.exit_code == 0, result.output
     assert load_model(output)[1].step == 2
+    assert "Nothing to train" in text(result) and output.read_bytes() == before
 
 
 def test_resume_without_a_checkpoint_starts_fresh(session_photo_folder, tmp_path):
