@@ -173,8 +173,9 @@ class FaceTask:
 
     def describe(self) -> str:
         cameras = len({s.photo.labels.camera for s in self.train_samples} - {None})
+        held_out = "of other cameras" if cameras else "of other photos (no camera EXIF)"
         return (f"faces pretext on {len(self.train_samples)} faces ({cameras} cameras), "
-                f"validating on {len(self.val_samples)} faces of other cameras; "
+                f"validating on {len(self.val_samples)} faces {held_out}; "
                 f"{self.config.patches} patches of {self.config.patch_size}px per face, "
                 "half of the faces manipulated")
 
