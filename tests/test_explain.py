@@ -263,3 +263,13 @@ def test_shipped_folder_has_a_pretext_reference() -> None:
     assert reference is not None
     assert {"iso", "fnumber", "exposure_time", "focal_length"} <= set(reference["scores"])
     assert all(len(v) >= 100 for v in reference["scores"].values())
+
+
+def test_html_text_shows_control_and_bidi_characters_escaped() -> None:
+    """Metadata is attacker-written: an override must not make "FAKE\u202etxt.exe" read
+    as "FAKEexe.txt" in the report, nor an escape sequence reach a terminal via cat."""
+    from aigdetect.explain.html import text
+    shown = text("Midjourney \x1b[2J<b>FAKE\u202etxt.exe http://x.example")
+    assert "\x1b" not in shown and "\u202e" not in shown
+    assert "\\x1b" in shown and "\\u202e" in shown
+    assert "&lt;b&gt;" in shown and "hxxp[:]//" in shown

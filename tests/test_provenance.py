@@ -65,6 +65,14 @@ def test_xmp_digital_source_type_in_jpeg(tmp_path: Path) -> None:
     found = read_provenance(path)
     assert found["digital_source_type"] == ["trainedAlgorithmicMedia"]
     assert "XMP DigitalSourceType trainedAlgorithmicMedia (AI-generated)" in found["findings"]
+    # a composite with AI parts (a camera photo edited with generative fill) is not
+    # called AI-generated
+    composite = tmp_path / "composite.jpg"
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(
+        composite, "JPEG", xmp=XMP.replace(b"/trainedAlgorithmicMedia",
+                                          b"/compositeWithTrainedAlgorithmicMedia"))
+    [line] = read_provenance(composite)["findings"]
+    assert "includes AI-generated parts" in line and "(AI-generated)" not in line
 
 
 def test_exif_software_naming_a_generator(tmp_path: Path) -> None:

@@ -218,6 +218,25 @@ def test_resume_refuses_to_mix_judges(runner, good, tmp_path, other) -> None:
     assert len(read_jsonl(out)) == 2
 
 
+def test_resume_never_skips_files_whose_recorded_names_look_alike(runner, tmp_path) -> None:
+    """``y<0xff>.png`` is recorded as ``y\\xff.png``, the very text another file may be
+    named: with the same size and mtime an earlier record cannot say which it was."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    undecodable = folder / os.fsdecode(b"y\xff.png")
+    literal = folder / "y\\xff.png"
+    noise_jpeg(tmp_path / "a.jpg", seed=1)
+    for path in (undecodable, literal):  # same size and mtime: only the name differs
+        shutil.copy(tmp_path / "a.jpg", path)
+        os.utime(path, ns=(1_700_000_000 * 10**9, 1_700_000_000 * 10**9))
+    out = tmp_path / "results.jsonl"
+    invoke(runner, ["scan", literal, "-f", "jsonl", "-o", out, *FAST])
+    resumed = invoke(runner, ["scan", folder, "-f", "jsonl", "-o", out, "--resume", *FAST])
+    assert resumed.exit_code in (0, 1), resumed.stderr
+    assert "already recorded" not in resumed.stderr
+    assert len(read_jsonl(out)) == 3  # the first record, then both files scanned
+
+
 def test_judged_otherwise_names_what_differs() -> None:
     from aigdetect.resume import Previous, judged_otherwise
     shipped = {"name": "default", "residual_sha256": "aa"}

@@ -184,14 +184,23 @@ def skip_recorded(files: list[Path], output: Path, verify_hash: bool, tally: Sca
                   f"{escape(printable(str(output)))} are not records; their files are "
                   "scanned again", highlight=False)
     todo = []
+    ambiguous = names_shown_alike(files)
     for file in files:
-        record = recorded(file, previous, verify_hash)
+        record = None if file in ambiguous else recorded(file, previous, verify_hash)
         if record is None:
             todo.append(file)
         else:
             tally.skipped += 1
             tally.add(str(record.get("verdict", "error")))
     return todo, previous
+
+
+def names_shown_alike(files: list[Path]) -> set[Path]:
+    """Files whose names records cannot tell apart: undecodable bytes are recorded as
+    ``\\xNN`` text, which another file may hold literally. An earlier record cannot say
+    which of them it was, so none of them is skipped."""
+    shown = Counter(os.path.abspath(unicode_safe(file)) for file in files)
+    return {file for file in files if shown[os.path.abspath(unicode_safe(file))] > 1}
 
 
 def deciders(loaded: LoadedDetector, threshold: float | None) -> dict[str, float]:

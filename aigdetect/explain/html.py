@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..provenance import CAVEAT
+from ..report import printable
 from .consistency import describe_claim, describe_prediction
 from .heatmap import region_value
 
@@ -42,10 +43,12 @@ _URL = re.compile(r"\bhttp(s?)://", re.IGNORECASE)
 
 
 def text(value: Any) -> str:
-    """Any value as escaped HTML text, with web addresses defanged."""
+    """Any value as escaped HTML text: control and bidirectional characters shown as
+    ``\x1b`` / ``\u202e`` (metadata must not reorder what a reader sees), web
+    addresses defanged."""
     if value is None:
         return "&ndash;"
-    return html.escape(_URL.sub(r"hxxp\1[:]//", str(value)))
+    return html.escape(_URL.sub(r"hxxp\1[:]//", printable(str(value))))
 
 
 def render(document: dict[str, Any]) -> str:
