@@ -29,13 +29,19 @@ SCHEMA_VERSION = 2
 FORMATS = ("table", "json", "jsonl", "csv")
 #: Weight hashes of a record's model, flattened into CSV columns.
 MODEL_HASHES = tuple(WEIGHT_FILES)
+#: The face detector's weights (``scan --faces``; empty otherwise), after every other
+#: column so that the earlier ones keep their places.
+FACE_MODEL_HASHES = tuple(f"faces_{key}" for key in WEIGHT_FILES)
 CSV_COLUMNS = (
     "path", "sha256", "format", "width", "height", "score", "raw_score", "threshold",
     "verdict", "percentile", "log_likelihood", "oneclass_score", "binary_score", "residual_score",
     "patches",
     "elapsed_ms", "detector", "model_name", "model_version", *MODEL_HASHES, "notes", "error",
-    "size", "mtime_ns", "provenance", "faces", "image_score",
+    "size", "mtime_ns", "provenance", "faces", "image_score", *FACE_MODEL_HASHES,
 )
+#: A cell starting so is run as a formula by spreadsheets (CSV injection): such text
+#: gets a leading apostrophe, which spreadsheets show as text and do not display.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _VERDICT_STYLE = {"ai": "bold red", "uncertain": "yellow", "real": "green", "error": "magenta",
                   NO_FACE: "dim"}
 VERDICTS = tuple(_VERDICT_STYLE)
@@ -146,7 +152,7 @@ def _csv_row(record: ScanRecord) -> dict[str, Any]:
     model = data.pop("model") or {}
     components = data.pop("components") or {}
     data.update(model_name=model.get("name"), model_version=model.get("version"),
-                **{key: model.get(key) for key in MODEL_HASHES},
+                **{key: model.get(key) for key in (*MODEL_HASHES, *FACE_MODEL_HASHES)},
                 oneclass_score=components.get("oneclass", {}).get("score"),
                 binary_score=components.get("binary", {}).get("score"),
                 residual_score=components.get("residual", {}).get("score"),
@@ -154,8 +160,14 @@ def _csv_row(record: ScanRecord) -> dict[str, Any]:
                 faces=None if record.faces is None else len(record.faces),
                 image_score=_image_score(record))
     row = {column: data.get(column) for column in CSV_COLUMNS}
-    return {key: printable(value) if isinstance(value, str) else value
+    return {key: spreadsheet_safe(printable(value)) if isinstance(value, str) else value
             for key, value in row.items()}
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs as a formula (a file named
+    ``=HYPERLINK(...).jpg`` is evidence, not a command)."""
+    return f"'{text}" if text.startswith(_FORMULA_START) else text
 
 
 def write_jsonl_record(record: ScanRecord, stream: IO[str]) -> None:

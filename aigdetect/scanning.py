@@ -94,11 +94,11 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
     record.image = {"detector": record.detector, "score": record.score,
                     "raw_score": record.raw_score, "threshold": record.threshold,
                     "verdict": record.verdict, "percentile": record.percentile,
-                    "components": record.components}
+                    "patches": record.patches, "components": record.components}
     record.faces = [judge_face(face, detector) for face in faces]
     record.detector = f"faces:{detector.name}"
     record.score = record.raw_score = record.threshold = record.percentile = None
-    record.log_likelihood, record.components = None, {}
+    record.log_likelihood, record.components, record.patches = None, {}, 0
     judged = [face for face in record.faces if "score" in face]
     if not judged:
         record.verdict = NO_FACE if not faces else "error"
@@ -109,6 +109,7 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
     worst = max(judged, key=lambda face: face["score"])
     record.score, record.raw_score = worst["score"], worst["raw_score"]
     record.threshold, record.percentile = worst["threshold"], worst["percentile"]
+    record.patches = worst["patches"]
     record.verdict = capped(worst["verdict"], record.notes)
     record.components = worst["components"]
     record.log_likelihood = _log_likelihood(record.components)

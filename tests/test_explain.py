@@ -273,3 +273,17 @@ def test_html_text_shows_control_and_bidi_characters_escaped() -> None:
     assert "\x1b" not in shown and "\u202e" not in shown
     assert "\\x1b" in shown and "\\u202e" in shown
     assert "&lt;b&gt;" in shown and "hxxp[:]//" in shown
+
+
+def test_the_deciding_verdict_is_the_faces_with_faces() -> None:
+    """Summary rows and the exit code follow what decides: with --faces the most
+    suspicious face, else the whole image; an unread file is an error."""
+    from aigdetect.explain.case import deciding_verdict
+    image = {"verdict": "ai", "score": 0.9, "percentile": 1.0}
+    faces = {"verdict": "real", "faces": [{"score": 0.2, "percentile": 40.0},
+                                          {"score": 0.3, "percentile": 30.0},
+                                          {"error": "network failed"}]}
+    assert deciding_verdict({"verdict": image, "faces": faces}) == {
+        "verdict": "real", "score": 0.3, "percentile": 30.0}
+    assert deciding_verdict({"verdict": image, "faces": None}) == image
+    assert deciding_verdict({"verdict": None, "faces": None}).get("verdict", "error") == "error"

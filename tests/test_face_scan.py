@@ -73,6 +73,7 @@ def test_aligned_scan_judges_each_input_as_one_face(
     assert face["verdict"] in ("ai", "real", "uncertain")
     # the image's verdict is its (only) face's; the whole image keeps the general opinion
     assert (record["score"], record["verdict"]) == (face["score"], face["verdict"])
+    assert record["patches"] == face["patches"] and record["image"]["patches"] > 0
     assert record["image"]["detector"] == "oneclass"
     assert record["image"]["verdict"] in ("ai", "real", "uncertain")
     assert "faces_density_sha256" in record["model"]

@@ -99,6 +99,21 @@ def test_json_document(records: list[ScanRecord]) -> None:
     assert broken["score"] is None and broken["log_likelihood"] is None
 
 
+def test_csv_cells_are_never_spreadsheet_formulas() -> None:
+    """A file may be named like a formula; its cell must stay text, its numbers numbers."""
+    records = [ScanRecord(path="=HYPERLINK(\"http://x\").jpg", raw_score=-2.5, score=0.1,
+                          verdict="real", notes=["@import"],
+                          model={"faces_density_sha256": "f" * 64}),
+               ScanRecord(path="-rf.png", error="+1 formula")]
+    stream = io.StringIO()
+    write_scan(records, "csv", stream)
+    rows = {row["path"]: row for row in csv.DictReader(io.StringIO(stream.getvalue()))}
+    formula = rows["'=HYPERLINK(\"http://x\").jpg"]
+    assert formula["notes"] == "'@import" and formula["raw_score"] == "-2.5"
+    assert formula["faces_density_sha256"] == "f" * 64
+    assert rows["'-rf.png"]["error"] == "'+1 formula"
+
+
 def test_csv(records: list[ScanRecord]) -> None:
     stream = io.StringIO()
     write_scan(records, "csv", stream)

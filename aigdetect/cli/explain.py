@@ -8,7 +8,6 @@ import sys
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -23,7 +22,7 @@ from ..detectors import (
     default_model_dir,
     oneclass_features,
 )
-from ..explain.case import EXPLAIN_SCHEMA_VERSION, Explainer, unexplained_case
+from ..explain.case import EXPLAIN_SCHEMA_VERSION, Explainer, deciding_verdict, unexplained_case
 from ..explain.consistency import PretextReader
 from ..explain.console import print_document
 from ..explain.html import render as render_html
@@ -119,17 +118,10 @@ def explain_command(
         with open(html_report, "x", encoding="utf-8") as stream:
             stream.write(render_html(document))
         err.print(f"HTML report written to {escape(printable(str(html_report)))}")
-    verdicts = Counter(case_verdict(case) for case in cases)
+    verdicts = Counter(deciding_verdict(case).get("verdict", "error") for case in cases)
     if not quiet:
         err.print(f"[dim]heat maps in {escape(printable(str(folder)))}/[/]", highlight=False)
     raise typer.Exit(exit_code(verdicts))
-
-
-def case_verdict(case: dict[str, Any]) -> str:
-    """What decides the exit code: the faces' verdict with --faces, else the image's."""
-    if case["verdict"] is None:
-        return "error"
-    return case["faces"]["verdict"] if case["faces"] is not None else case["verdict"]["verdict"]
 
 
 def explain_folder(output_dir: Path | None, started: datetime, inputs: list[str]) -> Path:

@@ -118,3 +118,15 @@ def opinion(summary: dict[str, Any], calibration: Calibration) -> dict[str, Any]
     low, high = calibration.band(summary["threshold"])
     return {**summary, "uncertain_band": [round(low, 4), round(high, 4)],
             "calibrated_fpr": calibration.fpr}
+
+
+def deciding_verdict(case: dict[str, Any]) -> dict[str, Any]:
+    """The verdict that decides the case (and the exit code): with --faces the most
+    suspicious face's (score and percentile too), else the whole image's."""
+    faces = case.get("faces")
+    if faces is None:
+        return case["verdict"] or {}
+    judged = [face for face in faces["faces"] if "score" in face]
+    worst = max(judged, key=lambda face: face["score"]) if judged else {}
+    return {"verdict": faces["verdict"], "score": worst.get("score"),
+            "percentile": worst.get("percentile")}

@@ -120,6 +120,7 @@ def provenance_table(provenance: dict[str, Any]) -> Table:
     for line in provenance["findings"] or ["no finding"]:
         table.add_row(cell(line))
     camera = provenance["camera_exif"]
-    table.add_row(cell(f"camera EXIF {camera['status']} (make {camera['make']}, model "
-                       f"{camera['model']}); C2PA {provenance['c2pa']['status']}"))
+    exif = (f"camera EXIF {camera['status']}" if camera["status"] == "absent" else
+            f"camera EXIF {camera['status']} (make {camera['make']}, model {camera['model']})")
+    table.add_row(cell(f"{exif}; C2PA {provenance['c2pa']['status']}"))
     return table

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..provenance import CAVEAT
 from ..report import printable
+from .case import deciding_verdict
 from .consistency import describe_claim, describe_prediction
 from .heatmap import region_value
 
@@ -76,7 +77,7 @@ def _run(document: dict[str, Any]) -> str:
 def _summary(cases: list[dict[str, Any]]) -> str:
     rows = []
     for case in cases:
-        verdict = case["verdict"] or {}
+        verdict = deciding_verdict(case)
         rows.append((case["path"], _verdict(verdict.get("verdict", "error")),
                      _number(verdict.get("score")), _number(verdict.get("percentile"), 1),
                      "; ".join(case["provenance"]["findings"]) or "none",
