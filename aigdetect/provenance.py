@@ -150,8 +150,10 @@ def camera_summary(raw_exif: dict[str, Any], container: str | None,
     labels = labels_from_raw(raw_exif)
     shot = [t for t in ("exposure_time", "fnumber", "iso", "focal_length")
             if getattr(labels, t) is not None]
+    tags = {"make_tag": tag_text(raw_exif.get("Make")),
+            "model_tag": tag_text(raw_exif.get("Model"))}
     if labels.make is None and labels.model is None and not shot:
-        return {"status": "absent", "make": None, "model": None, "exposure_tags": [],
+        return {"status": "absent", "make": None, "model": None, **tags, "exposure_tags": [],
                 "reasons": []}
     reasons = []
     if container is not None and container not in CAMERA_CONTAINERS:
@@ -161,7 +163,17 @@ def camera_summary(raw_exif: dict[str, Any], container: str | None,
     if labels.make is not None and not shot:
         reasons.append("a camera make but no exposure tags")
     return {"status": "inconsistent" if reasons else "present", "make": labels.make,
-            "model": labels.model, "exposure_tags": shot, "reasons": reasons}
+            "model": labels.model, **tags, "exposure_tags": shot, "reasons": reasons}
+
+
+def tag_text(value: Any) -> str | None:
+    """A text tag as the file holds it (``make`` and ``model`` are normalised for the
+    network; an analyst also needs the stored words), at most 100 characters."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    return value.strip("\x00 ")[:100] or None
 
 
 def read_c2pa(path: str | Path, container: str | None) -> dict[str, Any]:

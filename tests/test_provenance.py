@@ -95,6 +95,7 @@ def test_camera_photo_has_no_finding(tmp_path: Path) -> None:
     camera = found["camera_exif"]
     assert (camera["status"], camera["make"], camera["model"]) == ("present", "canon",
                                                                    "canon eos 5d")
+    assert (camera["make_tag"], camera["model_tag"]) == ("Canon", "Canon EOS 5D")  # as stored
     assert found["findings"] == []
     assert short_summary(found) == "camera EXIF present"
 

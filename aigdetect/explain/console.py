@@ -121,6 +121,7 @@ def provenance_table(provenance: dict[str, Any]) -> Table:
         table.add_row(cell(line))
     camera = provenance["camera_exif"]
     exif = (f"camera EXIF {camera['status']}" if camera["status"] == "absent" else
-            f"camera EXIF {camera['status']} (make {camera['make']}, model {camera['model']})")
+            f"camera EXIF {camera['status']} (Make {camera['make_tag']!r}, Model "
+            f"{camera['model_tag']!r})")
     table.add_row(cell(f"{exif}; C2PA {provenance['c2pa']['status']}"))
     return table

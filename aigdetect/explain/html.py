@@ -183,8 +183,8 @@ def _provenance(provenance: dict[str, Any]) -> str:
               for g in provenance["generator_text"]],
             *[(s["tag"], f"{s['value']} ({s['kind']})") for s in provenance["software"]],
             ("camera EXIF", camera["status"] if camera["status"] == "absent" else
-             f"{camera['status']}: make {camera['make']}, model {camera['model']}, exposure "
-             f"tags {', '.join(camera['exposure_tags']) or 'none'}"
+             f"{camera['status']}: Make {camera['make_tag']!r}, Model {camera['model_tag']!r}, "
+             f"exposure tags {', '.join(camera['exposure_tags']) or 'none'}"
              + "".join(f"; {reason}" for reason in camera["reasons"]))]
     return ("<h3>What the metadata says</h3>"
             f"<p class=\"caveat\">{text(CAVEAT)}</p>"
