@@ -38,7 +38,7 @@ aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2
 #    photos (whole source repositories), each, as they are and after the matched and web
 #    processings (calibrate's default --processing); fusion weights from the AI images both
 #    trainings held out; default residual, the benchmark's best as the detection issue
-#    asks (left to itself, calibrate picks fused there: 0.967 cross-validated vs 0.958)
+#    asks (left to itself, calibrate picks fused there: 0.950 cross-validated vs 0.915)
 aigdetect calibrate runs/shipped --binary runs/binary-a0.05/binary.best.pt \
   --real "$SPLITS/calibration/photos" --real "$SPLITS/calibration/processed" \
   --fake "$SPLITS/fusion/ai" --fpr 0.05 --workers 1 --default residual
