@@ -80,12 +80,12 @@ def detection_metrics(labels: np.ndarray, p_ai: np.ndarray,
 def present(files: list[LabelledFile], console: Console) -> list[LabelledFile]:
     """The files that exist; the others (CSV rows naming moved or deleted files) are
     said and left out, rather than silently stood in for by another image."""
-    kept = [f for f in files if os.path.isfile(f.path)]
-    if len(kept) < len(files):
-        first = next(f for f in files if not os.path.isfile(f.path))
-        console.print(f"[yellow]warning:[/] {len(files) - len(kept)} listed file(s) do not "
-                      f"exist and are left out, e.g. {escape(first.path)}", highlight=False)
-    return kept
+    exists = [os.path.isfile(f.path) for f in files]
+    missing = [f for f, found in zip(files, exists, strict=True) if not found]
+    if missing:
+        console.print(f"[yellow]warning:[/] {len(missing)} listed file(s) do not exist and "
+                      f"are left out, e.g. {escape(missing[0].path)}", highlight=False)
+    return [f for f, found in zip(files, exists, strict=True) if found]
 
 
 class BinaryTask:

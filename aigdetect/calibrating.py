@@ -57,16 +57,19 @@ def add_binary(folder: Path, checkpoint: Path) -> None:
 MIN_REAL, MIN_FAKE = 20, 10
 
 
-def check_counts(real: int, fake: int, readable: str = "") -> None:
-    """Refuse too few images: a threshold at a stated false-positive rate needs hundreds
-    of real photos (these minimums only stop the absurd), fusion weights dozens of AI
-    images (none: the components weigh the same)."""
-    if real < MIN_REAL:
-        raise DetectorError(f"only {real} {readable}real photos: calibration needs at least "
+def require_real(count: int, readable: str = "") -> None:
+    """A threshold at a stated false-positive rate needs hundreds of real photos; this
+    minimum only stops the absurd."""
+    if count < MIN_REAL:
+        raise DetectorError(f"only {count} {readable}real photos: calibration needs at least "
                             f"{MIN_REAL}, and a threshold at a stated false-positive rate "
                             "hundreds")
-    if 0 < fake < MIN_FAKE:
-        raise DetectorError(f"only {fake} {readable}--fake images: weighting the fusion needs "
+
+
+def require_fake(count: int, readable: str = "") -> None:
+    """Fusion weights need dozens of AI images (none: the components weigh the same)."""
+    if 0 < count < MIN_FAKE:
+        raise DetectorError(f"only {count} {readable}--fake images: weighting the fusion needs "
                             f"at least {MIN_FAKE} (dozens are better); leave --fake out for "
                             "equal weights")
 
@@ -94,7 +97,8 @@ def calibrate_folder(
     photos are scored: every threshold then holds on each kind under each processing.
     ``fake_paths`` (held-out AI images, scored under the same processings) set the
     fused detector's weights. Returns what was written, for a summary."""
-    check_counts(len(real_paths), len(fake_paths))  # before minutes of scoring
+    require_real(len(real_paths))  # before minutes of scoring
+    require_fake(len(fake_paths))
     folder = DetectorFolder.open(folder_path, recalibrating=True)
     folder.require_oneclass()  # before anything is written into it
     if binary is not None:
@@ -106,7 +110,7 @@ def calibrate_folder(
     raw, score_groups, readable = score_processed(parts, real_paths, folder, processings,
                                                   workers, on_image, reference, real_groups)
     count, unreadable = len(readable), len(real_paths) - len(readable)
-    check_counts(count, len(fake_paths), "readable ")
+    require_real(count, "readable ")
     kinds = np.array([real_groups[i] for i in readable]) if real_groups is not None else None
     group_of_score = np.array(score_groups)
 
@@ -124,7 +128,7 @@ def calibrate_folder(
     if supervised and fake_paths:
         fake, _, fake_readable = score_processed(parts, fake_paths, folder, processings,
                                                  workers, on_image)
-        check_counts(count, len(fake_readable), "readable ")
+        require_fake(len(fake_readable), "readable ")
         weights, aucs = fusion_weights(calibrations, raw, fake)
         validation = {"ai_images": len(fake_readable), "real_photos": count, **aucs}
     if supervised:

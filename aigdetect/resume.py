@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,21 @@ class Previous:
 
 def key_of(path: str | Path, size: int, mtime_ns: int) -> Key:
     """Records hold ``unicode_safe`` paths; compare files in the same form."""
-    return (os.path.abspath(unicode_safe(path)), size, mtime_ns)
+    return (recorded_name(path), size, mtime_ns)
+
+
+def recorded_name(path: str | Path) -> str:
+    """A file's absolute path as records hold it (undecodable bytes as ``\\xNN``)."""
+    return os.path.abspath(unicode_safe(path))
+
+
+def names_shown_alike(files: list[Path]) -> set[Path]:
+    """Files whose names records cannot tell apart: undecodable bytes are recorded as
+    ``\\xNN`` text, which another file may hold literally. An earlier record cannot say
+    which of them it was, so none of them is skipped."""
+    names = {file: recorded_name(file) for file in files}
+    shown = Counter(names.values())
+    return {file for file, name in names.items() if shown[name] > 1}
 
 
 def _parse(line: bytes) -> dict[str, Any] | None:

@@ -30,6 +30,8 @@ from .runtime import Distributed
 __all__ = ["PretextTask", "TrainConfig", "TrainingError", "train"]
 
 T = TypeVar("T")
+#: Every head of the EXIF pretext: categorical tags, then ordinal ones.
+PRETEXT_HEADS = (*CATEGORICAL_TAGS, *ORDINAL_TAGS)
 
 
 @dataclass(kw_only=True)
@@ -161,7 +163,7 @@ def majority_classes(dataset: PretextDataset) -> dict[str, int]:
 
 def metrics_table(metrics: dict[str, dict[str, float]], losses: dict[str, float],
                   weight: Callable[[str], float], title: str,
-                  heads: Sequence[str] = (*CATEGORICAL_TAGS, *ORDINAL_TAGS)) -> Table:
+                  heads: Sequence[str] = PRETEXT_HEADS) -> Table:
     """One row per trained head of ``heads``: its loss weight, mean training loss,
     and validation accuracy (categorical tags) or concordance (ranking heads)."""
     table = Table(title=title)

@@ -31,7 +31,14 @@ from ..report import (
     write_run_file,
     write_scan,
 )
-from ..resume import Previous, judged_otherwise, prepare_append, read_previous, recorded
+from ..resume import (
+    Previous,
+    judged_otherwise,
+    names_shown_alike,
+    prepare_append,
+    read_previous,
+    recorded,
+)
 from ..runtime import interrupt_deferred
 from ..scanning import NO_FACE, ScanRecord, scan
 from .common import (
@@ -195,22 +202,13 @@ def skip_recorded(files: list[Path], output: Path, verify_hash: bool, tally: Sca
     return todo, previous
 
 
-def names_shown_alike(files: list[Path]) -> set[Path]:
-    """Files whose names records cannot tell apart: undecodable bytes are recorded as
-    ``\\xNN`` text, which another file may hold literally. An earlier record cannot say
-    which of them it was, so none of them is skipped."""
-    shown = Counter(os.path.abspath(unicode_safe(file)) for file in files)
-    return {file for file in files if shown[os.path.abspath(unicode_safe(file))] > 1}
-
-
 def deciders(loaded: LoadedDetector, threshold: float | None) -> dict[str, float]:
     """Detector name -> threshold, for every detector whose verdict a record of this
     run can carry (the general one, and with --faces the face detector)."""
-    judges = {loaded.detector.name: loaded.detector.calibration.threshold
-              if threshold is None else threshold}
+    judges = [judge_description(loaded.detector, threshold)]
     if loaded.face_detector is not None:
-        judges[f"faces:{loaded.face_detector.name}"] = loaded.face_detector.calibration.threshold
-    return judges
+        judges.append(judge_description(loaded.face_detector, None, "faces:"))
+    return {judge["detector"]: judge["threshold"] for judge in judges}
 
 
 def scan_command(

@@ -9,9 +9,8 @@ import typer
 from ..binary_training import BinaryConfig, train_binary
 from ..checkpoint import FACE_HEADS, CheckpointError
 from ..detectors import EXTRACTOR_FILE, default_model_dir
-from ..exif import CATEGORICAL_TAGS, ORDINAL_TAGS
 from ..face_training import FaceTrainConfig, train_faces
-from ..training import TrainConfig, TrainingError, train
+from ..training import PRETEXT_HEADS, TrainConfig, TrainingError, train
 from .common import (
     err,
     fail,
@@ -19,9 +18,6 @@ from .common import (
     labels_csv_option,
     real_folders_option,
 )
-
-#: Heads of the EXIF pretext that --head-weight can weigh.
-PRETEXT_HEADS = (*CATEGORICAL_TAGS, *ORDINAL_TAGS)
 
 
 def train_command(
@@ -178,11 +174,12 @@ def parse_head_weights(items: list[str], heads: tuple[str, ...]) -> dict[str, fl
     weights: dict[str, float] = {}
     for item in items:
         tag, _, value = item.partition("=")
+        tag = tag.strip()
         try:
-            weights[tag.strip()] = float(value)
+            weights[tag] = float(value)
         except ValueError:
             fail(f"--head-weight {item!r} is not TAG=NUMBER", "e.g. --head-weight model=0.5")
-        if tag.strip() not in heads:
-            fail(f"--head-weight {item!r}: no head {tag.strip()!r} in this training",
+        if tag not in heads:
+            fail(f"--head-weight {item!r}: no head {tag!r} in this training",
                  f"heads: {', '.join(heads)}")
     return weights
