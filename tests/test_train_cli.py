@@ -314,6 +314,23 @@ def test_options_that_would_be_ignored_are_refused(session_photo_folder, tmp_pat
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.parametrize(("training", "extra", "message"), [
+    (["--binary", "--real", ".", "--fake", "."], ["--ranking-loss", "bce"],
+     "--ranking-loss apply to the EXIF pretext only, not to --binary"),
+    (["--faces", "."], ["--ranking-loss", "bce", "--min-class-count", "7"],
+     "--ranking-loss, --min-class-count apply to the EXIF pretext only, not to --faces"),
+    (["--binary", "--real", ".", "--fake", "."], ["--patch-size", "32"],
+     "--binary takes its teacher's patch size"),
+])
+def test_pretext_options_are_refused_in_other_trainings(tmp_path, training, extra, message):
+    """Options another training would silently drop are usage errors before any work."""
+    args = [str(tmp_path) if a == "." else a for a in training]
+    result = run("train", *args, "-o", tmp_path / "m.pt", *FAST, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in text(result)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_unknown_ranking_loss_is_refused(session_photo_folder, tmp_path):
     result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--ranking-loss", "hinge"))
     assert result.exit_code == 2

@@ -58,7 +58,7 @@ def fit_gmm_command(
     extractor: Path | None = typer.Option(
         None, help="Extractor checkpoint from 'aigdetect train'. Default: the shipped one."),
     components: str = typer.Option("auto", help="Gaussian components, or 'auto' to choose "
-                                   "by BIC among 1-8."),
+                                   "by BIC among 1, 2, 3, 4, 5, 6 and 8."),
     covariance: str = typer.Option("full", help="Covariance type: full, diag, tied, spherical."),
     pca_dim: int = typer.Option(32, min=1, help="Features are whitened to this many principal "
                                 "components first (a full covariance of 528 dimensions needs "

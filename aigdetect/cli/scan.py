@@ -233,7 +233,7 @@ def scan_command(
                               "separated by NUL bytes, as find -print0 writes them."),
     include: str | None = typer.Option(
         None, help="Extensions to take from folders and globs, e.g. 'jpg,png' "
-        f"(default: {','.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
+        f"(default: {', '.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
     threshold: float | None = typer.Option(
         None, help="Decision threshold on the detector's raw score (raw_score; overrides the "
         "calibrated one)."),

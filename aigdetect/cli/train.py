@@ -9,6 +9,7 @@ import typer
 from ..binary_training import BinaryConfig, train_binary
 from ..checkpoint import FACE_HEADS, CheckpointError
 from ..detectors import EXTRACTOR_FILE, default_model_dir
+from ..engine import EngineConfig
 from ..face_training import FaceTrainConfig, train_faces
 from ..training import PRETEXT_HEADS, TrainConfig, TrainingError, train
 from .common import (
@@ -128,6 +129,10 @@ def train_command(
              "aigdetect train --binary --real photos/ --fake generated/ -o binary.pt")
     if binary and head_weight:
         fail("--head-weight weighs the pretext and --faces heads; --binary has one head")
+    check_pretext_only(binary, faces, ranking_loss, min_class_count)
+    if binary and patch_size != EngineConfig.patch_size:
+        fail("--binary takes its teacher's patch size; --patch-size applies to the pretext "
+             "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
     check_output(output, resume, overwrite)
     try:
         if binary:
@@ -154,6 +159,19 @@ def train_command(
                               **common), err)
     except (TrainingError, CheckpointError, ValueError) as error:
         fail(str(error))
+
+
+def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
+                       min_class_count: int) -> None:
+    """The EXIF pretext's own options are refused elsewhere: the faces pretext ranks with
+    the fidelity loss and has no categorical heads, the binary detector neither."""
+    given = [option for option, changed in (
+        ("--ranking-loss", ranking_loss != TrainConfig.ranking_loss),
+        ("--min-class-count", min_class_count != TrainConfig.min_class_count)) if changed]
+    if given and (binary or faces):
+        fail(f"{', '.join(given)} apply to the EXIF pretext only, not to "
+             f"{'--binary' if binary else '--faces'}",
+             "aigdetect train photos/ -o extractor.pt --ranking-loss bce")
 
 
 def check_output(output: Path, resume: bool, overwrite: bool) -> None:
