@@ -17,7 +17,6 @@ generation:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,9 +32,10 @@ from .patches import (
     CONDITIONS,
     ImageReadError,
     apply_processing,
-    grid_tiles,
+    fixed_grid_tiles,
     load_image,
     random_crops,
+    reencoded,
 )
 
 
@@ -86,7 +86,7 @@ class Augmentation:
                  patch_size: int) -> np.ndarray:
         image = Image.fromarray(_random_region(pixels, self.region, rng))
         if rng.random() < self.webp_p:
-            image = _reencoded(image, "WEBP", _quality(self.webp_quality, rng))
+            image = reencoded(image, "WEBP", _quality(self.webp_quality, rng))
         if rng.random() < self.downscale_p:
             image = _rescale(image, rng.uniform(self.downscale_min, 1.0), patch_size, rng)
         elif rng.random() < self.upscale_p:
@@ -98,21 +98,13 @@ class Augmentation:
                                                          percent=int(rng.integers(50, 151)),
                                                          threshold=int(rng.integers(0, 4))))
         if rng.random() < self.jpeg_p:
-            image = _reencoded(image, "JPEG", _quality(self.jpeg_quality, rng))
+            image = reencoded(image, "JPEG", _quality(self.jpeg_quality, rng))
         return np.asarray(image, dtype=np.uint8)
 
 
 def _quality(bounds: tuple[int, int], rng: np.random.Generator) -> int:
     low, high = bounds
     return int(rng.integers(low, high + 1))
-
-
-def _reencoded(image: Image.Image, format: str, quality: int) -> Image.Image:
-    """``image`` saved in ``format`` at ``quality`` and decoded again."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, quality=quality)
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
 
 
 #: Resampling filters drawn for rescaling: editors and browsers use all of them.
@@ -202,5 +194,4 @@ class BinaryDataset(Dataset):
             pixels = self.augmentation(pixels, rng, self.patch_size)
             return random_crops(pixels, self.patches, self.patch_size, rng)
         pixels = apply_processing(pixels, CONDITIONS["matched"])
-        tiles = grid_tiles(pixels, self.patch_size, self.patches)
-        return np.resize(tiles, (self.patches, *tiles.shape[1:]))  # fill small images
+        return fixed_grid_tiles(pixels, self.patch_size, self.patches)

@@ -217,7 +217,7 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
     """
     names = list(real)
     count = len(fake[names[0]])
-    if count < 10:  # cross-validation needs a few per fold
+    if count < MIN_FAKE:  # cross-validation needs a few per fold
         raise DetectorError(f"only {count} AI scores: weighting the fusion needs dozens")
     standardised = {name: [calibrations[name].standardise(v) for v in [*real[name], *fake[name]]]
                     for name in names}

@@ -17,7 +17,13 @@ from torch.utils.data import Dataset
 
 from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, ExifLabels, Vocabulary, read_labels
 from .files import atomic_write
-from .patches import ImageReadError, grid_tiles, image_formats, load_image, random_crops
+from .patches import (
+    ImageReadError,
+    fixed_grid_tiles,
+    image_formats,
+    load_image,
+    random_crops,
+)
 
 CACHE_VERSION = 1
 
@@ -187,9 +193,7 @@ class PretextDataset(Dataset):
                 rng = np.random.default_rng([self.seed, self.epoch, index])
                 crops = random_crops(pixels, self.patches, self.patch_size, rng)
             else:
-                crops = grid_tiles(pixels, self.patch_size, self.patches)
-                if len(crops) < self.patches:  # small image: repeat tiles to fill the batch
-                    crops = np.resize(crops, (self.patches, *crops.shape[1:]))
+                crops = fixed_grid_tiles(pixels, self.patch_size, self.patches)
             classes, ordinal = encode_targets(photo.labels, self.vocabularies)
             return torch.from_numpy(crops), classes, ordinal, attempt
         raise RuntimeError("no photo in the training set could be decoded")

@@ -64,7 +64,6 @@ class RealPhotoDensity:
     # learned state
     mixture: GaussianMixture | None = field(default=None, repr=False)
     pca: PCA | None = field(default=None, repr=False)
-    threshold: float = math.nan
     fpr: float = math.nan
     calibration_scores: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     info: dict[str, Any] = field(default_factory=dict)
@@ -102,21 +101,13 @@ class RealPhotoDensity:
         ).fit(reduced)
 
     def calibrate(self, real_features: np.ndarray, fpr: float) -> RealPhotoDensity:
-        """Keep held-out real log-likelihoods (they set the typical value) and put the
-        threshold at the ``1 - fpr`` quantile of their atypicality."""
+        """Keep held-out real log-likelihoods (they set the typical value); the
+        threshold is then the :class:`Calibration` of their atypicality at ``fpr``."""
         if not 0.0 < fpr < 1.0:
             raise DensityError(f"fpr must be between 0 and 1, not {fpr}")
-        scores = np.sort(self.score_samples(real_features))
-        self.calibration_scores = scores
-        self.set_fpr(fpr)
-        return self
-
-    def set_fpr(self, fpr: float) -> None:
-        """Move the threshold to another false-positive rate on the calibration photos."""
-        if len(self.calibration_scores) == 0:
-            raise DensityError("no calibration scores: calibrate() first")
+        self.calibration_scores = np.sort(self.score_samples(real_features))
         self.fpr = float(fpr)
-        self.threshold = float(np.quantile(self._calibration_atypicality(), 1.0 - fpr))
+        return self
 
     # -- scoring ------------------------------------------------------------
     def _check_fitted(self) -> None:
@@ -150,8 +141,17 @@ class RealPhotoDensity:
 
     @property
     def calibration(self) -> Calibration:
-        """The held-out calibration as a detector calibration on atypicality."""
-        return Calibration(self._calibration_atypicality(), self.fpr, self.threshold)
+        """The held-out calibration as a detector calibration on atypicality: the same
+        threshold rule as every other detector's (the empirical quantile)."""
+        return Calibration.fit(self._calibration_atypicality(), self.fpr)
+
+    @property
+    def threshold(self) -> float:
+        """The atypicality above which at most ``fpr`` of the calibration photos lie
+        (NaN before :meth:`calibrate`)."""
+        if len(self.calibration_scores) == 0 or not math.isfinite(self.fpr):
+            return math.nan
+        return self.calibration.threshold
 
     # -- persistence --------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -198,14 +198,13 @@ class RealPhotoDensity:
 
     @classmethod
     def _from_arrays(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]):
+        # the header's threshold is for readers: it is derived again from the scores
         density = cls(covariance_type=header["covariance_type"], reg_covar=header["reg_covar"],
-                      seed=header["seed"], threshold=header["threshold"], fpr=header["fpr"],
+                      seed=header["seed"], fpr=header["fpr"],
                       info=header.get("info", {}), provenance=header.get("provenance", {}))
         density.pca = _rebuild_pca(arrays)
         density.mixture = _rebuild_mixture(arrays, header["covariance_type"])
         density.calibration_scores = arrays["calibration_scores"]
-        if len(density.calibration_scores) and math.isfinite(density.fpr):
-            density.set_fpr(density.fpr)  # files before 0.2 stored a log-likelihood threshold
         density.components = int(density.mixture.n_components)
         density.pca_dim = int(arrays["pca_components"].shape[0])
         return density

@@ -39,7 +39,7 @@ from .calibration import Calibration
 from .checkpoint import BINARY, FACES, PRETEXT, CheckpointError, load_model
 from .density import DensityError, RealPhotoDensity
 from .faces import ENLARGE
-from .features import FaceSettings, FeatureExtractor, TileSettings
+from .features import MAX_TILES, FaceSettings, FeatureExtractor, TileSettings
 from .files import atomic_write, file_sha256
 from .residual_model import ResidualClassifier, ResidualModelError
 
@@ -237,6 +237,11 @@ def fuse(parts: list[tuple[Calibration, float]], weights: Sequence[float] | None
     return float(np.average(standardised, weights=weights))
 
 
+def missing_oneclass_files(folder: Path) -> list[str]:
+    """The one-class detector's files (extractor, density) that ``folder`` lacks."""
+    return [name for name in (EXTRACTOR_FILE, DENSITY_FILE) if not (folder / name).is_file()]
+
+
 @dataclass
 class DetectorFolder:
     """A folder of detector weights and calibrations (see the module docstring)."""
@@ -285,7 +290,7 @@ class DetectorFolder:
     def available(self) -> list[str]:
         """Detectors this folder can run."""
         names = []
-        if (self.path / EXTRACTOR_FILE).is_file() and (self.path / DENSITY_FILE).is_file():
+        if not missing_oneclass_files(self.path):
             names.append("oneclass")
         names += self.supervised()
         if "oneclass" in names and len(names) > 1 and "fused" in self.calibrations:
@@ -311,10 +316,11 @@ class DetectorFolder:
         return {"name": self.name, "version": __version__, **self.weights()}
 
     def tiles(self, patches: int | None = None, **settings: Any) -> TileSettings:
-        """Tile settings; ``patches`` None keeps the folder's count, 0 means every tile."""
+        """Tile settings; ``patches`` None keeps the folder's count, 0 means every tile
+        (up to ``MAX_TILES``, evenly spread)."""
         if patches is None:
             patches = self.manifest.get("tiles") or self._density_tiles()
-        return TileSettings(max_tiles=None if patches == 0 else patches, **settings)
+        return TileSettings(max_tiles=MAX_TILES if patches == 0 else patches, **settings)
 
     def face_settings(self, aligned: bool = False) -> FaceSettings:
         """How faces are cut out for this folder: as for the faces its density was
@@ -369,10 +375,10 @@ class DetectorFolder:
     def require_oneclass(self) -> None:
         """Every detector folder has the one-class detector: the fused one and the
         calibration photos' pretext reference rest on it."""
-        for name in (EXTRACTOR_FILE, DENSITY_FILE):
-            if not (self.path / name).is_file():
-                raise DetectorError(f"{self.path} is not a one-class detector folder: {name} "
-                                    "is missing (make one with 'aigdetect fit-gmm')")
+        missing = missing_oneclass_files(self.path)
+        if missing:
+            raise DetectorError(f"{self.path} is not a one-class detector folder: {missing[0]} "
+                                "is missing (make one with 'aigdetect fit-gmm')")
 
     def _oneclass(self, device: torch.device, batch_size: int) -> OneClassDetector:
         extractor_path, density_path = self.path / EXTRACTOR_FILE, self.path / DENSITY_FILE

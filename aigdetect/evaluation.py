@@ -17,7 +17,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from .labelled import LABEL_NAMES, LabelledFile
 from .scanning import ScanRecord
 
-REAL, AI = LABEL_NAMES[0], LABEL_NAMES[1]
+#: group labels as evaluation names them (labelled.REAL/AI are the 0/1 of training)
+REAL_LABEL, AI_LABEL = LABEL_NAMES[0], LABEL_NAMES[1]
 
 
 @dataclass
@@ -94,14 +95,14 @@ def evaluate_groups(
     results: dict[str, tuple[str, list[ScanRecord]]],
 ) -> list[GroupMetrics]:
     """``results``: group name -> (label, records). One row per group, then overall."""
-    real = [r for label, records in results.values() if label == REAL for r in records]
-    ai = [r for label, records in results.values() if label == AI for r in records]
+    real = [r for label, records in results.values() if label == REAL_LABEL for r in records]
+    ai = [r for label, records in results.values() if label == AI_LABEL for r in records]
     rows = []
     for name, (label, records) in results.items():
-        if label == AI:
-            rows.append(group_metrics(name, AI, real, records))
+        if label == AI_LABEL:
+            rows.append(group_metrics(name, AI_LABEL, real, records))
         else:
-            rows.append(group_metrics(name, REAL, records, []))
+            rows.append(group_metrics(name, REAL_LABEL, records, []))
     rows.append(group_metrics("overall", "all", real, ai))
     return rows
 
@@ -111,12 +112,12 @@ def pair_metrics(
 ) -> list[dict[str, float | int | str | None]]:
     """AUC of every AI group against every real group, one at a time: which
     generator is caught, against which kind of real photo."""
-    real_groups = [(n, recs) for n, (label, recs) in results.items() if label == REAL]
-    ai_groups = [(n, recs) for n, (label, recs) in results.items() if label == AI]
+    real_groups = [(n, recs) for n, (label, recs) in results.items() if label == REAL_LABEL]
+    ai_groups = [(n, recs) for n, (label, recs) in results.items() if label == AI_LABEL]
     pairs = []
     for ai_name, ai_records in ai_groups:
         for real_name, real_records in real_groups:
-            row = group_metrics(ai_name, AI, real_records, ai_records)
+            row = group_metrics(ai_name, AI_LABEL, real_records, ai_records)
             pairs.append({"ai": ai_name, "real": real_name, "n_ai": row.n_ai,
                           "n_real": row.n_real, "auc": row.auc,
                           "average_precision": row.average_precision})
@@ -133,8 +134,8 @@ def mean_pair_auc(results: dict[str, tuple[str, list[ScanRecord]]],
     interval (each group's images resampled with replacement, alike for every pair
     they enter). With a hundred images a group, two detectors a few hundredths apart
     are within it: the interval says which differences the data can tell."""
-    real = _scored_groups(results, REAL)
-    ai = _scored_groups(results, AI)
+    real = _scored_groups(results, REAL_LABEL)
+    ai = _scored_groups(results, AI_LABEL)
     if not real or not ai:
         return None
     rng = np.random.default_rng(seed)
@@ -153,8 +154,8 @@ def paired_difference(results: dict[str, tuple[str, list[ScanRecord]]],
     same files for both, so what the two share (which images are hard) cancels out.
     Two detectors whose separate intervals overlap can still differ by a paired
     interval that excludes zero. Only files both scored count."""
-    real, baseline_real = _paired_scores(results, baseline, REAL)
-    ai, baseline_ai = _paired_scores(results, baseline, AI)
+    real, baseline_real = _paired_scores(results, baseline, REAL_LABEL)
+    ai, baseline_ai = _paired_scores(results, baseline, AI_LABEL)
     if not real or not ai:
         return None
 
@@ -236,10 +237,10 @@ def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> 
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("--plot needs matplotlib: pip install 'aigdetect[plot]'") from None
-    real = [r.raw_score for label, recs in results.values() if label == REAL
+    real = [r.raw_score for label, recs in results.values() if label == REAL_LABEL
             for r in recs if r.raw_score is not None]
     curves = {name: [r.raw_score for r in recs if r.raw_score is not None]
-              for name, (label, recs) in results.items() if label == AI}
+              for name, (label, recs) in results.items() if label == AI_LABEL}
     curves["overall"] = [v for values in curves.values() for v in values]
     figure, axes = plt.subplots(figsize=(5, 5))
     for name, ai in curves.items():

@@ -11,17 +11,19 @@ its loss, and the photo is still used for every other tag.
 from __future__ import annotations
 
 import math
+import os
 import re
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import piexif
-from PIL import ExifTags, Image
+from PIL import ExifTags, Image, PngImagePlugin
 
 from .patches import image_formats
 
@@ -188,11 +190,51 @@ def _read_with_pillow(path: str | Path) -> dict[str, Any]:
     with open(path, "rb") as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns on damaged EXIF; we mask what it misses
         with Image.open(handle, formats=image_formats()) as image:
-            exif = image.getexif()
+            if image.format == "PNG":  # getexif() would decode the pixels to find eXIf
+                exif = Image.Exif()
+                exif.load(png_metadata(handle).exif or b"")
+            else:
+                exif = image.getexif()
             raw: dict[str, Any] = {ExifTags.TAGS.get(t, str(t)): v for t, v in exif.items()}
             sub = exif.get_ifd(ExifTags.IFD.Exif)
             raw.update({ExifTags.TAGS.get(t, str(t)): v for t, v in sub.items()})
     return raw
+
+
+@dataclass
+class PngMetadata:
+    """A PNG's text chunks (tEXt, zTXt, iTXt) and EXIF (eXIf), wherever they stand."""
+
+    text: dict[str, str]
+    exif: bytes | None
+
+
+def png_metadata(handle: BinaryIO) -> PngMetadata:
+    """The metadata chunks of the PNG open in ``handle``, with no pixel decoded.
+
+    Pillow reads the chunks that follow the image data (text, eXIf) only by
+    decoding it, so a few kilobytes declaring 40000 x 40000 pixels would take
+    gigabytes just to show its metadata. Here Pillow's own chunk reader (with its
+    limits on decompressed text) walks the file and seeks past the image data. A
+    damaged file gives what was read before the damage.
+    """
+    handle.seek(8)  # past the PNG signature
+    stream = PngImagePlugin.PngStream(handle)
+    try:
+        while True:
+            cid, pos, length = stream.read()
+            if cid == b"IEND":
+                break
+            if cid in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
+                stream.call(cid, pos, length)
+                handle.seek(4, os.SEEK_CUR)  # the chunk's CRC
+            else:
+                handle.seek(length + 4, os.SEEK_CUR)
+    except (EOFError, OSError, SyntaxError, ValueError, struct.error):
+        pass
+    exif = stream.im_info.get("exif")
+    return PngMetadata({str(k): str(v) for k, v in stream.im_text.items()},
+                       exif if isinstance(exif, bytes) else None)
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .dataset import Photo, file_signature, read_cache, write_cache
 from .exif import ExifLabels
 from .faces import ENLARGE, Face, crop_landmarks, face_crop, find_faces
 from .manipulations import manipulate
-from .patches import ImageReadError, grid_tiles, load_image, random_crops
+from .patches import ImageReadError, fixed_grid_tiles, load_image, random_crops
 
 CACHE_VERSION = 1
 
@@ -181,5 +181,4 @@ class FaceDataset(Dataset):
     def _patches(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if self.train:
             return random_crops(crop, self.patches, self.patch_size, rng)
-        tiles = grid_tiles(crop, self.patch_size, self.patches)
-        return np.resize(tiles, (self.patches, *tiles.shape[1:]))  # fill small faces
+        return fixed_grid_tiles(crop, self.patch_size, self.patches)

@@ -32,6 +32,7 @@ from .patches import (
     Processing,
     apply_processing,
     grid_tiles,
+    jpeg_decoder,
     load_image,
 )
 
@@ -85,6 +86,11 @@ class FaceSettings:
 
     enlarge: float = ENLARGE
     aligned: bool = False
+
+
+#: Most tiles an "all tiles" scan uses (attention over the tile set grows with its square:
+#: a 250 MP image holds about 61,000 tiles of 64 px).
+MAX_TILES = 20_000
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,7 @@ class DecodingPool:
         self.pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
+        jpeg_decoder()  # forked workers inherit it instead of importing it on the clock
         context = multiprocessing.get_context(
             "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
         return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init,

@@ -59,13 +59,30 @@ def has_extension(path: str | Path, extensions: Iterable[str]) -> bool:
 def walk_folder(
     folder: str | Path, extensions: Iterable[str], on_problem: Problem = _ignore
 ) -> Iterator[Path]:
-    """Image files below ``folder`` in a stable (sorted) order, following
-    symlinks but visiting each real folder once, so a link loop ends."""
+    """Image files below ``folder`` in a stable (sorted) order.
+
+    A symlinked file is read wherever it points (a folder of links is a common way
+    to assemble a set). A symlinked folder is followed while it stays inside
+    ``folder``, each real folder visited once, so a link loop ends; one that leads
+    out of it is reported, not followed: in a mounted evidence image an absolute
+    link such as ``sys -> /etc`` resolves onto the analyst's own machine.
+    """
     extensions = set(extensions)
+    top = os.path.realpath(folder)
     seen: set[str] = set()
 
     def report(error: OSError) -> None:
         on_problem(str(error.filename or folder), f"cannot read folder: {error.strerror}")
+
+    def inside(path: str) -> bool:
+        if not os.path.islink(path):
+            return True
+        target = os.path.realpath(path)
+        if os.path.commonpath([top, target]) == top:
+            return True
+        on_problem(path, f"symlinked folder leads outside the input folder (to {target}): "
+                   "not followed; name the target itself to scan it")
+        return False
 
     for root, dirs, names in os.walk(folder, followlinks=True, onerror=report):
         real = os.path.realpath(root)
@@ -74,9 +91,9 @@ def walk_folder(
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if inside(os.path.join(root, d)))
         for name in sorted(names):
-            if Path(name).suffix.lower().lstrip(".") in extensions:
+            if has_extension(name, extensions):
                 yield Path(root) / name
 
 
@@ -86,6 +103,7 @@ def iter_inputs(
     on_problem: Problem = _ignore,
     stdin: Iterable[str] | None = None,
     null: bool = False,
+    on_folder: Callable[[Path], None] | None = None,
 ) -> Iterator[Path]:
     """Expand command-line inputs into image paths, each once.
 
@@ -93,11 +111,13 @@ def iter_inputs(
     it); folders and globs are filtered by ``extensions``. ``-`` reads one path
     per line from standard input, or with ``null`` one path per NUL byte
     (``find -print0``), the only separator no file name can contain.
+    ``on_folder`` hears of every folder searched (named, listed on stdin, or the
+    fixed part of a glob): outputs must stay out of them.
     """
     extensions = tuple(extensions)
     emitted: set[str] = set()
     for item in inputs:
-        for path in _expand(item, extensions, on_problem, stdin, null):
+        for path in _expand(item, extensions, on_problem, stdin, null, on_folder or _skip):
             key = os.path.abspath(path)
             if key not in emitted:
                 emitted.add(key)
@@ -125,28 +145,51 @@ def stdin_paths(stdin: Iterable[str] | None = None, null: bool = False) -> Itera
 
 def _expand(
     item: str, extensions: tuple[str, ...], on_problem: Problem, stdin: Iterable[str] | None,
-    null: bool = False,
+    null: bool, on_folder: Callable[[Path], None],
 ) -> Iterator[Path]:
     if item == "-":
         for name in stdin_paths(stdin, null):
-            yield from _expand(name, extensions, on_problem, None)
+            yield from _expand(name, extensions, on_problem, None, False, on_folder)
         return
     path = Path(item)
-    if path.is_dir():
+    try:
+        is_dir, exists = path.is_dir(), path.exists() or path.is_symlink()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        on_problem(item, f"cannot read: {error.strerror}")
+        return
+    if is_dir:
+        on_folder(path)
         yield from walk_folder(path, extensions, on_problem)
-    elif path.exists() or path.is_symlink():
+    elif exists:
         yield path
     elif glob.has_magic(item):
+        on_folder(glob_root(item))
         matches = sorted(glob.glob(item, recursive=True))
         if not matches:
             on_problem(item, "no file matches this pattern")
         for match in matches:
             if Path(match).is_dir():
+                on_folder(Path(match))
                 yield from walk_folder(match, extensions, on_problem)
             elif has_extension(match, extensions):
                 yield Path(match)
     else:
         on_problem(item, "no such file or folder")
+
+
+def glob_root(pattern: str) -> Path:
+    """The folder a glob searches: its leading parts without wildcards
+    (``ev/*/x.jpg`` -> ``ev``, ``*.jpg`` -> ``.``)."""
+    fixed = []
+    for part in Path(pattern).parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _skip(folder: Path) -> None:
+    """Default folder handler: callers who keep outputs apart pass their own."""
 
 
 def file_sha256(path: str | Path) -> str:

@@ -18,12 +18,12 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -140,8 +140,7 @@ def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedI
     try:
         with open(path, "rb") as handle, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if handle.seek(0, 2) == 0:
-                raise ImageReadError("empty file (0 bytes)")
+            check_file_size(handle.seek(0, 2), limits)
             handle.seek(0)
             with _open(handle) as image:
                 check_limits(image, handle, limits)
@@ -178,6 +177,17 @@ def _open(handle: BinaryIO) -> Image.Image:
         raise ImageReadError(unsupported_format(handle.read(64))) from None
 
 
+def check_file_size(size: int, limits: DecodeLimits) -> None:
+    """Refuse an empty file, and one whose bytes alone exceed the decoding budget (the
+    JPEG decoder holds the whole file in memory; a small image padded with gigabytes
+    of trailing data would otherwise pass every header check)."""
+    if size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    if size > limits.max_decode_mb * 1_000_000:
+        raise ImageReadError(f"file of {size / 1e6:,.0f} MB, over --max-decode-mb "
+                             f"{limits.max_decode_mb}")
+
+
 def check_limits(image: Image.Image, handle: BinaryIO, limits: DecodeLimits) -> None:
     """Refuse, from the header alone, a file whose decoding would exceed ``limits``."""
     width, height = image.size
@@ -191,14 +201,23 @@ def check_limits(image: Image.Image, handle: BinaryIO, limits: DecodeLimits) -> 
             f"decoding would need {needed / 1e6:,.0f} MB ({width}x{height} {image.mode}), "
             f"over --max-decode-mb {limits.max_decode_mb}")
     if image.format in ("JPEG", "MPO") and image.info.get("progressive"):
-        handle.seek(0)
         # SOS markers: coded data stuffs every 0xFF with 0x00, so 0xFFDA starts a scan (or
         # one of an embedded EXIF thumbnail: a few more, never a hundred)
-        scans = handle.read().count(b"\xff\xda")
+        scans = count_marker(handle, b"\xff\xda")
         if scans > limits.max_scans:
             raise ImageReadError(
                 f"progressive JPEG with {scans} scans, over --max-scans {limits.max_scans} "
                 "(each scan re-decodes the image)")
+
+
+def count_marker(handle: BinaryIO, marker: bytes, chunk: int = 1 << 20) -> int:
+    """Occurrences of a two-byte ``marker`` in the whole file, read a chunk at a time."""
+    handle.seek(0)
+    count, last = 0, b""  # the previous chunk's last byte: a marker may straddle two
+    while block := handle.read(chunk):
+        count += (last + block).count(marker)
+        last = block[-1:]
+    return count
 
 
 def decode_bytes_per_pixel(mode: str) -> int:
@@ -299,6 +318,16 @@ def damage_notes(warned: list[str], printed: list[str]) -> list[str]:
 
 
 
+@cache
+def jpeg_decoder() -> tuple[Any, Callable[..., torch.Tensor]]:
+    """torchvision's ``(ImageReadMode, decode_jpeg)``, imported on first use: the import
+    costs about a second, which ``--help`` should not pay. A decoding pool loads it
+    before it forks its workers, so that second is not charged to the first file's
+    ``--timeout`` (where workers are spawned, not forked, each still pays it once)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    return ImageReadMode, decode_jpeg
+
+
 def _decode_jpeg(handle: BinaryIO, image: Image.Image) -> np.ndarray | None:
     """Decode an RGB or greyscale JPEG with torchvision's libjpeg-turbo binding.
 
@@ -308,14 +337,14 @@ def _decode_jpeg(handle: BinaryIO, image: Image.Image) -> np.ndarray | None:
     caught by :func:`decoder_output`), so other modes (CMYK) are decoded here too,
     to check them, and then by Pillow. Returns None for Pillow to decode.
     """
-    # imported here: torchvision's package import costs seconds that --help should not pay
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+    read_mode, decode_jpeg = jpeg_decoder()
     fast = image.mode in ("RGB", "L")
     try:
+        data = bytearray(handle.seek(0, 2))  # one copy of the file, filled in place
         handle.seek(0)
-        data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
-        decoded = decode_jpeg(data, mode=ImageReadMode.RGB if fast else ImageReadMode.UNCHANGED)
+        handle.readinto(data)
+        data = torch.frombuffer(data, dtype=torch.uint8)
+        decoded = decode_jpeg(data, mode=read_mode.RGB if fast else read_mode.UNCHANGED)
     except (RuntimeError, ValueError):
         return None
     if not fast or tuple(decoded.shape[1:]) != (image.size[1], image.size[0]):
@@ -388,14 +417,15 @@ def apply_processing(pixels: np.ndarray, processing: Processing) -> np.ndarray:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
     if processing.quality:
-        image = jpeg_round_trip(image, processing.quality)
+        image = reencoded(image, "JPEG", processing.quality)
     return np.asarray(image, dtype=np.uint8)
 
 
-def jpeg_round_trip(image: Image.Image, quality: int) -> Image.Image:
-    """``image`` saved as a JPEG at ``quality`` (Pillow's defaults otherwise) and decoded."""
+def reencoded(image: Image.Image, format: str, quality: int) -> Image.Image:
+    """``image`` saved in ``format`` (JPEG, WEBP) at ``quality`` (Pillow's defaults
+    otherwise) and decoded again as RGB."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format=format, quality=quality)
     buffer.seek(0)
     return Image.open(buffer).convert("RGB")
 
@@ -405,7 +435,7 @@ def recompressed_tiles(tiles: np.ndarray, quality: int) -> np.ndarray:
     same last compression for every image, whatever its file's own storage was."""
     count, _, size, _ = tiles.shape
     strip = np.ascontiguousarray(np.concatenate(list(tiles.transpose(0, 2, 3, 1)), axis=1))
-    decoded = np.asarray(jpeg_round_trip(Image.fromarray(strip), quality), dtype=np.uint8)
+    decoded = np.asarray(reencoded(Image.fromarray(strip), "JPEG", quality), dtype=np.uint8)
     return np.ascontiguousarray(decoded.reshape(size, count, size, 3).transpose(1, 3, 0, 2))
 
 
@@ -440,6 +470,13 @@ def random_crops(
 def tile_count(height: int, width: int, size: int) -> int:
     """How many non-overlapping tiles the centre crop of an image holds."""
     return max(1, height // size) * max(1, width // size)
+
+
+def fixed_grid_tiles(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
+    """Exactly ``count`` grid tiles: the grid's (see :func:`grid_tiles`), repeated in
+    order when a small image holds fewer, so that every validation batch is full."""
+    tiles = grid_tiles(pixels, size, count)
+    return np.resize(tiles, (count, *tiles.shape[1:]))
 
 
 def grid_tiles(

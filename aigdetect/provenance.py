@@ -11,14 +11,16 @@ fetched from the network (C2PA remote manifests and OCSP are switched off).
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .exif import labels_from_raw, read_raw_exif, to_text
+from .exif import labels_from_raw, png_metadata, read_raw_exif, to_text
 from .patches import image_formats
 
 CAVEAT = "metadata can be stripped or forged: a lead, not proof"
@@ -57,7 +59,7 @@ SOURCE_TYPE_MEANINGS = {
     "compositeSynthetic": "a composite that includes synthetic parts",
 }
 _SOURCE_TYPE = re.compile(rb"digitalsourcetype/([A-Za-z]+)", re.IGNORECASE)
-_XMP_PACKET = re.compile(rb"<x:xmpmeta.*?</x:xmpmeta>", re.DOTALL)
+_XMP_OPEN, _XMP_CLOSE = b"<x:xmpmeta", b"</x:xmpmeta>"
 #: Containers a camera writes; a camera make inside another one was put there later.
 CAMERA_CONTAINERS = ("JPEG", "MPO", "TIFF", "HEIF", "AVIF")
 _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
@@ -66,16 +68,21 @@ _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": 
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:
-    """Every metadata finding of one file (never raises: a reader that fails says so)."""
-    container, text = _container(path)
-    raw_exif = read_raw_exif(path)
+    """Every metadata finding of one file (never raises: a reader that fails says so).
+
+    Only a regular file is opened: a FIFO or a device named like an image would
+    block the reader (and the batch) for ever."""
+    regular = os.path.isfile(path)
+    container, text = _container(path) if regular else (None, {})
+    raw_exif = read_raw_exif(path) if regular else {}
     generator_text = generator_chunks(text)
     software = software_tags(raw_exif, text)
     result = {
         "caveat": CAVEAT,
         "container": container,
-        "c2pa": read_c2pa(path, container),
-        "digital_source_type": digital_source_types(path),
+        "c2pa": read_c2pa(path, container) if regular else {
+            "status": "absent", "note": "not a regular file: not read"},
+        "digital_source_type": digital_source_types(path) if regular else [],
         "generator_text": generator_text,
         "software": software,
         "camera_exif": camera_summary(raw_exif, container, generator_text, software),
@@ -90,7 +97,7 @@ def _container(path: str | Path) -> tuple[str | None, dict[str, str]]:
         with open(path, "rb") as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(handle, formats=image_formats()) as image:
-                text = {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+                text = png_metadata(handle).text if image.format == "PNG" else {}
                 return image.format, text
     except Exception:  # not an image, or damaged: the other readers still run
         return None, {}
@@ -136,9 +143,23 @@ def digital_source_types(path: str | Path) -> list[str]:
     except OSError:
         return []
     found = []
-    for packet in _XMP_PACKET.findall(data):
+    for packet in xmp_packets(data):
         found += [m.decode("ascii") for m in _SOURCE_TYPE.findall(packet)]
     return list(dict.fromkeys(found))
+
+
+def xmp_packets(data: bytes) -> Iterator[bytes]:
+    """Each ``<x:xmpmeta ...</x:xmpmeta>`` packet in ``data``, in linear time: a
+    lazy regular expression would rescan the rest of the file from every unclosed
+    opening tag, so a file repeating one could stall the batch for minutes."""
+    start = data.find(_XMP_OPEN)
+    while start != -1:
+        end = data.find(_XMP_CLOSE, start)
+        if end == -1:
+            return
+        end += len(_XMP_CLOSE)
+        yield data[start:end]
+        start = data.find(_XMP_OPEN, end)
 
 
 def camera_summary(raw_exif: dict[str, Any], container: str | None,

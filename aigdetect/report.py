@@ -177,9 +177,9 @@ def write_jsonl_record(record: ScanRecord, stream: IO[str]) -> None:
 
 
 def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
-               console: Console | None = None, interrupted: bool = False,
-               run: dict[str, Any] | None = None) -> None:
-    """Write all records in one of the non-streaming formats, ranked.
+               interrupted: bool = False, run: dict[str, Any] | None = None) -> None:
+    """Write all records in one of the non-streaming formats (table, JSON, CSV), ranked;
+    JSONL streams record by record (:func:`write_jsonl_record`).
 
     ``interrupted`` (Ctrl-C) marks the results as partial in the table and in JSON
     (``"interrupted": true``), so a file read later does not pass for a whole scan.
@@ -187,7 +187,7 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
     """
     if fmt == "table":
         # a pipe or file gets wide rows rather than folded paths
-        console = console or Console(file=stream, width=None if stream.isatty() else 200)
+        console = Console(file=stream, width=None if stream.isatty() else 200)
         console.print(scan_table(records))
         if interrupted:  # the file must not pass for a whole scan; the counts go to stderr
             console.print("interrupted: partial results")
@@ -204,11 +204,8 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
         writer.writeheader()
         for record in ranked(records):
             writer.writerow(_csv_row(record))
-    elif fmt == "jsonl":
-        for record in records:
-            write_jsonl_record(record, stream)
     else:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ValueError(f"not a format written at the end: {fmt!r}; choose table, json or csv")
 
 
 def run_file(output: Path) -> Path:
@@ -236,14 +233,16 @@ def _fmt(value: float | None) -> str:
 
 
 def evaluation_table(rows: Sequence[GroupMetrics], threshold_note: str) -> Table:
-    table = Table(title=f"aigdetect evaluate (AI = positive class; {threshold_note})",
-                  title_justify="left")
+    # group names and model paths come from the user's files: shown, never interpreted
+    table = Table(title=Text(printable(f"aigdetect evaluate (AI = positive class; "
+                                       f"{threshold_note})")), title_justify="left")
     for column in ("group", "label", "real", "ai", "errors", "AUC", "AP", "accuracy",
                    "FPR", "TPR", "FPR+unc.", "TPR+unc."):
         table.add_column(column, justify="left" if column in ("group", "label") else "right",
                          overflow="fold")
     for row in rows:
-        table.add_row(row.name, row.label, str(row.n_real), str(row.n_ai), str(row.errors),
+        table.add_row(Text(printable(row.name)), row.label, str(row.n_real), str(row.n_ai),
+                      str(row.errors),
                       _fmt(row.auc), _fmt(row.average_precision), _fmt(row.accuracy),
                       _fmt(row.fpr), _fmt(row.tpr), _fmt(row.review_fpr),
                       _fmt(row.review_tpr), end_section=row.name == rows[-2].name
@@ -280,4 +279,4 @@ def write_evaluation(rows: Sequence[GroupMetrics], fmt: str, stream: IO[str],
                           markup=False)
         compared = extra.get("baseline")
         if compared and compared["difference"]:
-            console.print(baseline_line(compared), markup=False)
+            console.print(printable(baseline_line(compared)), markup=False)

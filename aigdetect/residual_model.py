@@ -169,7 +169,8 @@ class ResidualClassifier:
         arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_}
         if self.coding_ is not None:
             arrays.update(coding_bits=self.coding_.bits_, coding_entropy=self.coding_.entropy_)
-        header = {"format": FORMAT, "format_version": 1 if self.inputs == LEGACY_INPUTS else 2,
+        version = 1 if self.inputs == LEGACY_INPUTS else FORMAT_VERSION  # old readers read 1
+        header = {"format": FORMAT, "format_version": version,
                   "inputs": asdict(self.inputs), "regularisation": self.regularisation,
                   "intercept": self.intercept_, "provenance": self.provenance}
         with atomic_write(Path(path)) as temporary, open(temporary, "wb") as handle:

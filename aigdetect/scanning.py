@@ -17,10 +17,10 @@ from typing import Any
 from .detectors import Detector, Judgement
 from .features import PreparedFace, PreparedImage, TileSettings, prepare_stream
 
-#: Most tiles an "all tiles" scan uses (attention over the tile set grows with its square).
-MAX_TILES = 20_000
 #: Face mode's verdict for a readable image in which no face was found.
 NO_FACE = "no-face"
+#: The error of a file the detector scored NaN or infinity: no evidence, and invalid JSON.
+NON_FINITE = "the detector gave a non-finite score (damaged model folder?)"
 
 
 @dataclass
@@ -99,20 +99,26 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
     record.detector = f"faces:{detector.name}"
     record.score = record.raw_score = record.threshold = record.percentile = None
     record.log_likelihood, record.components, record.patches = None, {}, 0
-    judged = [face for face in record.faces if "score" in face]
-    if not judged:
+    worst = most_suspicious_face(record.faces)
+    if worst is None:
         record.verdict = NO_FACE if not faces else "error"
         record.notes.append("no face found: nothing for the face detector to judge (the "
                             "general detector's opinion is in 'image')" if not faces else
                             "no face could be scored")
         return
-    worst = max(judged, key=lambda face: face["score"])
     record.score, record.raw_score = worst["score"], worst["raw_score"]
     record.threshold, record.percentile = worst["threshold"], worst["percentile"]
     record.patches = worst["patches"]
     record.verdict = capped(worst["verdict"], record.notes)
     record.components = worst["components"]
     record.log_likelihood = _log_likelihood(record.components)
+
+
+def most_suspicious_face(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The judged face entry with the highest score (it decides an image's face
+    verdict), or None when no face could be scored."""
+    return max((face for face in entries if "score" in face), key=lambda face: face["score"],
+               default=None)
 
 
 def judge_face(face: PreparedFace, detector: Detector) -> dict[str, Any]:
@@ -125,7 +131,7 @@ def judge_face(face: PreparedFace, detector: Detector) -> dict[str, Any]:
         return {**entry, "error": f"network failed: {error}"}
     summary = judgement.summary()
     if not all(math.isfinite(summary[k]) for k in ("score", "raw_score", "threshold")):
-        return {**entry, "error": "the detector gave a non-finite score (damaged model folder?)"}
+        return {**entry, "error": NON_FINITE}
     return {**entry, **summary, "components": judgement.components or {detector.name: summary}}
 
 
@@ -137,7 +143,7 @@ def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
     """
     values = (judgement.raw, judgement.score, judgement.threshold, judgement.percentile)
     if not all(math.isfinite(v) for v in values):
-        record.error = "the detector gave a non-finite score (damaged model folder?)"
+        record.error = NON_FINITE
         return
     record.raw_score = round(judgement.raw, 4)
     record.score = round(judgement.score, 6)

@@ -23,7 +23,7 @@ from .dataset import Photo, PretextDataset, load_labels, split_by_camera
 from .engine import EngineConfig, TrainingError, run_training
 from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, build_vocabularies
 from .files import IMAGE_EXTENSIONS, walk_folder
-from .losses import RANKING_LOSSES, masked_cross_entropy, pairwise_concordance
+from .losses import RANKING_LOSSES, RankingLoss, masked_cross_entropy, pairwise_concordance
 from .network import ExifPretextModel, ExtractorConfig
 from .runtime import Distributed
 
@@ -39,7 +39,7 @@ class TrainConfig(EngineConfig):
     """Settings of a pretext run: the engine's plus the photos and the heads."""
 
     photos: Path
-    ranking_loss: str = "fidelity"
+    ranking_loss: RankingLoss = "fidelity"
     min_class_count: int = 3
     head_weights: dict[str, float] = field(default_factory=dict)
 

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
 from aigdetect.detectors import DetectorFolder
 from aigdetect.evaluation import (
-    AI,
-    REAL,
+    AI_LABEL,
+    REAL_LABEL,
     evaluate_groups,
     group_metrics,
     labelled_sets,
@@ -176,6 +176,22 @@ def test_plot_without_matplotlib_is_refused_before_scoring(
     assert "aigdetect[plot]" in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("target", ["an input image", "an existing file", "an input folder"])
+def test_plot_never_replaces_a_file_or_lands_among_the_images(
+        runner: CliRunner, sets: dict[str, Path], tmp_path: Path, target: str) -> None:
+    image = next(p for p in sorted(sets["real"].iterdir()) if p.is_file())
+    existing = tmp_path / "old.png"
+    existing.write_bytes(b"earlier work")
+    plot = {"an input image": image, "an existing file": existing,
+            "an input folder": sets["real"] / "roc.png"}[target]
+    before = plot.read_bytes() if plot.exists() else None
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "--plot", plot, *FAST])
+    assert result.exit_code == EXIT_USAGE
+    assert result.stdout == ""  # refused before any scoring
+    assert (plot.read_bytes() if plot.exists() else None) == before
+
+
 @pytest.mark.parametrize("name", ["no-such-folder/roc.png", "roc.unknown-format"])
 def test_bad_plot_path_is_usage_error(runner: CliRunner, sets: dict[str, Path],
                                       tmp_path: Path, name: str) -> None:
@@ -237,7 +253,7 @@ def rec(log_likelihood: float | None, threshold: float = -5.0) -> ScanRecord:
 def test_group_metrics_perfect_separation() -> None:
     real = [rec(-1.0), rec(-2.0), rec(-3.0)]
     ai = [rec(-10.0), rec(-11.0)]
-    metrics = group_metrics("fakes", AI, real, ai)
+    metrics = group_metrics("fakes", AI_LABEL, real, ai)
     assert metrics.auc == 1.0
     assert metrics.average_precision == 1.0
     assert metrics.accuracy == 1.0
@@ -249,7 +265,7 @@ def test_group_metrics_perfect_separation() -> None:
 def test_group_metrics_reversed() -> None:
     real = [rec(-10.0), rec(-11.0)]
     ai = [rec(-1.0), rec(-2.0), rec(-3.0)]
-    metrics = group_metrics("fakes", AI, real, ai)
+    metrics = group_metrics("fakes", AI_LABEL, real, ai)
     assert metrics.auc == 0.0
     assert metrics.fpr == 1.0
     assert metrics.tpr == 0.0
@@ -259,7 +275,7 @@ def test_group_metrics_reversed() -> None:
 def test_group_metrics_rates_at_threshold_and_errors() -> None:
     real = [rec(-1.0), rec(-2.0), rec(-6.0), rec(None)]   # one of 3 below -5: FPR 1/3
     ai = [rec(-10.0), rec(-4.0), rec(None), rec(None)]     # one of 2 below -5: TPR 1/2
-    metrics = group_metrics("mixed", AI, real, ai)
+    metrics = group_metrics("mixed", AI_LABEL, real, ai)
     assert metrics.fpr == pytest.approx(1 / 3)
     assert metrics.tpr == pytest.approx(1 / 2)
     assert metrics.accuracy == pytest.approx(3 / 5)  # 2 real right + 1 ai right
@@ -268,25 +284,26 @@ def test_group_metrics_rates_at_threshold_and_errors() -> None:
     # -10 is below all 3 real, -4 below -1 and -2 only
     assert metrics.auc == pytest.approx(5 / 6)
     # the threshold is each record's own (a --threshold scan carries its value)
-    strict = group_metrics("strict", AI, [rec(-1.0, threshold=0.0)], [rec(-4.0, threshold=-3.0)])
+    strict = group_metrics("strict", AI_LABEL, [rec(-1.0, threshold=0.0)],
+                           [rec(-4.0, threshold=-3.0)])
     assert (strict.fpr, strict.tpr) == (1.0, 1.0)
 
 
 def test_group_metrics_one_sided() -> None:
-    only_real = group_metrics("reals", REAL, [rec(-1.0), rec(-9.0)], [])
+    only_real = group_metrics("reals", REAL_LABEL, [rec(-1.0), rec(-9.0)], [])
     assert only_real.auc is None and only_real.average_precision is None
     assert only_real.tpr is None
     assert only_real.fpr == 0.5
-    nothing = group_metrics("none", AI, [rec(None)], [])
+    nothing = group_metrics("none", AI_LABEL, [rec(None)], [])
     assert nothing.accuracy is None and nothing.fpr is None and nothing.errors == 1
 
 
 def test_evaluate_groups_rows() -> None:
     results = {
-        "real-a": (REAL, [rec(-1.0), rec(-2.0)]),
-        "real-b": (REAL, [rec(-3.0), rec(None)]),
-        "fake-x": (AI, [rec(-10.0), rec(-12.0)]),
-        "fake-y": (AI, [rec(-0.5)]),
+        "real-a": (REAL_LABEL, [rec(-1.0), rec(-2.0)]),
+        "real-b": (REAL_LABEL, [rec(-3.0), rec(None)]),
+        "fake-x": (AI_LABEL, [rec(-10.0), rec(-12.0)]),
+        "fake-y": (AI_LABEL, [rec(-0.5)]),
     }
     rows = evaluate_groups(results)
     assert [r.name for r in rows] == ["real-a", "real-b", "fake-x", "fake-y", "overall"]
@@ -305,9 +322,9 @@ def test_read_label_csv(tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("a.jpg,real\nsub/b.png,1\n/abs/c.jpg,FAKE\n\nd.jpg,0\n")
     groups = {g.label: g for g in labelled_sets(files_from_csv(labels))}
-    assert groups[REAL].paths == [tmp_path / "a.jpg", tmp_path / "d.jpg"]
-    assert groups[AI].paths == [tmp_path / "sub" / "b.png", Path("/abs/c.jpg")]
-    assert groups[REAL].name == "labels.csv:real"
+    assert groups[REAL_LABEL].paths == [tmp_path / "a.jpg", tmp_path / "d.jpg"]
+    assert groups[AI_LABEL].paths == [tmp_path / "sub" / "b.png", Path("/abs/c.jpg")]
+    assert groups[REAL_LABEL].name == "labels.csv:real"
     bad = tmp_path / "bad.csv"
     bad.write_text("only-a-path\n")
     with pytest.raises(ValueError):
@@ -329,8 +346,8 @@ def test_mean_pair_auc_interval_holds_the_value_and_narrows_with_more_images() -
         def records(mean: float) -> list[ScanRecord]:
             return [ScanRecord(path=f"{i}.png", raw_score=float(x))
                     for i, x in enumerate(rng.normal(mean, 1, n))]
-        return {"cams": (REAL, records(0.0)), "web": (REAL, records(0.5)),
-                "gen": (AI, records(1.0)), "empty": (AI, [])}
+        return {"cams": (REAL_LABEL, records(0.0)), "web": (REAL_LABEL, records(0.5)),
+                "gen": (AI_LABEL, records(1.0)), "empty": (AI_LABEL, [])}
 
     small, large = mean_pair_auc(results(30)), mean_pair_auc(results(600))
     assert small["pairs"] == 2 and small["resamples"] > 0
@@ -339,7 +356,7 @@ def test_mean_pair_auc_interval_holds_the_value_and_narrows_with_more_images() -
         assert low < mean["value"] < high
     assert large["ci95"][1] - large["ci95"][0] < small["ci95"][1] - small["ci95"][0]
     assert mean_pair_auc(results(30)) == small  # seeded: the same interval every run
-    assert mean_pair_auc({"cams": (REAL, [])}) is None
+    assert mean_pair_auc({"cams": (REAL_LABEL, [])}) is None
 
 
 def scored(prefix: str, scores: list[float | None]) -> list[ScanRecord]:
@@ -350,8 +367,8 @@ def scored(prefix: str, scores: list[float | None]) -> list[ScanRecord]:
 
 def test_paired_difference_of_a_detector_with_itself_is_exactly_zero() -> None:
     rng = np.random.default_rng(1)
-    results = {"cams": (REAL, scored("c", list(rng.normal(0, 1, 40)))),
-               "gen": (AI, scored("g", list(rng.normal(0.5, 1, 40))))}
+    results = {"cams": (REAL_LABEL, scored("c", list(rng.normal(0, 1, 40)))),
+               "gen": (AI_LABEL, scored("g", list(rng.normal(0.5, 1, 40))))}
     same = paired_difference(results, results)
     assert same["value"] == 0.0 and same["ci95"] == [0.0, 0.0]
     assert same["images"] == 80
@@ -365,10 +382,10 @@ def test_paired_difference_tells_a_small_consistent_gain() -> None:
     separate intervals overlap, the paired one lies above zero."""
     rng = np.random.default_rng(2)
     noise_real, noise_ai = rng.normal(0, 1, 150), rng.normal(0, 1, 150)
-    baseline = {"cams": (REAL, scored("c", list(noise_real))),
-                "gen": (AI, scored("g", list(noise_ai + 0.5)))}
-    better = {"cams": (REAL, scored("c", list(noise_real))),
-              "gen": (AI, scored("g", list(noise_ai + 0.5 + 0.3 * (noise_ai < 0))))}
+    baseline = {"cams": (REAL_LABEL, scored("c", list(noise_real))),
+                "gen": (AI_LABEL, scored("g", list(noise_ai + 0.5)))}
+    better = {"cams": (REAL_LABEL, scored("c", list(noise_real))),
+              "gen": (AI_LABEL, scored("g", list(noise_ai + 0.5 + 0.3 * (noise_ai < 0))))}
     difference = paired_difference(better, baseline)
     expected = mean_pair_auc(better)["value"] - mean_pair_auc(baseline)["value"]
     assert difference["value"] == pytest.approx(expected)
@@ -379,12 +396,13 @@ def test_paired_difference_tells_a_small_consistent_gain() -> None:
 
 
 def test_paired_difference_counts_only_files_both_scored() -> None:
-    results = {"cams": (REAL, scored("c", [0.0, 1.0, 2.0])),
-               "gen": (AI, scored("g", [3.0, 0.5, None]))}
-    baseline = {"cams": (REAL, scored("c", [0.0, 1.0, None])),
-                "gen": (AI, scored("g", [3.0, 0.5, 9.0])), "other": (AI, scored("o", [1.0]))}
+    results = {"cams": (REAL_LABEL, scored("c", [0.0, 1.0, 2.0])),
+               "gen": (AI_LABEL, scored("g", [3.0, 0.5, None]))}
+    baseline = {"cams": (REAL_LABEL, scored("c", [0.0, 1.0, None])),
+                "gen": (AI_LABEL, scored("g", [3.0, 0.5, 9.0])),
+                "other": (AI_LABEL, scored("o", [1.0]))}
     difference = paired_difference(results, baseline)
     assert difference["images"] == 4  # c0, c1, g0, g1: scored by both
     # on those four files both detectors give the same scores
     assert difference["value"] == 0.0
-    assert paired_difference({"cams": (REAL, scored("c", [1.0]))}, baseline) is None
+    assert paired_difference({"cams": (REAL_LABEL, scored("c", [1.0]))}, baseline) is None

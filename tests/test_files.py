@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aigdetect.files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, walk_folder
+from aigdetect.files import (
+    IMAGE_EXTENSIONS,
+    glob_root,
+    iter_inputs,
+    parse_extensions,
+    walk_folder,
+)
 
 
 def touch(path: Path) -> Path:
@@ -141,14 +147,57 @@ def test_symlink_loop_terminates_and_is_reported(tree: Path) -> None:
     assert len(problems.items) == 1
 
 
-def test_symlinked_file_and_folder_followed(tree: Path, tmp_path: Path) -> None:
+def test_symlinked_folders_followed_inside_the_folder_only(tree: Path, tmp_path: Path) -> None:
+    """Linked files are read wherever they point (a folder of links is a way to build
+    a set); a linked folder is followed within the input folder, and one leading out
+    of it (in a mounted evidence image, onto the analyst's own machine) is reported."""
     outside = tmp_path / "outside"
     touch(outside / "o.jpg")
     os.symlink(outside, tree / "linked")
+    os.symlink(outside / "o.jpg", tree / "out.jpg")
     os.symlink(tree / "b.jpg", tree / "alias.jpg")
-    found = rel(walk_folder(tree, IMAGE_EXTENSIONS), tree)
-    assert "linked/o.jpg" in found
-    assert "alias.jpg" in found
+    (tree / "links").mkdir()
+    os.symlink(tree / "sub" / "deeper", tree / "links" / "deeper")
+    problems = Problems()
+    found = rel(walk_folder(tree, IMAGE_EXTENSIONS, problems), tree)
+    assert "alias.jpg" in found and "out.jpg" in found
+    assert not any(name.startswith("linked") for name in found)
+    assert "links/deeper/x.WEBP" in found
+    outside_links = [(Path(p).name, m) for p, m in problems.items if "outside" in m]
+    assert [name for name, _ in outside_links] == ["linked"]
+    assert "symlinked folder leads outside the input folder" in outside_links[0][1]
+
+
+def test_a_symlink_named_explicitly_is_followed(tree: Path, tmp_path: Path) -> None:
+    """The user asked for it: a link given as an input is read, and a linked folder
+    given as an input is walked, whatever it points to."""
+    outside = tmp_path / "outside"
+    touch(outside / "o.jpg")
+    os.symlink(outside, tmp_path / "case")
+    assert rel(iter_inputs([str(tmp_path / "case")]), tmp_path / "case") == ["o.jpg"]
+
+
+def test_searched_folders_are_reported(tree: Path) -> None:
+    """Folders named, listed on stdin, or searched by a glob: outputs stay out of them."""
+    searched: list[Path] = []
+    list(iter_inputs([str(tree / "sub"), str(tree / "*.jpg"), "-", str(tree / "b.jpg")],
+                     stdin=[str(tree / "empty") + "\n"], on_folder=searched.append))
+    assert searched == [tree / "sub", tree, tree / "empty"]
+
+
+@pytest.mark.parametrize(("pattern", "root"), [
+    ("ev/*.jpg", "ev"), ("ev/*/x.jpg", "ev"), ("*.jpg", "."), ("/a/b/**/*.png", "/a/b"),
+    ("ev/[ab].jpg", "ev")])
+def test_glob_root(pattern: str, root: str) -> None:
+    assert glob_root(pattern) == Path(root)
+
+
+def test_a_name_too_long_is_a_problem_not_a_crash(tree: Path) -> None:
+    problems = Problems()
+    long_name = str(tree / ("R" * 300 + ".jpg"))
+    assert rel(iter_inputs([long_name, str(tree / "b.jpg")], IMAGE_EXTENSIONS, problems),
+               tree) == ["b.jpg"]
+    assert problems.items == [(long_name, "cannot read: File name too long")]
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,

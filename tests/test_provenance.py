@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import struct
+import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import exif_bytes, write_image
 from helpers_images import invoke, parse_json_stdout, snapshot
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageFile, PngImagePlugin
 from typer.testing import CliRunner
 
-from aigdetect.provenance import CAVEAT, read_provenance, short_summary
+from aigdetect.provenance import CAVEAT, read_provenance, short_summary, xmp_packets
 
 XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
@@ -115,6 +119,57 @@ def test_readers_leave_the_file_untouched_and_survive_junk(tmp_path: Path) -> No
     assert read_provenance(junk)["container"] is None
     read_provenance(photo)
     assert snapshot([junk, photo]) == before
+
+
+def png_chunk(cid: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + cid + data + struct.pack(">I", zlib.crc32(cid + data))
+
+
+def test_png_metadata_after_the_pixels_is_read_without_decoding_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few hundred bytes declaring 40000 x 40000 pixels, its text and EXIF after the
+    image data: Pillow would decode 4.8 GB to reach them; the readers must not decode
+    at all (the decompression-bomb guard applies to pixels, and this reads none)."""
+    exif = exif_bytes(CAMERA)
+    exif = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
+                     + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + png_chunk(b"tEXt", b"parameters\x00a lighthouse\nSteps: 30")
+                     + png_chunk(b"eXIf", exif) + png_chunk(b"IEND", b""))
+
+    def no_decoding(self, *args, **kwargs):
+        raise AssertionError("a metadata reader decoded the pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    found = read_provenance(path)
+    assert [c["chunk"] for c in found["generator_text"]] == ["parameters"]
+    assert found["camera_exif"]["make"] == "canon"
+    assert found["camera_exif"]["status"] == "inconsistent"  # camera tags in a PNG
+
+
+def test_a_fifo_named_like_an_image_is_not_opened(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until something writes to it: the batch would hang."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    results: list[dict] = []
+    reader = threading.Thread(target=lambda: results.append(read_provenance(fifo)),
+                              daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert results, "read_provenance blocked on a FIFO"
+    assert results[0]["container"] is None
+    assert results[0]["c2pa"]["note"] == "not a regular file: not read"
+
+
+def test_xmp_packets_are_found_in_linear_time() -> None:
+    data = (b"junk <x:xmpmeta a='1'>one</x:xmpmeta> more <x:xmpmeta>two</x:xmpmeta>"
+            b" <x:xmpmeta never closed")
+    assert list(xmp_packets(data)) == [b"<x:xmpmeta a='1'>one</x:xmpmeta>",
+                                       b"<x:xmpmeta>two</x:xmpmeta>"]
+    # a lazy regular expression took minutes on a megabyte of unclosed openings
+    assert list(xmp_packets(b"<x:xmpmeta" * 100_000)) == []
 
 
 def test_c2pa_status_without_credentials(tmp_path: Path) -> None:

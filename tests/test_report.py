@@ -139,7 +139,8 @@ def test_csv(records: list[ScanRecord]) -> None:
 
 def test_jsonl_one_object_per_line(records: list[ScanRecord]) -> None:
     stream = io.StringIO()
-    write_scan(records, "jsonl", stream)
+    for record in records:
+        write_jsonl_record(record, stream)
     lines = stream.getvalue().splitlines()
     assert len(lines) == len(records)
     objects = [json.loads(line) for line in lines]
@@ -197,3 +198,15 @@ def test_write_evaluation_json_and_table() -> None:
     for needle in ("AUC", "AP", "FPR", "TPR", "fakes", "reals", "1.000", "0.500"):
         assert needle in text
     # (full group names in a narrow table: see test_evaluate_cli.py)
+
+
+def test_evaluation_table_shows_group_names_literally() -> None:
+    """Group names are folder names or CSV cells: never markup, never raw escapes."""
+    rows = [GroupMetrics("grp[/]", "real", 3, 0, 0, None, None, 1.0, 0.0, None),
+            GroupMetrics("[bold]x\x1b[31m", "ai", 3, 2, 0, 1.0, 1.0, 0.8, 0.0, 0.5),
+            GroupMetrics("overall", "all", 3, 2, 0, 1.0, 1.0, 0.8, 0.0, 0.5)]
+    table = io.StringIO()
+    write_evaluation(rows, "table", table, "model [red]m[/]", {})
+    text = table.getvalue()
+    assert "grp[/]" in text and "[bold]x\\x1b[31m" in text and "[red]m[/]" in text
+    assert "\x1b" not in text

@@ -39,6 +39,7 @@ from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import read_checkpoint
 from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, EXIT_USAGE
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
+from aigdetect.features import MAX_TILES
 from aigdetect.patches import tile_count
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -409,6 +410,13 @@ def test_patches_all_and_counts(runner, images) -> None:
         assert record["verdict"] in VERDICTS
         counts[patches] = record["patches"]
     assert counts == {"all": grid, "ALL": grid, "4": min(4, grid), "1": 1, "500": grid}
+
+
+def test_all_tiles_stop_at_the_cap(shipped: DetectorFolder) -> None:
+    """'--patches all' on a 250 MP image would give about 61,000 tiles; attention over
+    them grows with the square, so 'all' means every tile up to MAX_TILES."""
+    assert shipped.tiles(0).max_tiles == MAX_TILES
+    assert shipped.tiles(7).max_tiles == 7
 
 
 def test_default_patches_come_from_detector(runner, images, shipped: DetectorFolder) -> None:

@@ -24,6 +24,7 @@ from PIL import EpsImagePlugin, Image
 from aigdetect import features
 from aigdetect.cli import EXIT_INTERRUPTED
 from aigdetect.detectors import DETECTOR_NAMES
+from aigdetect.patches import count_marker
 from aigdetect.scanning import capped
 
 FAST = ["--workers", "0", "--patches", "4"]
@@ -167,6 +168,23 @@ def test_memory_ceiling_refuses_before_decoding(runner, good, tmp_path) -> None:
     assert "over --max-decode-mb 2048" in records["deep.png"]["error"]
     assert "decoding would need 2,996 MB" in records["deep.png"]["error"]
     assert records[good[0].name]["verdict"] != "error"  # the scan goes on
+
+
+def test_a_file_bigger_than_the_decoding_budget_is_refused(runner, good, tmp_path) -> None:
+    """A small JPEG padded with trailing bytes passes every header check; the decoder
+    would still hold the whole file in memory."""
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(good[0].read_bytes() + bytes(2_100_000))
+    records = scan_json(runner, [padded, good[0]], "--max-decode-mb", "2")
+    assert records["padded.jpg"]["verdict"] == "error"
+    assert "file of 2 MB, over --max-decode-mb 2" in records["padded.jpg"]["error"]
+    assert records[good[0].name]["verdict"] != "error"
+
+
+def test_marker_count_across_chunk_boundaries() -> None:
+    data = b"\xff\xda" * 3 + b"a\xff" + b"\xda" + bytes(range(256)) * 4
+    for chunk in (1, 2, 3, 7, 1 << 20):
+        assert count_marker(io.BytesIO(data), b"\xff\xda", chunk) == data.count(b"\xff\xda")
 
 
 def test_progressive_jpeg_scans_are_bounded(runner, tmp_path) -> None:

@@ -85,6 +85,29 @@ def test_output_inside_an_input_folder_needs_force(runner, tmp_path) -> None:
     assert len(json.loads(out.read_text())["results"]) == len(photos)
 
 
+@pytest.mark.parametrize("how", ["glob", "stdin"])
+def test_a_folder_searched_by_a_glob_or_listed_on_stdin_is_an_input_folder(
+        runner, tmp_path, how) -> None:
+    """Results written into a folder the inputs search would mix with the evidence
+    (and a later scan of it would read them), however the folder was named."""
+    folder = tmp_path / "case"
+    make_good_folder(folder, count=1)
+    out = folder / "results.jsonl"
+    args, stdin = (([str(folder / "*.jpg")], None) if how == "glob"
+                   else (["-"], f"{folder}\n"))
+    refused = invoke(runner, ["scan", *args, "-f", "jsonl", "-o", out, *FAST], input=stdin)
+    assert refused.exit_code == EXIT_USAGE
+    assert "inside the input folder" in refused.stderr
+    assert not out.exists()
+
+
+def test_an_output_name_too_long_is_a_usage_error(runner, good, tmp_path) -> None:
+    result = invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", tmp_path / ("R" * 300),
+                             *FAST])
+    assert result.exit_code == EXIT_USAGE
+    assert "File name too long" in result.stderr
+
+
 def test_existing_output_is_not_truncated_without_overwrite(runner, good, tmp_path) -> None:
     for fmt, name in (("json", "out.json"), ("csv", "out.csv"), ("jsonl", "out.jsonl")):
         out = tmp_path / name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,11 +31,10 @@ from ..detectors import (
     DetectorFolder,
     default_model_dir,
 )
-from ..features import TileSettings
+from ..features import MAX_TILES, TileSettings
 from ..patches import CONDITIONS, DecodeLimits
 from ..report import printable
 from ..runtime import pick_device
-from ..scanning import MAX_TILES
 
 EXIT_CLEAN = 0
 EXIT_FLAGGED = 1
@@ -223,13 +223,30 @@ def exit_code(verdicts: Counter) -> int:
     return EXIT_FLAGGED if flagged else EXIT_CLEAN
 
 
-def input_folder_holding(path: Path, inputs: list[str]) -> Path | None:
-    """The input folder that ``path`` lies in (symlinks resolved), or None."""
+def input_folder_holding(path: Path, folders: Iterable[Path]) -> Path | None:
+    """The searched input folder that ``path`` lies in (symlinks resolved), or None."""
     real = Path(os.path.abspath(path)).resolve()
-    for folder in (Path(item) for item in inputs if item != "-" and Path(item).is_dir()):
+    for folder in folders:
         if real.is_relative_to(folder.resolve()):
             return folder
     return None
+
+
+def check_new_file(path: Path, option: str, folders: Iterable[Path],
+                   output_dir: Path | None = None) -> None:
+    """A report file must be new, outside the evidence, and in an existing folder or
+    in ``output_dir`` (a folder the command creates before the report is written)."""
+    if path.exists() or path.is_symlink():
+        fail(f"{option} {path} already exists; it is never replaced",
+             "give a new file name")
+    parent = Path(os.path.abspath(path)).parent
+    if not parent.is_dir() and (output_dir is None or parent != Path(os.path.abspath(output_dir))):
+        fail(f"cannot write {option} {path}: its folder does not exist",
+             "create it first, or write the report into the -o folder")
+    inside = input_folder_holding(path, folders)
+    if inside is not None:
+        fail(f"{option} {path} is inside the input folder {inside}",
+             "write reports outside the evidence")
 
 
 def survive_any_text(stream: TextIO) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from ..evaluation import (
-    AI,
-    REAL,
+    AI_LABEL,
+    REAL_LABEL,
     LabelledSet,
     component_results,
     evaluate_groups,
@@ -38,6 +38,7 @@ from .common import (
     WORKERS_OPTION,
     LoadedDetector,
     check_face_options,
+    check_new_file,
     err,
     fail,
     load_detector,
@@ -54,7 +55,9 @@ def evaluate_command(
     labels: Path | None = typer.Option(None, "--csv", help="CSV of path,label[,group] (label "
                                        "real/ai or 0/1) instead of, or besides, folders."),
     output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
-    plot: Path | None = typer.Option(None, help="Draw ROC curves to this image (PNG, SVG...)."),
+    plot: Path | None = typer.Option(None, help="Draw ROC curves to this new image (PNG, "
+                                     "SVG...): never an existing file, nor one among the "
+                                     "images scored."),
     condition: str = typer.Option(
         "asis", help="Processing applied alike to every image before scoring: asis; matched "
         "(256 px centre crop, no resampling, JPEG q90: format and size cannot decide); web "
@@ -100,12 +103,12 @@ def evaluate_command(
     for folder in (*real, *fake):
         if not any(g.name == str(folder) for g in groups):
             fail(f"no images found in {folder}")
-    if plot is not None and not plot.parent.is_dir():
-        fail(f"--plot {plot}: folder {plot.parent} does not exist")
+    if plot is not None:  # a new file, never one of the images or beside them
+        check_new_file(plot, "--plot", [*real, *fake, *{Path(f.path).parent for f in files}])
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         fail("--plot needs matplotlib, which is not installed",
              "pip install 'aigdetect[plot]', or leave out --plot")
-    if not any(g.label == REAL for g in groups) or not any(g.label == AI for g in groups):
+    if {g.label for g in groups} != {REAL_LABEL, AI_LABEL}:
         fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
     check_face_options(faces, aligned, face_model, None)
     if faces and baseline is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections import Counter
@@ -36,6 +35,7 @@ from .common import (
     FACE_MODEL_OPTION,
     MODEL_OPTION,
     check_face_options,
+    check_new_file,
     err,
     exit_code,
     fail,
@@ -83,14 +83,16 @@ def explain_command(
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
     found: list[tuple[str, str]] = []  # inputs that are not files: error cases, as in scan
-    files = list(iter_inputs(paths, IMAGE_EXTENSIONS, lambda p, m: found.append((p, m))))
+    searched: list[Path] = []  # folders the inputs search: outputs stay out of them
+    files = list(iter_inputs(paths, IMAGE_EXTENSIONS, lambda p, m: found.append((p, m)),
+                             on_folder=searched.append))
     if not files and not found:
         fail("no image files among the inputs", "give image files or folders holding some")
     started = datetime.now(timezone.utc)
     if html_report is not None:
-        check_new_file(html_report, "--html", paths, files, output_dir)
+        check_new_file(html_report, "--html", searched, output_dir)
     check_face_options(faces, aligned, face_model, None)
-    folder = explain_folder(output_dir, started, paths)
+    folder = explain_folder(output_dir, started, searched)
     loaded = load_detector(model, detector_name, device, None, 256)
     if faces:
         loaded = with_faces(loaded, face_model, device, 256, aligned)
@@ -124,10 +126,10 @@ def explain_command(
     raise typer.Exit(exit_code(verdicts))
 
 
-def explain_folder(output_dir: Path | None, started: datetime, inputs: list[str]) -> Path:
+def explain_folder(output_dir: Path | None, started: datetime, searched: list[Path]) -> Path:
     """The folder for heat maps: never inside an input folder; the default one is new."""
     folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
-    inside = input_folder_holding(folder, inputs)
+    inside = input_folder_holding(folder, searched)
     if inside is not None:
         fail(f"--output {folder} is inside the input folder {inside}",
              "write outputs outside the evidence, e.g. -o ~/cases/explain")
@@ -149,23 +151,6 @@ def new_file(folder: Path, index: int, image: Path) -> Path:
         if not path.exists():
             return path
     fail(f"{folder} holds too many heat maps of {image.name}", "give another -o DIR")
-
-
-def check_new_file(path: Path, option: str, inputs: list[str], files: list[Path],
-                   output_dir: Path | None = None) -> None:
-    """A report file must be new, outside the evidence, and in an existing folder or
-    in ``output_dir`` (the -o folder, created before the report is written)."""
-    if path.exists() or path.is_symlink():
-        fail(f"{option} {path} already exists; it is never replaced",
-             "give a new file name")
-    parent = Path(os.path.abspath(path)).parent
-    if not parent.is_dir() and (output_dir is None or parent != Path(os.path.abspath(output_dir))):
-        fail(f"cannot write {option} {path}: its folder does not exist",
-             "create it first, or write the report into the -o folder")
-    inside = input_folder_holding(path, inputs)
-    if inside is not None:
-        fail(f"{option} {path} is inside the input folder {inside}",
-             "write reports outside the evidence")
 
 
 def load_pretext(model: Path | None, device: str, detector: Detector) -> PretextReader | None:

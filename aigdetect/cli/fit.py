@@ -13,13 +13,13 @@ from ..calibrating import calibrate_folder
 from ..checkpoint import CheckpointError
 from ..density import DensityError
 from ..detectors import (
-    DENSITY_FILE,
     DETECTOR_NAMES,
     EXTRACTOR_FILE,
     FACES_DIR,
     LOAD_ERRORS,
     RESIDUAL_FILE,
     default_model_dir,
+    missing_oneclass_files,
 )
 from ..features import FaceSettings
 from ..files import parse_extensions, walk_folder
@@ -299,7 +299,7 @@ def next_step(folder: Path) -> str:
     """What makes a folder with a fresh residual.npz usable: calibration, and before it
     the one-class detector every folder rests on, if it lacks one."""
     calibrate = f"calibrate it with 'aigdetect calibrate {folder} --real HELD_OUT_PHOTOS'"
-    if (folder / EXTRACTOR_FILE).is_file() and (folder / DENSITY_FILE).is_file():
+    if not missing_oneclass_files(folder):
         return calibrate
     return (f"{folder} has no one-class detector yet, which every detector folder needs: "
             f"add one with 'aigdetect fit-gmm PHOTOS -o {folder}', then {calibrate}")

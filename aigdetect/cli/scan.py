@@ -101,13 +101,19 @@ def check_scan_options(output_format: str, output: Path | None, threshold: float
     if null and "-" not in paths:
         fail("--null reads NUL-separated paths from stdin", "give '-' as the input, e.g. "
              "find /cases -print0 | aigdetect scan -0 -")
-    if output is not None and not Path(os.path.abspath(output)).parent.is_dir():
-        fail(f"cannot write --output {output}: its folder does not exist")
-    if output is not None and output.is_dir():
-        fail(f"--output {output} is a folder", "give a file name, e.g. -o results.jsonl")
+    if output is not None:
+        try:
+            folder_exists, is_folder = (Path(os.path.abspath(output)).parent.is_dir(),
+                                        output.is_dir())
+        except OSError as error:  # e.g. a name longer than the file system allows
+            fail(f"cannot write --output {output}: {error.strerror}")
+        if not folder_exists:
+            fail(f"cannot write --output {output}: its folder does not exist")
+        if is_folder:
+            fail(f"--output {output} is a folder", "give a file name, e.g. -o results.jsonl")
 
 
-def check_output(output: Path, inputs: list[str], files: list[Path], force: bool,
+def check_output(output: Path, searched: list[Path], files: list[Path], force: bool,
                  overwrite: bool, resume: bool) -> None:
     """Refuse an --output that would destroy evidence or earlier results.
 
@@ -122,12 +128,15 @@ def check_output(output: Path, inputs: list[str], files: list[Path], force: bool
         if identity is not None and any(_inode(file) == identity for file in files):
             fail(f"--output {output} is one of the input files: writing it would destroy "
                  "evidence", "choose a results path outside the inputs (or --force)")
-        inside = input_folder_holding(target, inputs)
+        inside = input_folder_holding(target, searched)
         if inside is not None:
             fail(f"--output {output} is inside the input folder {inside}",
                  "write results outside the evidence (or --force)")
-    # only a regular file holds earlier results: /dev/null or a pipe loses nothing
-    if target.is_file() and not (overwrite or resume):
+    try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
+        holds_results = target.is_file()
+    except OSError as error:  # e.g. a name longer than the file system allows
+        fail(f"cannot write --output {output}: {error.strerror}")
+    if holds_results and not (overwrite or resume):
         fail(f"--output {output} already exists; its results would be lost",
              "give --overwrite to replace it, or --resume (with -f jsonl) to continue it")
 
@@ -291,13 +300,14 @@ def scan_command(
     tally = ScanTally()
     found: list[tuple[str, str]] = []  # inputs that are not files: error records below
     try:  # Ctrl-C before scanning: nothing is written, and no traceback
+        searched: list[Path] = []  # folders the inputs search: results stay out of them
         files = list(iter_inputs(paths, parse_extensions(include),
                                  lambda path, message: found.append((path, message)),
-                                 null=null))
+                                 null=null, on_folder=searched.append))
         if output is not None:
-            check_output(output, paths, files, force, overwrite, resume)
+            check_output(output, searched, files, force, overwrite, resume)
             if sidecar_wanted(output, output_format):
-                check_output(run_file(output), paths, files, force, overwrite, resume)
+                check_output(run_file(output), searched, files, force, overwrite, resume)
         tally.total = len(files)
         if not files and not found:  # not an error (a watched folder may be empty), but said
             err.print("[yellow]warning:[/] no image files among the inputs", highlight=False)
@@ -358,8 +368,7 @@ def scan_command(
         write_results(records, output_format, output, interrupted, run)
     if output is not None and sidecar_wanted(output, output_format):
         save_run_file(output, run, resume)
-    report_scan(tally, output_format, quiet, interrupted,
-                printable(str(output)) if output else "stdout")
+    report_scan(tally, quiet, interrupted, printable(str(output)) if output else "stdout")
 
 
 def write_results(records: list[ScanRecord], output_format: str, output: Path | None,
@@ -432,8 +441,7 @@ def save_run_file(output: Path, run: dict[str, Any], resume: bool) -> None:
                   f"{error.strerror}", highlight=False)
 
 
-def report_scan(tally: ScanTally, output_format: str, quiet: bool, interrupted: bool,
-                where: str) -> NoReturn:
+def report_scan(tally: ScanTally, quiet: bool, interrupted: bool, where: str) -> NoReturn:
     """The summary line on stderr, then exit with the documented code."""
     if interrupted:  # always said, even with --quiet: the results are incomplete
         err.print(f"interrupted: {tally.done}/{tally.total} files done; results in {where}",

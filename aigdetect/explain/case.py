@@ -17,7 +17,7 @@ from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
 from ..patches import load_image
 from ..provenance import read_provenance
-from ..scanning import NO_FACE, capped, judge_face
+from ..scanning import NO_FACE, capped, judge_face, most_suspicious_face
 from .consistency import PretextReader
 from .heatmap import draw_faces, draw_heatmap, tile_evidence
 
@@ -106,8 +106,8 @@ def faces_case(detector: Detector, pixels: np.ndarray, name: str, faces: list[Pr
     """Each face's box and opinion, the image's face verdict (its most suspicious
     face, as ``scan --faces``) and a PNG of ``pixels`` with the boxes drawn."""
     entries = [judge_face(face, detector) for face in faces]
-    judged = [face for face in entries if "score" in face]
-    verdict = max(judged, key=lambda f: f["score"])["verdict"] if judged else NO_FACE
+    worst = most_suspicious_face(entries)
+    verdict = worst["verdict"] if worst else NO_FACE
     draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(name)}")
     return {"file": str(drawing), "detector": f"faces:{detector.name}", "verdict": verdict,
             "faces": entries}
@@ -126,7 +126,6 @@ def deciding_verdict(case: dict[str, Any]) -> dict[str, Any]:
     faces = case.get("faces")
     if faces is None:
         return case["verdict"] or {}
-    judged = [face for face in faces["faces"] if "score" in face]
-    worst = max(judged, key=lambda face: face["score"]) if judged else {}
+    worst = most_suspicious_face(faces["faces"]) or {}
     return {"verdict": faces["verdict"], "score": worst.get("score"),
             "percentile": worst.get("percentile")}

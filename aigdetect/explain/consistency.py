@@ -136,6 +136,14 @@ def describe_prediction(row: dict[str, Any]) -> str:
     return f"percentile {row['pixels_percentile']:.0f} of real photos"
 
 
+def describe_check(row: dict[str, Any]) -> str:
+    """How the pixels and the claim compare: ``disagrees`` (flagged), ``agrees``,
+    ``differs`` (not flagged), or nothing where no comparison is shown."""
+    if row["flag"]:
+        return "disagrees"
+    return "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs"
+
+
 def describe_claim(row: dict[str, Any]) -> str | None:
     """The file's claim, with its percentile among the calibration photos' own EXIF."""
     if row["claimed"] is None or row.get("claimed_percentile") is None:

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ..provenance import CAVEAT
 from ..report import printable
-from .consistency import describe_claim, describe_prediction
+from .consistency import describe_check, describe_claim, describe_prediction
 from .heatmap import region_value
 
 
@@ -104,8 +104,7 @@ def camera_table(traces: dict[str, Any]) -> Table | Text:
         table.add_column(column)
     for row in traces["tags"]:
         predicted = describe_prediction(row)
-        check = "DISAGREES" if row["flag"] else (
-            "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs")
+        check = describe_check(row).upper() if row["flag"] else describe_check(row)
         reliability = "-" if row["value"] is None else (
             f"{row['metric']} {row['value']:.2f} / chance {row['chance']:.2f}")
         table.add_row(row["tag"], cell(predicted), cell(describe_claim(row)), reliability,

@@ -2,8 +2,8 @@
 
 Each 64 px tile of the grid (an evenly spread, deterministic subset when there
 are more than asked for) is scored alone, as a one-tile set, by every component
-of the detector: the binary detector's logit and the one-class density's
-atypicality. The image's verdict comes from the whole tile set, and a tile
+of the detector: the residual detector's and the binary detector's log-odds and
+the one-class density's atypicality. The image's verdict comes from the whole tile set, and a tile
 alone is a far weaker witness than the set, so the map is a guide to where to
 look, not a segmentation of what was generated.
 
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..patches import grid_tiles_at
+from ..patches import grid_tiles_at, tile_count
 
 GUIDE_NOTE = ("The verdict comes from the whole tile set; this map scores each tile alone "
               "and is a guide to where to look, not a segmentation.")
@@ -70,12 +70,14 @@ class TileEvidence:
 
 
 def region_value(region: dict[str, Any]) -> tuple[str, float]:
-    """The named value of a top region (``binary_logit``, ``oneclass_atypicality``)."""
+    """The named value of a top region (``residual_logit``, ``binary_logit``,
+    ``oneclass_atypicality``)."""
     return next((key, value) for key, value in region.items() if key not in ("x", "y", "w", "h"))
 
 
 def _tile_fields(name: str, raw: float) -> dict[str, float]:
-    """A tile's value as reported: the binary logit, or the one-class atypicality."""
+    """A tile's value as reported: a supervised detector's logit (residual, binary), or
+    the one-class atypicality."""
     if name == "oneclass":
         return {"oneclass_atypicality": round(raw, 3)}
     return {f"{name}_logit": round(raw, 4)}
@@ -85,9 +87,8 @@ def tile_evidence(detector: Any, pixels: np.ndarray, size: int, max_tiles: int) 
     """Score every kept tile alone with each component of ``detector``."""
     tiles, positions = grid_tiles_at(pixels, size, max_tiles)
     parts = getattr(detector, "parts", [detector])
-    grid = max(1, pixels.shape[0] // size) * max(1, pixels.shape[1] // size)
     return TileEvidence(positions, size, {p.name: np.asarray(p.tile_raw(tiles)) for p in parts},
-                        grid)
+                        tile_count(pixels.shape[0], pixels.shape[1], size))
 
 
 def colours(values: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -18,7 +18,7 @@ from typing import Any
 from ..provenance import CAVEAT
 from ..report import printable
 from .case import deciding_verdict
-from .consistency import describe_claim, describe_prediction
+from .consistency import describe_check, describe_claim, describe_prediction
 from .heatmap import region_value
 
 STYLE = """
@@ -160,8 +160,8 @@ def _camera(traces: dict[str, Any]) -> str:
     rows = []
     for row in traces["tags"]:
         predicted = describe_prediction(row)
-        flag = "<span class=\"flag\">disagrees</span>" if row["flag"] else (
-            "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs")
+        flag = (f"<span class=\"flag\">{describe_check(row)}</span>" if row["flag"]
+                else describe_check(row))
         rows.append((text(row["tag"]), text(predicted), text(describe_claim(row)),
                      text(f"{row['metric']} {_number(row['value'])} vs chance "
                           f"{_number(row['chance'])}"), text(row["status"]), flag))
