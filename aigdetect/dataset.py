@@ -25,7 +25,7 @@ from .patches import (
     random_crops,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one "value" per entry (cached_per_file)
 
 
 @dataclass(frozen=True)
@@ -74,40 +74,57 @@ def _opens_as_image(path: Path) -> bool:
         return False
 
 
+def cached_per_file(
+    paths: Sequence[Path],
+    cache_file: Path | None,
+    header: dict[str, Any],
+    compute: Callable[[Path], Any],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Any]:
+    """``compute(path)`` for every path (None: the file cannot be used), reusing a JSON
+    cache keyed by path, size and modification time, so a large set is read once and
+    a changed file alone again. ``header`` holds what the values depend on besides the
+    files (format version, settings): a cache made with another one is rebuilt."""
+    cache = read_cache(cache_file, header)
+    values, changed = [], False
+    for number, path in enumerate(paths, 1):
+        try:
+            signature = file_signature(path)
+        except OSError:
+            values.append(None)
+            continue
+        key = str(path.resolve())
+        entry = cache.get(key)
+        if entry is None or entry["signature"] != signature:
+            entry = cache[key] = {"signature": signature, "value": compute(path)}
+            changed = True
+        values.append(entry["value"])
+        if on_progress is not None:
+            on_progress(number, len(paths))
+    if changed and cache_file is not None:
+        write_cache(cache_file, header, cache)
+    return values
+
+
 def load_labels(
     paths: Sequence[Path],
     cache_file: Path | None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Photo], list[str]]:
-    """Parse the EXIF labels of ``paths``, reusing a JSON cache keyed by path,
-    size and modification time, so a large photo set is parsed once.
-
-    Returns the usable photos and the paths of unreadable files (skipped).
-    """
-    cache = read_cache(cache_file, {"version": CACHE_VERSION})
-    photos, unreadable, changed = [], [], False
-    for number, path in enumerate(paths, 1):
-        key = str(path.resolve())
-        try:
-            signature = file_signature(path)
-        except OSError:
-            unreadable.append(str(path))
-            continue
-        entry = cache.get(key)
-        if entry is None or entry["signature"] != signature:
-            readable = _opens_as_image(path)
-            labels = read_labels(path).to_dict() if readable else None
-            entry = cache[key] = {"signature": signature, "readable": readable, "labels": labels}
-            changed = True
-        if entry["readable"]:
-            photos.append(Photo(str(path), ExifLabels.from_dict(entry["labels"])))
-        else:
-            unreadable.append(str(path))
-        if on_progress is not None:
-            on_progress(number, len(paths))
-    if changed and cache_file is not None:
-        write_cache(cache_file, {"version": CACHE_VERSION}, cache)
+    """Parse the EXIF labels of ``paths`` once per file version (a JSON cache, see
+    :func:`cached_per_file`). Returns the usable photos and the paths of unreadable
+    files (skipped)."""
+    labels = cached_per_file(paths, cache_file, {"version": CACHE_VERSION}, _labels_of,
+                             on_progress)
+    photos = [Photo(str(path), ExifLabels.from_dict(found))
+              for path, found in zip(paths, labels, strict=True) if found is not None]
+    unreadable = [str(path) for path, found in zip(paths, labels, strict=True) if found is None]
     return photos, unreadable
+
+
+def _labels_of(path: Path) -> dict[str, Any] | None:
+    """A photo's labels as cached, or None when it does not open as an image."""
+    return read_labels(path).to_dict() if _opens_as_image(path) else None
 
 
 def split_by_camera(

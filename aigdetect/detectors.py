@@ -103,10 +103,12 @@ def judge(calibration: Calibration, raw: float, threshold: float | None,
 
 
 class Detector(Protocol):
-    """What ``scan``, ``evaluate`` and ``calibrate`` need of a detector."""
+    """What ``scan``, ``evaluate``, ``calibrate`` and ``explain`` need of a detector."""
 
     name: str
     calibration: Calibration
+    #: the detectors a fusion combines; empty for a single detector
+    parts: list[SingleDetector]
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
         """Raw statistic of an image's tiles (higher = more AI-like) and details."""
@@ -118,9 +120,18 @@ class Detector(Protocol):
 class SingleDetector:
     """A detector with a raw statistic of its own (not a fusion)."""
 
+    name: str
     calibration: Calibration
 
+    @property
+    def parts(self) -> list[SingleDetector]:
+        return []
+
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        raise NotImplementedError
+
+    def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
+        """Each tile's raw statistic, every tile scored alone (for the heat map)."""
         raise NotImplementedError
 
     def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
@@ -196,7 +207,7 @@ class FusedDetector:
     without held-out AI images the components weigh the same.
     """
 
-    parts: list[Detector]
+    parts: list[SingleDetector]
     calibration: Calibration
     weights: dict[str, float] | None = None
     name: str = "fused"
@@ -224,7 +235,7 @@ class FusedDetector:
 def oneclass_features(detector: Detector) -> FeatureExtractor | None:
     """The one-class component's running extractor (the folder's ``extractor.pt``),
     if the detector has one: what reads the pretext heads can share it."""
-    for part in getattr(detector, "parts", [detector]):
+    for part in detector.parts or [detector]:
         if isinstance(part, OneClassDetector):
             return part.features
     return None

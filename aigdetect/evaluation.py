@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from .labelled import LABEL_NAMES, LabelledFile
-from .scanning import ScanRecord
+from .scanning import NO_FACE, ScanRecord
 
 #: group labels as evaluation names them (labelled.REAL/AI are the 0/1 of training)
 REAL_LABEL, AI_LABEL = LABEL_NAMES[0], LABEL_NAMES[1]
@@ -211,6 +212,35 @@ def _scored_groups(results: dict[str, tuple[str, list[ScanRecord]]],
     groups = [np.array([r.raw_score for r in records if r.raw_score is not None], np.float64)
               for group_label, records in results.values() if group_label == label]
     return [g for g in groups if len(g)]
+
+
+def summarise(results: dict[str, tuple[str, list[ScanRecord]]], judge: str,
+              faces: bool = False) -> dict[str, Any]:
+    """What ``evaluate`` reports beside the per-group table: the AUC of every (AI group,
+    real group) pair and their mean, the same for each component of a fused detector
+    (``judge`` is the deciding detector's name), and with ``faces`` how many images of
+    each group held no face."""
+    components = [] if faces else sorted(
+        {name for _, records in results.values() for r in records for name in r.components}
+        - {judge})
+    return {
+        "no_face": {group: sum(r.verdict == NO_FACE for r in records)
+                    for group, (_, records) in results.items()} if faces else None,
+        "pairs": pair_metrics(results), "mean_pair_auc": mean_pair_auc(results),
+        "components": {name: {"groups": [g.to_dict() for g in evaluate_groups(view)],
+                              "pairs": pair_metrics(view),
+                              "mean_pair_auc": mean_pair_auc(view)}
+                       for name in components for view in [component_results(results, name)]},
+    }
+
+
+def baseline_comparison(results: dict[str, tuple[str, list[ScanRecord]]],
+                        baseline: dict[str, tuple[str, list[ScanRecord]]],
+                        detector: str, model: dict[str, str]) -> dict[str, Any]:
+    """The baseline detector's mean pair AUC on the same files and the paired
+    difference of the evaluated one from it."""
+    return {"detector": detector, "model": model, "mean_pair_auc": mean_pair_auc(baseline),
+            "difference": paired_difference(results, baseline)}
 
 
 def component_results(

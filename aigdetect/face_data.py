@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,13 @@ from torch.utils.data import Dataset
 
 from . import faces
 from .checkpoint import FACE_TAGS
-from .dataset import Photo, file_signature, read_cache, write_cache
+from .dataset import Photo, cached_per_file
 from .exif import ExifLabels
 from .faces import ENLARGE, Face, crop_landmarks, face_crop, find_faces
 from .manipulations import manipulate
 from .patches import ImageReadError, fixed_grid_tiles, load_image, random_crops
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one "value" per entry (dataset.cached_per_file)
 
 MANIPULATED_SHARE = 0.5
 """Share of items replaced by a manipulation of their face: half, as in the paper,
@@ -92,31 +93,13 @@ def detect_faces(
     """Every face of ``photos`` (with ``aligned``, each whole image is one face),
     reusing the JSON cache at ``cache_file``. Returns the faces, in photo order,
     and the paths of the files that could not be decoded."""
-    header = cache_header(aligned)
-    cache = read_cache(cache_file, header)
-    samples: list[FaceSample] = []
-    unreadable: list[str] = []
-    changed = False
-    for number, photo in enumerate(photos, 1):
-        path = Path(photo.path)
-        key = str(path.resolve())
-        try:
-            signature = file_signature(path)
-        except OSError:
-            unreadable.append(photo.path)
-            continue
-        entry = cache.get(key)
-        if entry is None or entry["signature"] != signature:
-            entry = cache[key] = {"signature": signature, "faces": _search(path, aligned)}
-            changed = True
-        if entry["faces"] is None:
-            unreadable.append(photo.path)
-        else:
-            samples += [FaceSample(photo, _face_from_dict(face)) for face in entry["faces"]]
-        if on_progress is not None:
-            on_progress(number, len(photos))
-    if changed and cache_file is not None:
-        write_cache(cache_file, header, cache)
+    found = cached_per_file([Path(photo.path) for photo in photos], cache_file,
+                            cache_header(aligned), partial(_search, aligned=aligned),
+                            on_progress)
+    samples = [FaceSample(photo, _face_from_dict(face))
+               for photo, faces in zip(photos, found, strict=True) if faces is not None
+               for face in faces]
+    unreadable = [photo.path for photo, faces in zip(photos, found, strict=True) if faces is None]
     return samples, unreadable
 
 

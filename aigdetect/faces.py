@@ -210,18 +210,27 @@ def find_faces(pixels: np.ndarray, aligned: bool = False) -> list[Face]:
     return sorted(faces, key=lambda f: (-f.neighbors, -f.w * f.h, f.y, f.x))
 
 
+def region_box(centre: tuple[float, float], size: tuple[float, float],
+               shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` of a ``size`` (w, h) box about ``centre``, clipped to
+    an array of ``shape``; empty (x1 <= x0 or y1 <= y0) when it falls outside."""
+    height, width = shape[:2]
+    cx, cy = centre
+    half_w, half_h = size[0] / 2, size[1] / 2
+    x0, y0 = max(0, round(cx - half_w)), max(0, round(cy - half_h))
+    x1, y1 = min(width, round(cx + half_w)), min(height, round(cy + half_h))
+    return x0, y0, x1, y1
+
+
 def crop_box(
     shape: tuple[int, ...], face: Face, enlarge: float = ENLARGE
 ) -> tuple[int, int, int, int]:
     """``(x0, y0, x1, y1)`` of the face box enlarged ``enlarge`` times about its
     centre, clipped to an image of ``shape`` (H, W, ...)."""
-    height, width = shape[:2]
-    cx, cy = face.x + face.w / 2, face.y + face.h / 2
-    half_w, half_h = face.w * enlarge / 2, face.h * enlarge / 2
-    x0, y0 = max(0, round(cx - half_w)), max(0, round(cy - half_h))
-    x1, y1 = min(width, round(cx + half_w)), min(height, round(cy + half_h))
+    x0, y0, x1, y1 = region_box((face.x + face.w / 2, face.y + face.h / 2),
+                                (face.w * enlarge, face.h * enlarge), shape)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"face box {face.box} lies outside a {width}x{height} image")
+        raise ValueError(f"face box {face.box} lies outside a {shape[1]}x{shape[0]} image")
     return x0, y0, x1, y1
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .faces import Landmarks
+from .faces import Landmarks, region_box
 
 MOUTH_SIZE = (1.25, 0.75)
 """Mouth region (width, height) in units of the distance between the eyes:
@@ -69,18 +69,6 @@ def _eye_distance(landmarks: Landmarks) -> float:
     (lx, ly), (rx, ry) = landmarks.left_eye, landmarks.right_eye
     width = landmarks.box[2]
     return float(np.clip(np.hypot(rx - lx, ry - ly), 0.25 * width, 0.6 * width))
-
-
-def region_box(centre: tuple[float, float], size: tuple[float, float],
-               shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """``(x0, y0, x1, y1)`` of a ``size`` (w, h) box about ``centre``, clipped to
-    an array of ``shape``; empty (x1 <= x0 or y1 <= y0) when it falls outside."""
-    height, width = shape[:2]
-    cx, cy = centre
-    half_w, half_h = size[0] / 2, size[1] / 2
-    x0, y0 = max(0, round(cx - half_w)), max(0, round(cy - half_h))
-    x1, y1 = min(width, round(cx + half_w)), min(height, round(cy + half_h))
-    return x0, y0, x1, y1
 
 
 def mouth_box(landmarks: Landmarks, shape: tuple[int, ...]) -> tuple[int, int, int, int]:

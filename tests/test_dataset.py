@@ -100,7 +100,7 @@ def test_cache_of_another_version_is_ignored(photo_folder, tmp_path):
     paths = image_paths(photo_folder)[:2]
     cache = tmp_path / "labels.json"
     bogus = {str(p.resolve()): {"signature": [p.stat().st_size, p.stat().st_mtime_ns],
-                                "readable": True, "labels": {"make": "bogus"}} for p in paths}
+                                "value": {"make": "bogus"}} for p in paths}
     cache.write_text(json.dumps({"version": CACHE_VERSION + 1, "entries": bogus}))
     photos, _ = load_labels(paths, cache)
     assert all(p.labels.make != "bogus" for p in photos)

@@ -13,19 +13,17 @@ from ..evaluation import (
     AI_LABEL,
     REAL_LABEL,
     LabelledSet,
-    component_results,
+    baseline_comparison,
     evaluate_groups,
     labelled_sets,
-    mean_pair_auc,
-    pair_metrics,
-    paired_difference,
     plot_roc,
+    summarise,
 )
 from ..files import parse_extensions
 from ..labelled import labelled_files
 from ..patches import CONDITIONS
 from ..report import write_evaluation
-from ..scanning import NO_FACE, ScanRecord, scan
+from ..scanning import ScanRecord, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -134,26 +132,14 @@ def evaluate_command(
     note = (f"detector {name}, threshold {calibration.threshold:.3f} = "
             f"{calibration.fpr:.1%} FPR on held-out real photos; "
             f"{CONDITIONS[condition].describe()}")
-    components = [] if faces else sorted(
-        {n for _, records in results.values() for r in records for n in r.components}
-        - {judge.name})
     write_evaluation(rows, output_format, sys.stdout, note, {
         "detector": name, "threshold": calibration.threshold,
-        "no_face": {group: sum(r.verdict == NO_FACE for r in records)
-                    for group, (_, records) in results.items()} if faces else None,
         "calibrated_fpr": calibration.fpr, "condition": condition,
         "processing": CONDITIONS[condition].describe(),
         "matched_processing": condition == "matched", "model": loaded.identity,
-        "pairs": pair_metrics(results), "mean_pair_auc": mean_pair_auc(results),
-        "components": {name: {"groups": [g.to_dict() for g in evaluate_groups(view)],
-                              "pairs": pair_metrics(view),
-                              "mean_pair_auc": mean_pair_auc(view)}
-                       for name in components
-                       for view in [component_results(results, name)]},
-        "baseline": None if compared is None else {
-            "detector": compared.detector.name, "model": compared.identity,
-            "mean_pair_auc": mean_pair_auc(baseline_results),
-            "difference": paired_difference(results, baseline_results)},
+        **summarise(results, judge.name, faces),
+        "baseline": None if compared is None else baseline_comparison(
+            results, baseline_results, compared.detector.name, compared.identity),
     })
     if plot is not None:
         try:

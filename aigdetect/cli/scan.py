@@ -414,7 +414,7 @@ def judge_description(detector: Detector, threshold: float | None,
             "threshold": detector.calibration.threshold if threshold is None else threshold,
             "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
             "component_thresholds": {part.name: part.calibration.threshold
-                                     for part in getattr(detector, "parts", [])}}
+                                     for part in detector.parts}}
 
 
 def sidecar_wanted(output: Path, output_format: str) -> bool:

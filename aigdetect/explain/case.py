@@ -71,7 +71,7 @@ class Explainer:
     def verdict(self, judgement: Judgement, notes: list[str]) -> dict[str, Any]:
         """The detector's opinion and each component's, with threshold, uncertain
         band and calibrated false-positive rate."""
-        parts = {p.name: p.calibration for p in getattr(self.detector, "parts", [])}
+        parts = {p.name: p.calibration for p in self.detector.parts}
         components = judgement.components or {self.detector.name: judgement.summary()}
         return {
             "detector": self.detector.name,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..detectors import Detector
 from ..patches import grid_tiles_at, tile_count
 
 GUIDE_NOTE = ("The verdict comes from the whole tile set; this map scores each tile alone "
@@ -83,10 +84,11 @@ def _tile_fields(name: str, raw: float) -> dict[str, float]:
     return {f"{name}_logit": round(raw, 4)}
 
 
-def tile_evidence(detector: Any, pixels: np.ndarray, size: int, max_tiles: int) -> TileEvidence:
+def tile_evidence(detector: Detector, pixels: np.ndarray, size: int,
+                  max_tiles: int) -> TileEvidence:
     """Score every kept tile alone with each component of ``detector``."""
     tiles, positions = grid_tiles_at(pixels, size, max_tiles)
-    parts = getattr(detector, "parts", [detector])
+    parts = detector.parts or [detector]
     return TileEvidence(positions, size, {p.name: np.asarray(p.tile_raw(tiles)) for p in parts},
                         tile_count(pixels.shape[0], pixels.shape[1], size))
 
