@@ -15,7 +15,9 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -166,6 +168,51 @@ def _start_model(task: TrainingTask, config: EngineConfig, console: Console,
     return model, meta, {}
 
 
+@dataclass
+class _Optimisation:
+    """What one optimisation step needs: the network (wrapped for DDP under torchrun),
+    AdamW, the warm-up + cosine schedule and mixed precision (bf16 where the GPU has
+    it, else fp16 with loss scaling; full precision on the CPU)."""
+
+    network: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype
+    use_amp: bool
+
+    def step(self, task: TrainingTask, batch: Any) -> tuple[dict[str, torch.Tensor],
+                                                            torch.Tensor]:
+        """One step on ``batch``: the task's losses and their weighted total."""
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp)
+        losses = task.losses(self.network, batch, self.device, amp)
+        total = sum(task.weight(name) * loss for name, loss in losses.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return losses, total
+
+    def state(self) -> dict[str, Any]:
+        """What ``--resume`` restores besides the weights."""
+        return {"optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: steps, the stop rules' verdict, the best validation score."""
+
+    step: int
+    best_score: float | None
+    metrics: dict[str, Any]
+    started: float
+    skipped: int = 0
+    stop: bool = False
+
+
 def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distributed,
          device: torch.device) -> dict[str, Any]:
     seed_everything(config.seed)
@@ -177,23 +224,79 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
     model.to(device).train()
 
     train_set, val_set = task.datasets(meta)
-    sampler = (DistributedSampler(train_set, seed=config.seed, drop_last=True)
-               if dist.enabled else None)
-    per_process_batch = max(2, config.batch_size)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(
-        train_set, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
-        num_workers=config.workers,
-        drop_last=len(train_set) // dist.world_size >= per_process_batch,
-        generator=generator, pin_memory=device.type == "cuda",
-    )
-    val_loader = (DataLoader(val_set, batch_size=per_process_batch, num_workers=config.workers)
-                  if val_set is not None and len(val_set) else None)
-
+    train_loader, val_loader, sampler = _loaders(train_set, val_set, config, dist, device)
     steps_per_epoch = max(1, len(train_loader))
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    optimisation = _optimisation(model, config, total_steps, resume_state, dist, device)
+
+    if not quiet:
+        console.print(f"Training on {device}, {dist.world_size} process(es): {task.describe()}")
+    state = _Progress(step=meta.step, best_score=resume_state.get("best_score"),
+                      metrics=dict(meta.metrics), started=time.monotonic())
+    first_step = state.step
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[losses]}"),
+        console=console, disable=quiet, transient=False,
+    )
+    with progress:
+        for epoch in range(meta.epoch, config.epochs):
+            if state.stop:
+                break
+            train_set.set_epoch(epoch)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            bar = progress.add_task("train", total=steps_per_epoch,
+                                    epoch=f"{epoch + 1}/{config.epochs}", losses="")
+            sums, batches = _train_epoch(task, train_loader, optimisation, config, state,
+                                         partial(progress.update, bar, advance=1))
+            if batches == 0:
+                break  # nothing was trained (the step budget was already spent)
+            whole = not state.stop or batches == steps_per_epoch
+            if dist.is_main:
+                _end_epoch(task, model, meta, val_loader, optimisation, config, state,
+                           epoch, epoch + 1 if whole else epoch,
+                           {name: value / batches for name, value in sums.items()},
+                           progress.console, device)
+            dist.barrier()
+    if not quiet and state.step == first_step:  # a --resume of a finished run
+        console.print(f"Nothing to train: {config.output} has its {state.step} steps already "
+                      "(--epochs or --max-steps reached); left unchanged")
+        return state.metrics
+    if not quiet:
+        console.print(f"Saved {config.output} after {state.step} steps "
+                      f"({time.monotonic() - state.started:.0f} s)")
+        if state.skipped:
+            console.print(f"[yellow]warning:[/] {state.skipped} samples failed to decode and "
+                          "were replaced by other files")
+        task.finish(console, state.best_score)
+    return state.metrics
+
+
+def _loaders(train_set: Dataset, val_set: Dataset | None, config: EngineConfig,
+             dist: Distributed, device: torch.device
+             ) -> tuple[DataLoader, DataLoader | None, DistributedSampler | None]:
+    """Training loader (each process its share under torchrun), validation loader."""
+    sampler = (DistributedSampler(train_set, seed=config.seed, drop_last=True)
+               if dist.enabled else None)
+    per_process_batch = max(2, config.batch_size)
+    train_loader = DataLoader(
+        train_set, batch_size=per_process_batch, shuffle=sampler is None, sampler=sampler,
+        num_workers=config.workers,
+        drop_last=len(train_set) // dist.world_size >= per_process_batch,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+    )
+    val_loader = (DataLoader(val_set, batch_size=per_process_batch, num_workers=config.workers)
+                  if val_set is not None and len(val_set) else None)
+    return train_loader, val_loader, sampler
+
+
+def _optimisation(model: nn.Module, config: EngineConfig, total_steps: int,
+                  resume_state: dict[str, Any], dist: Distributed,
+                  device: torch.device) -> _Optimisation:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -206,95 +309,64 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     device_ids = [device] if device.type == "cuda" else None
     network = DistributedDataParallel(model, device_ids=device_ids) if dist.enabled else model
+    return _Optimisation(network, optimizer, scheduler, scaler, device, amp_dtype, use_amp)
 
-    if not quiet:
-        console.print(f"Training on {device}, {dist.world_size} process(es): {task.describe()}")
-    started = time.monotonic()
-    step, metrics, stop = meta.step, dict(meta.metrics), False
-    first_step = step
-    best_score = resume_state.get("best_score")
-    skipped = 0
-    progress = Progress(
-        TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[losses]}"),
-        console=console, disable=quiet, transient=False,
-    )
-    with progress:
-        for epoch in range(meta.epoch, config.epochs):
-            if stop:
-                break
-            train_set.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            bar = progress.add_task("train", total=steps_per_epoch,
-                                    epoch=f"{epoch + 1}/{config.epochs}", losses="")
-            sums: Counter = Counter()
-            batches = 0
-            for batch in train_loader:
-                if config.max_steps is not None and step >= config.max_steps:
-                    stop = True  # e.g. --resume of a run that already reached --max-steps
-                    break
-                skipped += int((batch[-1] > 0).sum())
-                amp = torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
-                losses = task.losses(network, batch, device, amp)
-                total = sum(task.weight(name) * loss for name, loss in losses.items())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                batches += 1
-                sums.update({name: loss.item() for name, loss in losses.items()})
-                sums["total"] += total.item()
-                progress.update(bar, advance=1, losses=_short_losses(sums, batches))
-                out_of_time = (config.max_minutes is not None
-                               and time.monotonic() - started > 60 * config.max_minutes)
-                if (config.max_steps is not None and step >= config.max_steps) or out_of_time:
-                    stop = True
-                    break
-            if batches == 0:
-                break  # nothing was trained (the step budget was already spent)
-            finished_epoch = epoch + 1 if not stop or batches == steps_per_epoch else epoch
-            mean_losses = {name: value / max(1, batches) for name, value in sums.items()}
-            if dist.is_main:
-                model.eval()
-                if val_loader is not None:
-                    metrics = task.validate(model, val_loader, device)
-                model.train()
-                meta.epoch, meta.step, meta.metrics = finished_epoch, step, metrics
-                score = task.validation_score(metrics) if val_loader is not None else None
-                if score is not None and (best_score is None or score > best_score):
-                    best_score = score
-                    save_checkpoint(config.best_output, model, meta)
-                    progress.console.print(f"new best validation score {score:+.4f} "
-                                           f"-> {config.best_output}")
-                save_checkpoint(config.output, model, meta, {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "best_score": best_score,
-                })
-                _append_log(config.log_file, {
-                    "epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
-                    "seconds": round(time.monotonic() - started, 1), "train_loss": mean_losses,
-                    "loss_weights": {n: task.weight(n) for n in mean_losses if n != "total"},
-                    "validation": metrics, "validation_score": score,
-                    "skipped_unreadable": skipped,
-                })
-                progress.console.print(task.metrics_table(
-                    metrics, mean_losses, f"epoch {epoch + 1}: validation"))
-            dist.barrier()
-    if not quiet and step == first_step:  # a --resume of a finished run
-        console.print(f"Nothing to train: {config.output} has its {step} steps already "
-                      "(--epochs or --max-steps reached); left unchanged")
-        return metrics
-    if not quiet:
-        console.print(f"Saved {config.output} after {step} steps "
-                      f"({time.monotonic() - started:.0f} s)")
-        if skipped:
-            console.print(f"[yellow]warning:[/] {skipped} samples failed to decode and were "
-                          "replaced by other files")
-        task.finish(console, best_score)
-    return metrics
+
+def _train_epoch(task: TrainingTask, loader: DataLoader, optimisation: _Optimisation,
+                 config: EngineConfig, state: _Progress,
+                 advance: Callable[..., None]) -> tuple[Counter, int]:
+    """One pass over ``loader``, or less when a stop rule fires (``state.stop``):
+    the summed losses and the number of batches trained. ``advance(losses=...)``
+    moves the progress bar."""
+    sums: Counter = Counter()
+    batches = 0
+    for batch in loader:
+        if config.max_steps is not None and state.step >= config.max_steps:
+            state.stop = True  # e.g. --resume of a run that already reached --max-steps
+            break
+        state.skipped += int((batch[-1] > 0).sum())
+        losses, total = optimisation.step(task, batch)
+        state.step += 1
+        batches += 1
+        sums.update({name: loss.item() for name, loss in losses.items()})
+        sums["total"] += total.item()
+        advance(losses=_short_losses(sums, batches))
+        out_of_time = (config.max_minutes is not None
+                       and time.monotonic() - state.started > 60 * config.max_minutes)
+        if (config.max_steps is not None and state.step >= config.max_steps) or out_of_time:
+            state.stop = True
+            break
+    return sums, batches
+
+
+def _end_epoch(task: TrainingTask, model: nn.Module, meta: ModelMeta,
+               val_loader: DataLoader | None, optimisation: _Optimisation,
+               config: EngineConfig, state: _Progress, epoch: int, finished_epoch: int,
+               mean_losses: dict[str, float], console: Console,
+               device: torch.device) -> None:
+    """Rank 0's work after an epoch: validate, keep the best checkpoint, write the
+    last one (with what --resume needs), log, and print the metrics table."""
+    if val_loader is not None:
+        model.eval()
+        state.metrics = task.validate(model, val_loader, device)
+        model.train()
+    meta.epoch, meta.step, meta.metrics = finished_epoch, state.step, state.metrics
+    score = task.validation_score(state.metrics) if val_loader is not None else None
+    if score is not None and (state.best_score is None or score > state.best_score):
+        state.best_score = score
+        save_checkpoint(config.best_output, model, meta)
+        console.print(f"new best validation score {score:+.4f} -> {config.best_output}")
+    save_checkpoint(config.output, model, meta,
+                    {**optimisation.state(), "best_score": state.best_score})
+    _append_log(config.log_file, {
+        "epoch": epoch + 1, "step": state.step, "lr": optimisation.scheduler.get_last_lr()[0],
+        "seconds": round(time.monotonic() - state.started, 1), "train_loss": mean_losses,
+        "loss_weights": {n: task.weight(n) for n in mean_losses if n != "total"},
+        "validation": state.metrics, "validation_score": score,
+        "skipped_unreadable": state.skipped,
+    })
+    console.print(task.metrics_table(state.metrics, mean_losses,
+                                     f"epoch {epoch + 1}: validation"))
 
 
 def _short_losses(sums: Counter, batches: int) -> str:
