@@ -15,7 +15,7 @@ which is the AUC of original against manipulated faces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint import FACE_HEADS, FACES, ModelMeta
 from .dataset import Photo, split_by_camera
-from .engine import EngineConfig, TrainingError, run_training
+from .engine import TrainingError, run_training
 from .face_data import FaceDataset, FaceSample, detect_faces
 from .faces import ENLARGE, crop_landmarks, face_crop
 from .losses import fidelity_ranking_loss, pairwise_concordance
@@ -36,7 +36,13 @@ from .manipulations import save_debug
 from .network import ExtractorConfig
 from .patches import ImageReadError, load_image
 from .runtime import Distributed
-from .training import main_first, metrics_table, read_photos, validation_score
+from .training import (
+    PhotoTrainingConfig,
+    main_first,
+    metrics_table,
+    read_photos,
+    validation_score,
+)
 
 __all__ = ["FaceTask", "FaceTrainConfig", "train_faces"]
 
@@ -46,27 +52,18 @@ judge the landmarks and the regions, few enough to look at."""
 
 
 @dataclass(kw_only=True)
-class FaceTrainConfig(EngineConfig):
-    """Settings of a faces run: the engine's plus the photos and how faces are found."""
+class FaceTrainConfig(PhotoTrainingConfig):
+    """Settings of a faces run: the photos' plus how faces are found."""
 
-    photos: Path
     #: the files are already face crops: each whole image is one face, no detection
     aligned: bool = False
     enlarge: float = ENLARGE
     #: where to draw a few training faces with every manipulation (never an input folder)
     debug_dir: Path | None = None
-    head_weights: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def label_cache(self) -> Path:
-        return self.output.with_name(self.output.name + ".labels.json")
 
     @property
     def face_cache(self) -> Path:
         return self.output.with_name(self.output.name + ".faces.json")
-
-    def weight(self, head: str) -> float:
-        return self.head_weights.get(head, 1.0)
 
 
 def _find_faces(photos: list[Photo], config: FaceTrainConfig, console: Console,

@@ -35,20 +35,28 @@ PRETEXT_HEADS = (*CATEGORICAL_TAGS, *ORDINAL_TAGS)
 
 
 @dataclass(kw_only=True)
-class TrainConfig(EngineConfig):
-    """Settings of a pretext run: the engine's plus the photos and the heads."""
+class PhotoTrainingConfig(EngineConfig):
+    """Settings of a training on camera photos and their EXIF (the pretext and the
+    faces pretext): the engine's plus the photos and each head's loss weight."""
 
     photos: Path
-    ranking_loss: RankingLoss = "fidelity"
-    min_class_count: int = 3
     head_weights: dict[str, float] = field(default_factory=dict)
 
     @property
     def label_cache(self) -> Path:
+        """The photos' EXIF labels, parsed once (beside the checkpoint)."""
         return self.output.with_name(self.output.name + ".labels.json")
 
-    def weight(self, tag: str) -> float:
-        return self.head_weights.get(tag, 1.0)
+    def weight(self, head: str) -> float:
+        return self.head_weights.get(head, 1.0)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(PhotoTrainingConfig):
+    """Settings of a pretext run: the photos' plus how the heads are built and ranked."""
+
+    ranking_loss: RankingLoss = "fidelity"
+    min_class_count: int = 3
 
 
 def main_first(dist: Distributed, work: Callable[[], T]) -> T:
