@@ -77,6 +77,8 @@ class PreparedImage:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     decode_ms: float = 0.0
+    #: the decoded pixels, when asked for (``explain`` draws on them: no second decode)
+    pixels: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,11 @@ class TileSettings:
     faces: FaceSettings | None = None
 
 
-def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
-    """Hash, decode and tile one file; never raises (errors go in the record)."""
+def prepare_image(path: str | Path, settings: TileSettings,
+                  keep_pixels: bool = False) -> PreparedImage:
+    """Hash, decode and tile one file; never raises (errors go in the record).
+    ``keep_pixels`` keeps the decoded pixels in the record (a scan's records cross
+    process boundaries, so it keeps only the tiles)."""
     started = time.perf_counter()
     record = PreparedImage(path=str(path))
     try:
@@ -120,6 +125,8 @@ def prepare_image(path: str | Path, settings: TileSettings) -> PreparedImage:
         record.format, record.width, record.height = image.format, image.width, image.height
         record.notes = list(image.notes)
         pixels = image.pixels
+        if keep_pixels:
+            record.pixels = pixels
         if settings.faces is not None:
             record.faces = prepare_faces(pixels, settings.faces, settings)
         if _processes(settings):

@@ -15,7 +15,6 @@ from ..calibration import Calibration
 from ..detectors import Detector, Judgement
 from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
-from ..patches import load_image
 from ..provenance import read_provenance
 from ..scanning import NO_FACE, capped, judge_face, most_suspicious_face
 from .consistency import PretextReader
@@ -47,7 +46,7 @@ class Explainer:
 
     def explain(self, path: Path, heatmap: Path) -> dict[str, Any]:
         """The case of one file; an unreadable file gives a case with ``error``."""
-        prepared = prepare_image(path, self.tiles)
+        prepared = prepare_image(path, self.tiles, keep_pixels=True)
         case = unexplained_case(path, prepared.error)
         case |= {"sha256": prepared.sha256, "size": prepared.size, "format": prepared.format,
                  "width": prepared.width, "height": prepared.height,
@@ -57,7 +56,7 @@ class Explainer:
         judgement = self.detector.judge(prepared.tiles)
         case["verdict"] = {**self.verdict(judgement, prepared.notes),
                            "patches": len(prepared.tiles)}
-        pixels = load_image(path, self.tiles.limits).pixels  # once, for every drawing
+        pixels = prepared.pixels  # the pixels judged, for every drawing
         case["heatmap"] = self.where(pixels, path, heatmap)
         case["camera_traces"] = self.camera(prepared.tiles, path)
         if self.face_detector is not None:
