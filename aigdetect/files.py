@@ -74,7 +74,7 @@ def walk_folder(
     def report(error: OSError) -> None:
         on_problem(str(error.filename or folder), f"cannot read folder: {error.strerror}")
 
-    def inside(path: str) -> bool:
+    def may_follow(path: str) -> bool:
         if not os.path.islink(path):
             return True
         target = os.path.realpath(path)
@@ -91,7 +91,7 @@ def walk_folder(
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if inside(os.path.join(root, d)))
+        dirs[:] = sorted(d for d in dirs if may_follow(os.path.join(root, d)))
         for name in sorted(names):
             if has_extension(name, extensions):
                 yield Path(root) / name
