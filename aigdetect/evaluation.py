@@ -287,5 +287,11 @@ def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> 
              title="aigdetect ROC (AI = positive)", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    figure.savefig(output, dpi=120)
+    fmt = Path(output).suffix.lstrip(".").lower() or "png"
+    if fmt not in figure.canvas.get_supported_filetypes():
+        plt.close(figure)
+        raise ValueError(f"unknown image format {fmt!r}")
+    # a new file only, created here: never through a link made while scoring ran
+    with open(output, "xb") as handle:
+        figure.savefig(handle, format=fmt, dpi=120)
     plt.close(figure)

@@ -11,12 +11,12 @@ its loss, and the photo is still used for every other tag.
 from __future__ import annotations
 
 import math
-import os
 import re
 import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
@@ -150,18 +150,21 @@ class ExifLabels:
 def read_raw_exif(path: str | Path) -> dict[str, Any]:
     """Return EXIF tags by name (IFD0 and Exif sub-IFD), or ``{}`` if there are none.
 
-    piexif reads JPEG, TIFF and WebP directly and keeps rationals exact; Pillow's
-    reader is the fallback for what piexif cannot parse (PNG eXIf chunks, MPO,
-    damaged APP1 segments). The file is only ever opened for reading.
+    Pillow finds the EXIF block in any container (JPEG, MPO, WebP, a PNG's eXIf chunk,
+    a TIFF's own directory) and parses it; piexif parses the block again where it is
+    sound (see :func:`plausible_exif`) and keeps rationals exact. The file is only
+    ever opened for reading.
     """
     try:
-        raw = _read_with_piexif(path)
+        pillow, block = _read_with_pillow(path)
     except Exception:
-        raw = None
-    try:
-        pillow = _read_with_pillow(path)
-    except Exception:
-        pillow = {}
+        pillow, block = {}, None
+    raw = None
+    if block is not None and plausible_exif(block):
+        try:
+            raw = _read_with_piexif(block)
+        except Exception:
+            raw = None
     if raw is None:
         return pillow
     # piexif assumes every ASCII value ends in NUL and drops the last byte, so a
@@ -173,8 +176,8 @@ def read_raw_exif(path: str | Path) -> dict[str, Any]:
 _TEXT_TAGS = ("Make", "Model")
 
 
-def _read_with_piexif(path: str | Path) -> dict[str, Any]:
-    data = piexif.load(str(path))
+def _read_with_piexif(block: bytes) -> dict[str, Any]:
+    data = piexif.load(block)
     raw: dict[str, Any] = {}
     for ifd in ("0th", "Exif"):
         for tag, value in data.get(ifd, {}).items():
@@ -186,19 +189,65 @@ def _read_with_piexif(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def _read_with_pillow(path: str | Path) -> dict[str, Any]:
+def _read_with_pillow(path: str | Path) -> tuple[dict[str, Any], bytes | None]:
+    """Tags by name, and the raw EXIF block (``Exif`` header + TIFF data) where the
+    container holds one (a TIFF file's directory is the file itself: None)."""
     with open(path, "rb") as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns on damaged EXIF; we mask what it misses
         with Image.open(handle, formats=image_formats()) as image:
             if image.format == "PNG":  # getexif() would decode the pixels to find eXIf
+                block = png_metadata(handle).exif
                 exif = Image.Exif()
-                exif.load(png_metadata(handle).exif or b"")
+                exif.load(block or b"")
             else:
+                block = image.info.get("exif")
                 exif = image.getexif()
             raw: dict[str, Any] = {ExifTags.TAGS.get(t, str(t)): v for t, v in exif.items()}
             sub = exif.get_ifd(ExifTags.IFD.Exif)
             raw.update({ExifTags.TAGS.get(t, str(t)): v for t, v in sub.items()})
-    return raw
+    if isinstance(block, bytes) and not block.startswith(b"Exif\x00\x00"):
+        block = b"Exif\x00\x00" + block  # WebP's chunk holds the TIFF data alone
+    return raw, block if isinstance(block, bytes) else None
+
+
+#: Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ...).
+_TIFF_UNIT = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+#: Tags whose value points to another directory (Exif, GPS, Interoperability).
+_IFD_POINTERS = (0x8769, 0x8825, 0xA005)
+
+
+def plausible_exif(block: bytes) -> bool:
+    """Whether every directory entry of an EXIF block fits inside it.
+
+    piexif builds a struct format of one character per declared value before it
+    reads any, so a tag declaring 2^29 values in a 2 KB file costs gigabytes; such a
+    block is left to Pillow, which checks the data is there first."""
+    tiff = block[6:]
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return False
+    order = "<" if tiff[:2] == b"II" else ">"
+    pending, seen = [struct.unpack_from(order + "L", tiff, 4)[0]], set()
+    while pending:
+        offset = pending.pop()
+        if offset in seen or offset == 0:
+            continue
+        seen.add(offset)
+        if offset + 2 > len(tiff):
+            return False
+        (entries,) = struct.unpack_from(order + "H", tiff, offset)
+        end = offset + 2 + 12 * entries
+        if end > len(tiff):
+            return False
+        for index in range(entries):
+            tag, kind, count, value = struct.unpack_from(order + "HHLL", tiff,
+                                                         offset + 2 + 12 * index)
+            if count * _TIFF_UNIT.get(kind, 1) > len(tiff):
+                return False
+            if tag in _IFD_POINTERS:
+                pending.append(value)
+        if end + 4 <= len(tiff):  # the next directory (a thumbnail's); some writers omit it
+            pending.append(struct.unpack_from(order + "L", tiff, end)[0])
+    return True
 
 
 @dataclass
@@ -216,7 +265,8 @@ def png_metadata(handle: BinaryIO) -> PngMetadata:
     decoding it, so a few kilobytes declaring 40000 x 40000 pixels would take
     gigabytes just to show its metadata. Here Pillow's own chunk reader (with its
     limits on decompressed text) walks the file and seeks past the image data. A
-    damaged file gives what was read before the damage.
+    chunk Pillow refuses (text that inflates past its limit) is skipped; a damaged
+    file gives what was read before the damage.
     """
     handle.seek(8)  # past the PNG signature
     stream = PngImagePlugin.PngStream(handle)
@@ -226,10 +276,10 @@ def png_metadata(handle: BinaryIO) -> PngMetadata:
             if cid == b"IEND":
                 break
             if cid in (b"tEXt", b"zTXt", b"iTXt", b"eXIf"):
-                stream.call(cid, pos, length)
-                handle.seek(4, os.SEEK_CUR)  # the chunk's CRC
-            else:
-                handle.seek(length + 4, os.SEEK_CUR)
+                # a chunk Pillow refuses ("Decompressed data too large"): on to the next
+                with suppress(ValueError):
+                    stream.call(cid, pos, length)
+            handle.seek(pos + length + 4)  # past the data and its CRC
     except (EOFError, OSError, SyntaxError, ValueError, struct.error):
         pass
     exif = stream.im_info.get("exif")

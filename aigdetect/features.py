@@ -19,6 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .patches import (
     jpeg_decoder,
     load_image,
 )
+from .provenance import read_provenance
 
 #: Smallest conv batch. oneDNN picks other kernels for batches of 1 or 3 tiles,
 #: whose float rounding differs; padding every chunk to at least this many tiles
@@ -79,6 +81,8 @@ class PreparedImage:
     decode_ms: float = 0.0
     #: the decoded pixels, when asked for (``explain`` draws on them: no second decode)
     pixels: np.ndarray | None = None
+    #: ``TileSettings.provenance``: what the file's metadata says
+    provenance: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class TileSettings:
     #: in face mode it is applied to each face crop, the unit that is judged
     processing: Processing | None = None
     faces: FaceSettings | None = None
+    #: also read the file's metadata (``scan --provenance``), in the decoding worker so
+    #: that ``--timeout`` bounds it too
+    provenance: bool = False
 
 
 def prepare_image(path: str | Path, settings: TileSettings,
@@ -142,6 +149,10 @@ def prepare_image(path: str | Path, settings: TileSettings,
         record.error = f"cannot read file: {error.strerror or error}"
     except Exception as error:  # a bug in a decoder must not end a batch
         record.error = f"unexpected {type(error).__name__}: {error}"
+    if os.path.islink(path):  # the record names the link; what was read is its target
+        record.notes.insert(0, f"a symlink to {os.path.realpath(path)}: that file was read")
+    if settings.provenance:
+        record.provenance = read_provenance(path, settings.limits.max_decode_mb * 1_000_000)
     record.decode_ms = (time.perf_counter() - started) * 1000
     return record
 

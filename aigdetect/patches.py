@@ -251,8 +251,11 @@ def _decode(handle: BinaryIO, image: Image.Image) -> tuple[np.ndarray | None, li
         return pixels, []
     try:
         image.load()
-    except OSError as error:
-        if "truncated" not in str(error).lower():
+    except (OSError, ValueError) as error:
+        if not image.tile:  # Pillow empties it once every pixel is decoded
+            return None, [f"unreadable metadata after the image data ({error}); the pixels "
+                          "are whole"]
+        if isinstance(error, ValueError) or "truncated" not in str(error).lower():
             raise
         _load_truncated(image)
         return None, [f"damaged: the file ends early ({error}); what is missing is "
@@ -439,16 +442,32 @@ def recompressed_tiles(tiles: np.ndarray, quality: int) -> np.ndarray:
     return np.ascontiguousarray(decoded.reshape(size, count, size, 3).transpose(1, 3, 0, 2))
 
 
+#: Longest side an upscaled image may reach (:func:`ensure_min_size`): a 1 x 1,000,000
+#: PNG of a few kilobytes would otherwise become 64 x 64,000,000 pixels.
+MAX_UPSCALED_SIDE = 16_384
+
+
 def ensure_min_size(pixels: np.ndarray, size: int, notes: list[str] | None = None) -> np.ndarray:
     """Upscale an image whose shorter side is under ``size`` so one patch fits.
 
     This is the one place we resample, as the reference does: such a tiny image
-    carries little camera trace either way, and scoring it beats refusing it.
+    carries little camera trace either way, and scoring it beats refusing it. A
+    very thin image keeps the centre of its long side only, so that the upscaled
+    one stays within ``MAX_UPSCALED_SIDE``: the decoding limits were checked on the
+    stored size, and resampling must not get round them.
     """
     height, width = pixels.shape[:2]
     if min(height, width) >= size:
         return pixels
     scale = size / min(height, width)
+    keep = max(1, int(MAX_UPSCALED_SIDE / scale))
+    if max(height, width) > keep:
+        top, left = max(0, (height - keep) // 2), max(0, (width - keep) // 2)
+        pixels = pixels[top:top + keep, left:left + keep]
+        if notes is not None:
+            notes.append(f"{width}x{height} is too thin to upscale whole: the centre "
+                         f"{keep} px of its long side kept")
+        height, width = pixels.shape[:2]
     new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
     if notes is not None:
         notes.append(f"smaller than one {size}px patch: upscaled from {width}x{height}")

@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from .exif import labels_from_raw, png_metadata, read_raw_exif, to_text
-from .patches import image_formats
+from .patches import DEFAULT_MAX_DECODE_MB, image_formats
 
 CAVEAT = "metadata can be stripped or forged: a lead, not proof"
 #: Bytes of a file searched for an XMP packet (XMP sits near the start in JPEG, PNG, WebP).
@@ -67,12 +67,14 @@ _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": 
          "BMP": "image/bmp"}
 
 
-def read_provenance(path: str | Path) -> dict[str, Any]:
+def read_provenance(path: str | Path,
+                    max_bytes: int = DEFAULT_MAX_DECODE_MB * 1_000_000) -> dict[str, Any]:
     """Every metadata finding of one file (never raises: a reader that fails says so).
 
-    Only a regular file is opened: a FIFO or a device named like an image would
-    block the reader (and the batch) for ever."""
-    regular = os.path.isfile(path)
+    Only a regular file of at most ``max_bytes`` is opened (``--max-decode-mb``): a
+    FIFO or a device named like an image would block the reader (and the batch)
+    for ever, and some readers take a file whole."""
+    regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes
     container, text = _container(path) if regular else (None, {})
     raw_exif = read_raw_exif(path) if regular else {}
     generator_text = generator_chunks(text)
@@ -81,8 +83,9 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
         "caveat": CAVEAT,
         "container": container,
         "c2pa": read_c2pa(path, container) if regular else {
-            "status": "absent", "note": "not a regular file: not read"},
-        "digital_source_type": digital_source_types(path) if regular else [],
+            "status": "absent", "note": "not a regular file, or over --max-decode-mb: not read"},
+        "digital_source_type": list(dict.fromkeys(
+            (digital_source_types(path) if regular else []) + xmp_source_types(text))),
         "generator_text": generator_text,
         "software": software,
         "camera_exif": camera_summary(raw_exif, container, generator_text, software),
@@ -146,6 +149,16 @@ def digital_source_types(path: str | Path) -> list[str]:
     for packet in xmp_packets(data):
         found += [m.decode("ascii") for m in _SOURCE_TYPE.findall(packet)]
     return list(dict.fromkeys(found))
+
+
+def xmp_source_types(text: dict[str, str]) -> list[str]:
+    """Digital source types in XMP held by a PNG's text chunks: an iTXt chunk may be
+    compressed, where a search of the raw bytes cannot see it."""
+    found = []
+    for value in text.values():
+        for packet in xmp_packets(value.encode("utf-8", "replace")):
+            found += [m.decode("ascii") for m in _SOURCE_TYPE.findall(packet)]
+    return found
 
 
 def xmp_packets(data: bytes) -> Iterator[bytes]:

@@ -72,6 +72,7 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
         mtime_ns=prepared.mtime_ns, format=prepared.format, width=prepared.width,
         height=prepared.height, notes=prepared.notes,
         error=prepared.error, model=identity, detector=detector.name,
+        provenance=prepared.provenance,
     )
     if prepared.tiles is not None:
         try:

@@ -21,6 +21,7 @@ from aigdetect.exif import (
     labels_from_raw,
     normalise_make,
     normalise_model,
+    plausible_exif,
     read_labels,
     read_raw_exif,
     to_number,
@@ -470,3 +471,31 @@ def test_real_photos_make_and_model_match_manifest(shared_manifest):
         if row.get("Model") and labels.model != normalise_model(row["Model"].split("\x00")[0]):
             wrong.append((row["path"], row["Model"], labels.model))
     assert not wrong
+
+
+def test_a_tag_declaring_millions_of_values_never_reaches_piexif(tmp_path, monkeypatch):
+    """piexif builds a struct format of one character per declared value before it
+    reads: 2^24 SHORTs in a 2 KB file cost half a gigabyte. Pillow reads such a block
+    (it checks the data is there); the sound tags still come through."""
+    from PIL import Image
+
+    entries = struct.pack("<H", 2)
+    entries += struct.pack("<HHI", piexif.ImageIFD.Make, 2, 4) + b"Sony"
+    entries += struct.pack("<HHII", 0x0132, 3, 2**24, 8)  # a SHORT tag claiming 2^24 values
+    blob = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + entries + struct.pack("<I", 0)
+    path = tmp_path / "claims.jpg"
+    Image.new("RGB", (16, 16)).save(path, exif=blob)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("piexif was handed an implausible block")
+
+    monkeypatch.setattr(piexif, "load", refuse)
+    assert read_raw_exif(path)["Make"] == "Sony"
+    assert not plausible_exif(blob)
+
+
+def test_plausible_exif_accepts_what_cameras_write() -> None:
+    assert plausible_exif(piexif.dump({"0th": {}}))
+    assert plausible_exif(piexif.dump({"0th": {piexif.ImageIFD.Make: b"Canon"},
+                                       "Exif": {piexif.ExifIFD.ISOSpeedRatings: 100}}))
+    assert not plausible_exif(b"Exif\x00\x00junk")

@@ -186,6 +186,12 @@ def test_outputs_never_inside_the_evidence_nor_over_a_file(tmp_path: Path) -> No
     taken = new_file(tmp_path, 1, photo)
     taken.write_bytes(b"x")
     assert new_file(tmp_path, 1, photo) != taken
+    dangling = new_file(tmp_path, 1, photo)
+    dangling.symlink_to(tmp_path / "nowhere.png")  # would be written through
+    assert new_file(tmp_path, 1, photo) not in (taken, dangling)
+    long_name = invoke(runner, ["explain", photo, "--html", tmp_path / ("a" * 300 + ".html"),
+                                "-o", tmp_path / "o2"])
+    assert long_name.exit_code == EXIT_USAGE and "File name too long" in long_name.stderr
 
 
 def test_missing_input_is_a_case_and_the_report_may_go_in_the_new_folder(

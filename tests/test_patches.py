@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from aigdetect.patches import (
+    MAX_UPSCALED_SIDE,
     DecodedImage,
     DecodeLimits,
     ImageReadError,
@@ -252,6 +254,34 @@ def test_tiny_image_upscaled_to_one_tile():
     assert tiles.shape == (1, 3, 64, 64)
     assert tile_count(30, 20, 64) == 1
     assert random_crops(pixels, 3, 64, np.random.default_rng(0)).shape == (3, 3, 64, 64)
+
+
+def test_a_thin_image_is_not_upscaled_past_the_limits():
+    """1 x 1,000,000 pixels is a few kilobytes as a PNG; upscaled whole to 64 px it
+    would need 12 GB. The centre of its long side is kept instead (noted)."""
+    notes: list[str] = []
+    bigger = ensure_min_size(np.zeros((1, 1_000_000, 3), np.uint8), 64, notes)
+    assert bigger.shape == (64, MAX_UPSCALED_SIDE, 3)
+    assert "too thin to upscale whole" in notes[0]
+
+
+def test_unreadable_metadata_after_the_pixels_is_not_damage(tmp_path):
+    """A bad chunk after a PNG's image data: the pixels are whole, so the file is
+    scored as it is (no "damaged:" note, which would cap the verdict)."""
+    pixels = random_rgb(40, 40)
+    plain = tmp_path / "plain.png"
+    Image.fromarray(pixels).save(plain)
+    data = plain.read_bytes()
+    end = data.rfind(b"IEND") - 4
+    bad = tmp_path / "bad-chunk.png"
+    bad.write_bytes(data[:end] + struct.pack(">I", 10**6) + b"tEXtabc" + data[end:])
+    loaded = load_image(bad)
+    np.testing.assert_array_equal(loaded.pixels, pixels)
+    assert loaded.notes and "the pixels are whole" in loaded.notes[0]
+    assert not any(note.startswith("damaged:") for note in loaded.notes)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])  # pixel data missing: still damaged
+    assert load_image(cut).notes[0].startswith("damaged:")
 
 
 def test_ensure_min_size_leaves_large_images_alone():

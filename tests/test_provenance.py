@@ -149,6 +149,24 @@ def test_png_metadata_after_the_pixels_is_read_without_decoding_them(
     assert found["camera_exif"]["status"] == "inconsistent"  # camera tags in a PNG
 
 
+def test_a_text_chunk_too_large_to_inflate_is_skipped_not_the_rest(tmp_path: Path) -> None:
+    """A zTXt chunk inflating to 200 MB (Pillow refuses it) must not hide the chunks
+    after it, nor the XMP of a compressed iTXt chunk, which no byte search can see."""
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", XMP.decode(), zip=True)
+    path = tmp_path / "chunks.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(path, pnginfo=info)
+    data = path.read_bytes()
+    end = data.rfind(b"IEND") - 4
+    bomb = b"junk\x00\x00" + zlib.compress(b"a" * (200 * 1024 * 1024))
+    after = b"parameters\x00a lighthouse\nSteps: 30"
+    path.write_bytes(data[:end] + png_chunk(b"zTXt", bomb) + png_chunk(b"tEXt", after)
+                     + data[end:])
+    found = read_provenance(path)
+    assert [c["chunk"] for c in found["generator_text"]] == ["parameters"]
+    assert found["digital_source_type"] == ["trainedAlgorithmicMedia"]
+
+
 def test_a_fifo_named_like_an_image_is_not_opened(tmp_path: Path) -> None:
     """Opening a FIFO blocks until something writes to it: the batch would hang."""
     fifo = tmp_path / "pipe.jpg"
@@ -160,7 +178,7 @@ def test_a_fifo_named_like_an_image_is_not_opened(tmp_path: Path) -> None:
     reader.join(timeout=30)
     assert results, "read_provenance blocked on a FIFO"
     assert results[0]["container"] is None
-    assert results[0]["c2pa"]["note"] == "not a regular file: not read"
+    assert results[0]["c2pa"]["note"].startswith("not a regular file")
 
 
 def test_xmp_packets_are_found_in_linear_time() -> None:

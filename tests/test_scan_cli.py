@@ -528,6 +528,24 @@ def test_symlink_loop_reported_once(runner, images, tmp_path) -> None:
     assert result.exit_code in (3, 4)
 
 
+def test_a_linked_file_is_read_and_its_target_named(runner, images, tmp_path) -> None:
+    """A folder of links is scanned (sets are built that way), and each record says
+    which file was really read: the link's name alone would misattribute it."""
+    outside = tmp_path / "elsewhere" / "real.jpg"
+    outside.parent.mkdir()
+    outside.write_bytes(images["good"][0].read_bytes())
+    folder = tmp_path / "case"
+    folder.mkdir()
+    os.symlink(outside, folder / "evidence.jpg")
+    os.symlink(outside.parent, folder / "linked-folder")
+    result = invoke(runner, ["scan", folder, "-f", "json", *FAST])
+    records = {Path(r["path"]).name: r for r in parse_json_stdout(result.stdout)["results"]}
+    assert records["evidence.jpg"]["verdict"] != "error"
+    assert f"a symlink to {outside.resolve()}" in records["evidence.jpg"]["notes"][0]
+    assert records["linked-folder"]["verdict"] == "error"
+    assert "leads outside the input folder" in records["linked-folder"]["error"]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
 def test_named_pipe_is_an_error_record_not_a_hang(runner, tmp_path) -> None:
     pipe = tmp_path / "evidence.jpg"

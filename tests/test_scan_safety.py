@@ -101,6 +101,20 @@ def test_a_folder_searched_by_a_glob_or_listed_on_stdin_is_an_input_folder(
     assert not out.exists()
 
 
+def test_results_beside_the_files_named_need_force(runner, tmp_path) -> None:
+    """`find case -print0 | aigdetect scan -0 - -o case/results.jsonl`, or a shell glob:
+    no folder is named, yet the results would land among the evidence."""
+    folder = tmp_path / "case"
+    photos = make_good_folder(folder, count=2)
+    out = folder / "results.jsonl"
+    listed = "\0".join(str(p) for p in photos)
+    refused = invoke(runner, ["scan", "-0", "-", "-f", "jsonl", "-o", out, *FAST], input=listed)
+    assert refused.exit_code == EXIT_USAGE
+    assert "lies beside the files it scans" in refused.stderr and not out.exists()
+    forced = invoke(runner, ["scan", *photos, "-f", "jsonl", "-o", out, "--force", *FAST])
+    assert forced.exit_code in (0, 1) and len(read_jsonl(out)) == len(photos)
+
+
 def test_an_output_name_too_long_is_a_usage_error(runner, good, tmp_path) -> None:
     result = invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", tmp_path / ("R" * 300),
                              *FAST])
@@ -190,7 +204,8 @@ def test_resume_refuses_a_file_that_is_not_results(runner, good, tmp_path) -> No
 
 def test_resume_verify_hash_rescans_altered_content(runner, good, tmp_path) -> None:
     photo = Path(shutil.copy(good[0], tmp_path / "photo.jpg"))
-    out = tmp_path / "results.jsonl"
+    out = tmp_path / "results" / "results.jsonl"  # results never beside the evidence
+    out.parent.mkdir()
     invoke(runner, ["scan", photo, "-f", "jsonl", "-o", out, *FAST])
     # same size, same mtime, other bytes: only the hash can tell
     stat = photo.stat()
@@ -209,7 +224,8 @@ def test_resume_verify_hash_rescans_altered_content(runner, good, tmp_path) -> N
 def test_resume_keeps_exit_code_of_recorded_files(runner, tmp_path) -> None:
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    out = tmp_path / "results.jsonl"
+    out = tmp_path / "results" / "results.jsonl"  # results never beside the evidence
+    out.parent.mkdir()
     first = invoke(runner, ["scan", empty, tmp_path / "gone.jpg", "-f", "jsonl", "-o", out,
                             *FAST])
     assert first.exit_code == 3

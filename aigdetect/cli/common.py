@@ -94,6 +94,12 @@ BATCH_OPTION = typer.Option(256, min=8, help="Tiles per forward pass: memory and
 
 
 # The labelled training data of the supervised detectors (train --binary, fit-residual).
+TIMEOUT_OPTION = typer.Option(
+    120.0, "--timeout", min=0.001,
+    help="Seconds one file may take to decode before it is stopped and recorded as an "
+    "error (not enforced with --workers 0).")
+
+
 def real_folders_option(prefix: str = "") -> Any:
     return typer.Option([], "--real", exists=True, file_okay=False, help=f"{prefix}folder of "
                         "real photos, repeatable. Put processed photos (resized, "
@@ -236,7 +242,13 @@ def check_new_file(path: Path, option: str, folders: Iterable[Path],
                    output_dir: Path | None = None) -> None:
     """A report file must be new, outside the evidence, and in an existing folder or
     in ``output_dir`` (a folder the command creates before the report is written)."""
-    if path.exists() or path.is_symlink():
+    try:
+        os.lstat(path)  # a dangling symlink counts: it would be written through
+    except FileNotFoundError:
+        pass
+    except OSError as error:  # e.g. a name longer than the file system allows
+        fail(f"cannot write {option} {path}: {error.strerror}")
+    else:
         fail(f"{option} {path} already exists; it is never replaced",
              "give a new file name")
     parent = Path(os.path.abspath(path)).parent

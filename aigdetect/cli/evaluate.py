@@ -22,7 +22,7 @@ from ..evaluation import (
 from ..files import parse_extensions
 from ..labelled import labelled_files
 from ..patches import CONDITIONS
-from ..report import write_evaluation
+from ..report import printable, write_evaluation
 from ..scanning import ScanRecord, scan
 from .common import (
     ALIGNED_OPTION,
@@ -33,6 +33,7 @@ from .common import (
     FACES_OPTION,
     MODEL_OPTION,
     PATCHES_OPTION,
+    TIMEOUT_OPTION,
     WORKERS_OPTION,
     LoadedDetector,
     check_face_options,
@@ -73,6 +74,7 @@ def evaluate_command(
     device: str = DEVICE_OPTION,
     batch_size: int = BATCH_OPTION,
     workers: int = WORKERS_OPTION,
+    timeout: float = TIMEOUT_OPTION,
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
     faces: bool = FACES_OPTION,
@@ -123,9 +125,9 @@ def evaluate_command(
     runs = 1 if compared is None else 2
     with progress_bar(runs * sum(len(g.paths) for g in groups), "evaluating",
                       disable=quiet) as advance:
-        results = score_groups(groups, loaded, workers, advance)
+        results = score_groups(groups, loaded, workers, timeout, advance)
         baseline_results = None if compared is None else score_groups(
-            groups, compared, workers, advance)
+            groups, compared, workers, timeout, advance)
     rows = evaluate_groups(results)
     calibration = judge.calibration
     name = f"faces:{judge.name}" if faces else judge.name
@@ -146,17 +148,18 @@ def evaluate_command(
             plot_roc(results, plot)
         except (RuntimeError, OSError, ValueError) as error:
             fail(f"--plot {plot}: {error}")
-        err.print(f"ROC curves written to {plot}")
+        err.print(f"ROC curves written to {printable(str(plot))}", markup=False)
 
 
 def score_groups(groups: list[LabelledSet], loaded: LoadedDetector, workers: int,
-                 advance: Callable[[int], None]) -> dict[str, tuple[str, list[ScanRecord]]]:
+                 timeout: float, advance: Callable[[int], None]
+                 ) -> dict[str, tuple[str, list[ScanRecord]]]:
     """Every group's scan records by one detector: group name -> (label, records)."""
     results = {}
     for group in groups:
         records = []
         for record in scan(group.paths, loaded.detector, loaded.identity, loaded.tiles,
-                           workers, face_detector=loaded.face_detector):
+                           workers, timeout=timeout, face_detector=loaded.face_detector):
             records.append(record)
             advance(1)
         results[group.name] = (group.label, records)

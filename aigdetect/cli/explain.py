@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections import Counter
@@ -148,7 +149,7 @@ def new_file(folder: Path, index: int, image: Path) -> Path:
     for attempt in range(1000):
         suffix = f"-{attempt}" if attempt else ""
         path = folder / f"{index:03d}-{stem}{suffix}.heatmap.png"
-        if not path.exists():
+        if not os.path.lexists(path):  # a dangling link is taken too: never written through
             return path
     fail(f"{folder} holds too many heat maps of {image.name}", "give another -o DIR")
 

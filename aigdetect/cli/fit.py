@@ -122,7 +122,7 @@ def fit_gmm_command(
         except (DensityError, CheckpointError, ValueError, OSError) as error:
             fail(str(error))
     for path, error in list(folder.errors.items())[:5]:
-        err.print(f"[yellow]skipped[/] {path}: {error}")
+        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(error)}")
     info = density.info
     unit = f"faces of {len(set(folder.paths))} photos" if faces else "photos"
     err.print(
@@ -222,7 +222,7 @@ def calibrate_command(
               f"unreadable; {', '.join(processings)}) at {fpr:.1%} FPR: thresholds "
               f"{thresholds}; {weighting}; default "
               f"detector {written['default']}. Wrote {folder}/calibration.json and "
-              "detector.json")
+              "detector.json", markup=False, highlight=False)
 
 
 def fit_residual_command(
@@ -292,7 +292,8 @@ def fit_residual_command(
               f"({model.provenance['unreadable']} unreadable) in "
               f"{len(model.provenance['groups'])} groups; validation AUC (matched processing) "
               f"{'n/a' if auc is None else f'{auc:.3f}'} on {validation['images']} held-out "
-              f"images. Wrote {output / RESIDUAL_FILE}; {next_step(output)}")
+              f"images. Wrote {output / RESIDUAL_FILE}; {next_step(output)}", markup=False,
+              highlight=False)
 
 
 def next_step(folder: Path) -> str:

@@ -8,7 +8,7 @@ import socket
 import sys
 from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -20,7 +20,6 @@ from .. import __version__
 from ..detectors import Detector
 from ..files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe
 from ..patches import DEFAULT_MAX_DECODE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, DecodeLimits
-from ..provenance import read_provenance
 from ..report import (
     FORMATS,
     VERDICTS,
@@ -51,6 +50,7 @@ from .common import (
     FACES_OPTION,
     MODEL_OPTION,
     PATCHES_OPTION,
+    TIMEOUT_OPTION,
     WORKERS_OPTION,
     LoadedDetector,
     check_face_options,
@@ -75,10 +75,6 @@ MAX_DECODE_OPTION = typer.Option(
 MAX_SCANS_OPTION = typer.Option(
     DEFAULT_MAX_SCANS, "--max-scans", min=1,
     help="Refuse a progressive JPEG with more scans than this (each re-decodes the image).")
-TIMEOUT_OPTION = typer.Option(
-    120.0, "--timeout", min=0.001,
-    help="Seconds one file may take to decode before it is stopped and recorded as an "
-    "error (not enforced with --workers 0).")
 
 
 def check_scan_options(output_format: str, output: Path | None, threshold: float | None,
@@ -132,6 +128,9 @@ def check_output(output: Path, searched: list[Path], files: list[Path], force: b
         if inside is not None:
             fail(f"--output {output} is inside the input folder {inside}",
                  "write results outside the evidence (or --force)")
+        if target.parent.resolve() in {Path(os.path.abspath(f)).parent.resolve() for f in files}:
+            fail(f"--output {output} lies beside the files it scans (e.g. from a list on "
+                 "stdin, or a shell glob)", "write results outside the evidence (or --force)")
     try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
         holds_results = target.is_file()
     except OSError as error:  # e.g. a name longer than the file system allows
@@ -315,6 +314,8 @@ def scan_command(
         loaded = load_detector(model, detector_name, device, patches, batch_size, limits)
         if faces:
             loaded = with_faces(loaded, face_model, device, batch_size, aligned)
+        if provenance:  # read in the decoding workers, under --timeout
+            loaded = replace(loaded, tiles=replace(loaded.tiles, provenance=True))
         for detector in (loaded.detector, loaded.face_detector):
             if fpr is not None and detector is not None:
                 detector.calibration.set_fpr(fpr)
@@ -345,8 +346,6 @@ def scan_command(
                 closing(scan(files, loaded.detector, loaded.identity, loaded.tiles, workers,
                              threshold, timeout, loaded.face_detector)) as results:
             for record in results:
-                if provenance:
-                    record.provenance = read_provenance(record.path)
                 with interrupt_deferred():  # a record is kept and counted, or neither
                     tally.add(record.verdict)
                     if streaming:

@@ -68,8 +68,9 @@ def verdict_table(verdict: dict[str, Any]) -> Table:
 
 def faces_table(faces: dict[str, Any]) -> Table:
     """``explain --faces``: one row per face, numbered as in the drawing."""
-    table = Table(title=f"Faces ({faces['detector']}): image verdict {faces['verdict']}; "
-                  f"boxes drawn in {faces['file']}", title_justify="left")
+    table = Table(title=Text(printable(f"Faces ({faces['detector']}): image verdict "
+                                       f"{faces['verdict']}; boxes drawn in {faces['file']}")),
+                  title_justify="left")
     for column in ("#", "box x, y, w, h", "score", "verdict", "real pct", "tiles"):
         table.add_column(column)
     for number, face in enumerate(faces["faces"], start=1):
