@@ -144,10 +144,15 @@ def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedI
             handle.seek(0)
             with _open(handle) as image:
                 check_limits(image, handle, limits)
-                notes = _frames_notes(image)
+                # what Pillow warns of while reading the header is about metadata
+                # (a malformed MPF or EXIF segment), not the pixels: noted, never capping
+                header = len(caught)
+                notes = _frames_notes(image) + [
+                    f"metadata: {message}"
+                    for message in dict.fromkeys(_pillow_warnings(caught[:header]))]
                 with decoder_output() as printed:
                     pixels, cut_short = _decode(handle, image)
-                notes += damage_notes(_pillow_warnings(caught), printed) + cut_short
+                notes += damage_notes(_pillow_warnings(caught[header:]), printed) + cut_short
                 if pixels is None:
                     pixels = _to_rgb8(image, notes)
                 return DecodedImage(pixels, image.format, image.size[0], image.size[1], notes)

@@ -284,6 +284,22 @@ def test_unreadable_metadata_after_the_pixels_is_not_damage(tmp_path):
     assert load_image(cut).notes[0].startswith("damaged:")
 
 
+def test_malformed_metadata_in_a_jpeg_header_is_noted_not_damage(tmp_path):
+    """Pillow warns of a malformed MPF segment while reading the header: 30 bytes of
+    metadata, the pixels whole. Noted as metadata, so the verdict is not capped."""
+    pixels = random_rgb(64, 64)
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(pixels).save(plain, quality=90)
+    data = plain.read_bytes()
+    payload = b"MPF\x00II*\x00\x08\x00\x00\x00" + b"\xff" * 18
+    segment = b"\xff\xe2" + struct.pack(">H", len(payload) + 2) + payload
+    odd = tmp_path / "mpf.jpg"
+    odd.write_bytes(data[:2] + segment + data[2:])
+    loaded = load_image(odd)
+    np.testing.assert_array_equal(loaded.pixels, load_image(plain).pixels)
+    assert loaded.notes and all(note.startswith("metadata: ") for note in loaded.notes)
+
+
 def test_ensure_min_size_leaves_large_images_alone():
     pixels = random_rgb(64, 80)
     assert ensure_min_size(pixels, 64) is pixels
