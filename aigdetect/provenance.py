@@ -74,7 +74,7 @@ def read_provenance(path: str | Path,
     Only a regular file of at most ``max_bytes`` is opened (``--max-decode-mb``): a
     FIFO or a device named like an image would block the reader (and the batch)
     for ever, and some readers take a file whole."""
-    regular = os.path.isfile(path) and os.path.getsize(path) <= max_bytes
+    regular = _small_regular_file(path, max_bytes)
     container, text = _container(path) if regular else (None, {})
     raw_exif = read_raw_exif(path) if regular else {}
     generator_text = generator_chunks(text)
@@ -92,6 +92,13 @@ def read_provenance(path: str | Path,
     }
     result["findings"] = findings(result)
     return result
+
+
+def _small_regular_file(path: str | Path, max_bytes: int) -> bool:
+    try:
+        return os.path.isfile(path) and os.path.getsize(path) <= max_bytes
+    except OSError:  # gone since it was listed
+        return False
 
 
 def _container(path: str | Path) -> tuple[str | None, dict[str, str]]:
@@ -145,20 +152,20 @@ def digital_source_types(path: str | Path) -> list[str]:
             data = handle.read(MAX_SEARCH_BYTES)
     except OSError:
         return []
-    found = []
-    for packet in xmp_packets(data):
-        found += [m.decode("ascii") for m in _SOURCE_TYPE.findall(packet)]
-    return list(dict.fromkeys(found))
+    return source_types_in(data)
 
 
 def xmp_source_types(text: dict[str, str]) -> list[str]:
     """Digital source types in XMP held by a PNG's text chunks: an iTXt chunk may be
     compressed, where a search of the raw bytes cannot see it."""
-    found = []
-    for value in text.values():
-        for packet in xmp_packets(value.encode("utf-8", "replace")):
-            found += [m.decode("ascii") for m in _SOURCE_TYPE.findall(packet)]
-    return found
+    return [kind for value in text.values()
+            for kind in source_types_in(value.encode("utf-8", "replace"))]
+
+
+def source_types_in(data: bytes) -> list[str]:
+    """The digital source types named in the XMP packets of ``data``, each once."""
+    return list(dict.fromkeys(match.decode("ascii") for packet in xmp_packets(data)
+                              for match in _SOURCE_TYPE.findall(packet)))
 
 
 def xmp_packets(data: bytes) -> Iterator[bytes]:
