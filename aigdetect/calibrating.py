@@ -19,7 +19,8 @@ weights learned on other images than those it is scored on).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from .detectors import (
 )
 from .exif import read_labels
 from .features import FeatureExtractor, TileSettings, prepare_stream
+from .files import atomic_write
 from .patches import CONDITIONS
 
 
@@ -101,9 +103,43 @@ def calibrate_folder(
     require_fake(len(fake_paths))
     folder = DetectorFolder.open(folder_path, recalibrating=True)
     folder.require_oneclass()  # before anything is written into it
-    if binary is not None:
+    if binary is None:
+        return _calibrate(folder, real_paths, fpr, device, default, workers, batch_size,
+                          on_image, fake_paths, real_groups, processings)
+    with kept_unless_done(folder_path / BINARY_FILE):  # a failed run leaves the folder as it was
         add_binary(folder_path, binary)
+        return _calibrate(folder, real_paths, fpr, device, default, workers, batch_size,
+                          on_image, fake_paths, real_groups, processings)
+
+
+@contextmanager
+def kept_unless_done(path: Path) -> Iterator[None]:
+    """Put ``path`` back as it was (or remove it, if it was not there) when the block
+    fails: calibrating a folder must not leave it half changed."""
+    before = path.read_bytes() if path.is_file() else None
+    try:
+        yield
+    except BaseException:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            with atomic_write(path) as temporary:
+                temporary.write_bytes(before)
+        raise
+
+
+def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
+               device: torch.device, default: str | None, workers: int, batch_size: int,
+               on_image: Callable[[int], None] | None, fake_paths: Sequence[Path],
+               real_groups: Sequence[str] | None, processings: Sequence[str]
+               ) -> dict[str, Any]:
     supervised = folder.supervised(uncalibrated_ok=True)
+    offered = ["oneclass", *supervised, *(["fused"] if supervised else [])]
+    if default is not None and default not in offered:  # said before minutes of scoring
+        raise DetectorError(f"--default {default}: this folder offers {', '.join(offered)}")
+    if fake_paths and not supervised:
+        raise DetectorError("--fake weights the fused detector's components: the folder needs "
+                            "a supervised detector too (--binary, or 'aigdetect fit-residual')")
     parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
              for name in ("oneclass", *supervised)]
     reference = PretextReference(folder.path / EXTRACTOR_FILE, parts[0].features)
@@ -121,9 +157,6 @@ def calibrate_folder(
         return Calibration.fit(scores, fpr, groups)
 
     calibrations = {name: calibrated(values) for name, values in raw.items()}
-    if fake_paths and not supervised:
-        raise DetectorError("--fake weights the fused detector's components: the folder needs "
-                            "a supervised detector too (--binary, or 'aigdetect fit-residual')")
     weights, validation = None, None
     if supervised and fake_paths:
         fake, _, fake_readable = score_processed(parts, fake_paths, folder, processings,

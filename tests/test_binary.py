@@ -22,7 +22,7 @@ from aigdetect import weights as shipped_weights
 from aigdetect.binary_data import Augmentation, BinaryDataset, balanced_draw, split_for_validation
 from aigdetect.calibrating import best_detector, fusion_weights
 from aigdetect.calibration import Calibration
-from aigdetect.checkpoint import BINARY, load_model
+from aigdetect.checkpoint import BINARY, load_model, save_checkpoint
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorError, FusedDetector, Judgement, fuse
 from aigdetect.labelled import AI, REAL, LabelledFile, files_from_csv
@@ -431,6 +431,33 @@ def test_calibrate_refuses_before_writing_or_scoring(
     result = invoke(runner, ["calibrate", shipped_copy(tmp_path), "--real", few, "--workers", "0"])
     assert result.exit_code == EXIT_USAGE and "at least 20" in result.stderr
     assert "calibrating" not in result.stderr  # refused before any scoring
+
+
+def test_a_failed_calibration_leaves_the_folder_as_it_was(
+    runner: CliRunner, calibrated: dict[str, Any], binary_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """Too few readable photos, found only after scoring: the binary.pt that --binary
+    brought must not stay, or the calibrated folder would no longer open."""
+    folder = tmp_path / "calibrated"
+    shutil.copytree(calibrated["folder"], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    mostly_junk = tmp_path / "mostly_junk"
+    for i in range(5):
+        noise_jpeg(mostly_junk / f"r{i}.jpg", seed=950 + i)
+    for i in range(20):
+        (mostly_junk / f"junk{i}.jpg").write_bytes(b"not an image")
+    model, meta = load_model(binary_run["output"], task=BINARY)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # another binary detector than the folder's
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, model, meta)
+    result = invoke(runner, ["calibrate", folder, "--binary", other, "--real", mostly_junk,
+                             "--processing", "asis", "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE and "readable real photos" in result.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    refused = invoke(runner, ["calibrate", folder, "--real", mostly_junk, "--default", "nothing",
+                              "--workers", "0"])
+    assert refused.exit_code == EXIT_USAGE and "calibrating" not in refused.stderr
 
 
 def shipped_copy(tmp_path: Path) -> Path:
