@@ -106,6 +106,8 @@ class BinaryTask:
             files = labelled_files(c.real, c.fake, c.labels_csv)
         except OSError as error:
             raise TrainingError(f"cannot read {c.labels_csv}: {error.strerror}") from None
+        except ValueError as error:
+            raise TrainingError(str(error)) from None
         files = present(files, console)
         for label, words in ((REAL, "real (--real DIR)"), (AI, "AI (--fake DIR)")):
             if sum(f.label == label for f in files) < 2:

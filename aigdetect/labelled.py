@@ -40,10 +40,28 @@ def files_from_folders(real: Sequence[Path], fake: Sequence[Path],
 
 def labelled_files(real: Sequence[Path], fake: Sequence[Path], labels_csv: Path | None = None,
                    extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[LabelledFile]:
-    """The ``--real`` / ``--fake`` folders' images, then the ``--csv`` rows if given.
-    Raises OSError if the CSV cannot be read, ValueError if a row is malformed."""
+    """The ``--real`` / ``--fake`` folders' images, then the ``--csv`` rows if given,
+    each file once. Raises OSError if the CSV cannot be read, ValueError if a row is
+    malformed or a file is labelled both real and AI."""
     files = files_from_folders(real, fake, extensions)
-    return files + (files_from_csv(labels_csv) if labels_csv is not None else [])
+    return each_once(files + (files_from_csv(labels_csv) if labels_csv is not None else []))
+
+
+def each_once(files: Sequence[LabelledFile]) -> list[LabelledFile]:
+    """``files`` with every file (by its resolved path) kept once, at its first
+    place: a folder given twice, or nested in another, must not count its images
+    twice (it would narrow every interval and pass the minimum counts). A file with
+    both labels is refused: no measurement means anything then."""
+    seen: dict[Path, LabelledFile] = {}
+    for file in files:
+        key = Path(file.path).resolve()
+        first = seen.setdefault(key, file)
+        if first.label != file.label:
+            real, ai = sorted((first, file), key=lambda f: f.label)
+            raise ValueError(f"{file.path} is labelled both real (in {real.group}) and AI "
+                             f"(in {ai.group}): give the two classes folders that do not "
+                             "overlap")
+    return list(seen.values())
 
 
 def files_from_csv(path: Path) -> list[LabelledFile]:

@@ -144,12 +144,25 @@ def test_label_csv(runner: CliRunner, sets: dict[str, Path]) -> None:
     assert groups["overall"]["errors"] == 0
     assert 0.0 <= groups["overall"]["auc"] <= 1.0
 
-    # a CSV can complete folders
+    # a CSV can complete folders; the CSV's real rows are the folder's own files, and
+    # each file counts once
     mixed = invoke(runner, ["evaluate", "--real", sets["real"], "--csv", labels, "-f", "json",
                             "-q", *FAST])
     assert mixed.exit_code == EXIT_CLEAN
     overall = json.loads(mixed.stdout)["groups"][-1]
-    assert (overall["n_real"], overall["n_ai"], overall["errors"]) == (6, 2, 1)
+    assert (overall["n_real"], overall["n_ai"], overall["errors"]) == (3, 2, 1)
+
+
+def test_a_folder_given_twice_counts_once_and_overlapping_classes_are_refused(
+        runner: CliRunner, sets: dict[str, Path]) -> None:
+    twice = invoke(runner, ["evaluate", "--real", sets["real"], "--real", sets["real"],
+                            "--fake", sets["fake"], "-f", "json", "-q", *FAST])
+    once = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                           "-f", "json", "-q", *FAST])
+    assert json.loads(twice.stdout)["groups"][-1] == json.loads(once.stdout)["groups"][-1]
+    overlap = invoke(runner, ["evaluate", "--real", sets["root"], "--fake", sets["fake"], *FAST])
+    assert overlap.exit_code == EXIT_USAGE
+    assert "labelled both real" in overlap.stderr and overlap.stdout == ""
 
 
 def test_plot(runner: CliRunner, sets: dict[str, Path], tmp_path: Path) -> None:

@@ -97,12 +97,14 @@ def evaluate_command(
         fail(f"--condition {condition!r} is not one of {', '.join(CONDITIONS)}")
     try:
         files = labelled_files(real, fake, labels, parse_extensions(include))
-    except (OSError, ValueError) as error:
+    except OSError as error:
         fail(f"--csv: {error}")
+    except ValueError as error:
+        fail(str(error))
     groups = labelled_sets(files)
     for folder in (*real, *fake):
         if not any(g.name == str(folder) for g in groups):
-            fail(f"no images found in {folder}")
+            fail(f"no images found in {folder} (or each is in an earlier folder already)")
     if plot is not None:  # a new file, never one of the images or beside them
         check_new_file(plot, "--plot", [*real, *fake, *{Path(f.path).parent for f in files}])
     if plot is not None and importlib.util.find_spec("matplotlib") is None:

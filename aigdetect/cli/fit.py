@@ -23,7 +23,7 @@ from ..detectors import (
 )
 from ..features import FaceSettings
 from ..files import parse_extensions, walk_folder
-from ..labelled import labelled_files
+from ..labelled import AI, REAL, each_once, files_from_folders, labelled_files
 from ..oneclass import fit_detector
 from ..patches import CONDITIONS
 from ..report import printable
@@ -189,9 +189,13 @@ def calibrate_command(
     if unknown or not processings:
         fail(f"--processing {processing!r}: choose among {', '.join(CONDITIONS)}",
              "e.g. --processing asis,matched,web")
-    by_folder = [(p, str(d)) for d in real for p in walk_folder(d, parse_extensions(include))]
-    paths, kinds = [p for p, _ in by_folder], [kind for _, kind in by_folder]
-    fakes = [p for d in fake for p in walk_folder(d, parse_extensions(include))]
+    try:  # each photo once: a folder given twice must not pass the minimum counts
+        found = each_once(files_from_folders(real, fake, parse_extensions(include)))
+    except ValueError as error:
+        fail(str(error))
+    paths = [Path(f.path) for f in found if f.label == REAL]
+    kinds = [f.group for f in found if f.label == REAL]
+    fakes = [Path(f.path) for f in found if f.label == AI]
     if not paths:
         fail("no images found in the --real folders")
     if fake and not fakes:
@@ -267,8 +271,10 @@ def fit_residual_command(
     """
     try:
         files = labelled_files(real, fake, labels)
-    except (OSError, ValueError) as error:
+    except OSError as error:
         fail(f"--csv: {error}")
+    except ValueError as error:
+        fail(str(error))
     if not files:
         fail("no training images: give --real and --fake folders, or --csv",
              "aigdetect fit-residual my-detector/ --real photos/ --fake generated/")
