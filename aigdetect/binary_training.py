@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from .binary_data import Augmentation, BinaryDataset, split_for_validation
 from .checkpoint import BINARY, PRETEXT, ModelMeta, load_model
+from .dataset import opens_as_image
 from .engine import EngineConfig, TrainingError, run_training
 from .files import file_sha256
 from .labelled import AI, REAL, LabelledFile, labelled_files
@@ -78,14 +79,16 @@ def detection_metrics(labels: np.ndarray, p_ai: np.ndarray,
 
 
 def present(files: list[LabelledFile], console: Console) -> list[LabelledFile]:
-    """The files that exist; the others (CSV rows naming moved or deleted files) are
-    said and left out, rather than silently stood in for by another image."""
-    exists = [os.path.isfile(f.path) for f in files]
-    missing = [f for f, found in zip(files, exists, strict=True) if not found]
-    if missing:
-        console.print(f"[yellow]warning:[/] {len(missing)} listed file(s) do not exist and "
-                      f"are left out, e.g. {escape(missing[0].path)}", highlight=False)
-    return [f for f, found in zip(files, exists, strict=True) if found]
+    """The files that exist and open as images; the others (CSV rows naming moved or
+    deleted files, junk named .jpg) are said and left out, rather than silently stood
+    in for by another image, or found only by a data-loading worker mid-training."""
+    usable = [os.path.isfile(f.path) and opens_as_image(Path(f.path)) for f in files]
+    left_out = [f for f, ok in zip(files, usable, strict=True) if not ok]
+    if left_out:
+        console.print(f"[yellow]warning:[/] {len(left_out)} listed file(s) are missing or not "
+                      f"images and are left out, e.g. {escape(left_out[0].path)}",
+                      highlight=False)
+    return [f for f, ok in zip(files, usable, strict=True) if ok]
 
 
 class BinaryTask:

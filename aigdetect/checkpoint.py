@@ -122,7 +122,13 @@ def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
                               ) from None
     if not isinstance(payload, dict) or "meta" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an aigdetect checkpoint")
-    return ModelMeta.from_json(payload["meta"]), payload
+    try:
+        return ModelMeta.from_json(payload["meta"]), payload
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as error:  # a damaged header
+        raise CheckpointError(f"{path}: damaged checkpoint header "
+                              f"({type(error).__name__}: {error})") from None
 
 
 def load_model(
@@ -133,12 +139,12 @@ def load_model(
     meta, payload = read_checkpoint(path)
     if task is not None and meta.task != task:
         raise CheckpointError(f"{path}: a {meta.task} checkpoint, where a {task} one is needed")
-    model = meta.build_model()
     try:
+        model = meta.build_model()
         model.load_state_dict(payload["model"])
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as error:
         raise CheckpointError(
-            f"{path}: weights do not match their configuration: {error}"
-        ) from None
+            f"{path}: weights do not match their configuration: "
+            f"{str(error).splitlines()[0][:300]}") from None
     model.eval()
     return model, meta

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import warnings
 from collections.abc import Callable, Sequence
@@ -63,7 +64,7 @@ def write_cache(cache_file: Path, header: dict[str, Any], entries: dict[str, dic
         temporary.write_text(json.dumps({**header, "entries": entries}))
 
 
-def _opens_as_image(path: Path) -> bool:
+def opens_as_image(path: Path) -> bool:
     """Cheap header check so unreadable files are skipped once, not every epoch."""
     try:
         with open(path, "rb") as handle, warnings.catch_warnings():
@@ -93,7 +94,7 @@ def cached_per_file(
         except OSError:
             values.append(None)
             continue
-        key = str(path.resolve())
+        key = os.path.realpath(path)  # unlike Path.resolve, never raises on a link loop
         entry = cache.get(key)
         if entry is None or entry["signature"] != signature:
             entry = cache[key] = {"signature": signature, "value": compute(path)}
@@ -124,7 +125,7 @@ def load_labels(
 
 def _labels_of(path: Path) -> dict[str, Any] | None:
     """A photo's labels as cached, or None when it does not open as an image."""
-    return read_labels(path).to_dict() if _opens_as_image(path) else None
+    return read_labels(path).to_dict() if opens_as_image(path) else None
 
 
 def split_by_camera(

@@ -7,6 +7,7 @@ reported on their own): one reader, one format.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,9 @@ def each_once(files: Sequence[LabelledFile]) -> list[LabelledFile]:
     place: a folder given twice, or nested in another, must not count its images
     twice (it would narrow every interval and pass the minimum counts). A file with
     both labels is refused: no measurement means anything then."""
-    seen: dict[Path, LabelledFile] = {}
+    seen: dict[str, LabelledFile] = {}
     for file in files:
-        key = Path(file.path).resolve()
+        key = os.path.realpath(file.path)  # unlike Path.resolve, never raises on a link loop
         first = seen.setdefault(key, file)
         if first.label != file.label:
             real, ai = sorted((first, file), key=lambda f: f.label)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def _cache_key(paths: Sequence[Path], extractor_sha: str, tiles: TileSettings) -
     digest = hashlib.sha256(json.dumps([extractor_sha, repr(tiles)]).encode())
     for path in paths:
         stat = path.stat()
-        digest.update(f"{path}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path}|{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
 
 

@@ -16,7 +16,11 @@ import torch.distributed as dist
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, then Apple's MPS, then the CPU."""
     if name != "auto":
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"--device {name!r} is not a device: auto, cpu, cuda, cuda:1 "
+                             "or mps") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for, but no CUDA GPU is visible")
         if device.type == "mps" and not mps_available():

@@ -271,7 +271,21 @@ def test_train_binary_csv_says_which_listed_files_are_missing(
     result = invoke(runner, ["train", "--binary", "--csv", labels, "-o", tmp_path / "b.pt",
                              "--max-steps", "1", *TRAIN_FAST])
     assert result.exit_code == 0, result.stderr
-    assert "1 listed file(s) do not exist" in " ".join(result.stderr.split())
+    assert "1 listed file(s) are missing or not images" in " ".join(result.stderr.split())
+
+
+def test_train_binary_with_no_decodable_ai_image_is_a_usage_error(
+        runner: CliRunner, binary_run: dict[str, Any], tmp_path: Path) -> None:
+    """Junk named .png on the AI side: refused before training, not a traceback from a
+    data-loading worker mid-epoch."""
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    for i in range(3):
+        (junk / f"j{i}.png").write_bytes(b"not an image")
+    result = invoke(runner, ["train", "--binary", "--real", binary_run["real"], "--fake", junk,
+                             "-o", tmp_path / "b.pt", "--max-steps", "1", *TRAIN_FAST])
+    assert result.exit_code == 2
+    assert "fewer than 2 AI" in result.stderr and not (tmp_path / "b.pt").exists()
 
 
 def test_train_binary_without_distillation(runner: CliRunner, binary_run: dict[str, Any]) -> None:

@@ -231,9 +231,9 @@ def exit_code(verdicts: Counter) -> int:
 
 def input_folder_holding(path: Path, folders: Iterable[Path]) -> Path | None:
     """The searched input folder that ``path`` lies in (symlinks resolved), or None."""
-    real = Path(os.path.abspath(path)).resolve()
+    real = Path(os.path.realpath(path))  # unlike Path.resolve, never raises on a link loop
     for folder in folders:
-        if real.is_relative_to(folder.resolve()):
+        if real.is_relative_to(os.path.realpath(folder)):
             return folder
     return None
 

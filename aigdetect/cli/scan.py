@@ -128,7 +128,8 @@ def check_output(output: Path, searched: list[Path], files: list[Path], force: b
         if inside is not None:
             fail(f"--output {output} is inside the input folder {inside}",
                  "write results outside the evidence (or --force)")
-        if target.parent.resolve() in {Path(os.path.abspath(f)).parent.resolve() for f in files}:
+        if os.path.realpath(target.parent) in {os.path.realpath(os.path.dirname(os.path.abspath(f)))
+                                               for f in files}:
             fail(f"--output {output} lies beside the files it scans (e.g. from a list on "
                  "stdin, or a shell glob)", "write results outside the evidence (or --force)")
     try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
