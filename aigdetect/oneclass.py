@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model, save_checkpoint
+from .checkpoint import FACES, PRETEXT, CheckpointError, load_model, save_checkpoint
 from .dataset import Photo, split_by_camera
 from .density import DensityError, RealPhotoDensity
 from .detectors import DENSITY_FILE, EXTRACTOR_FILE
@@ -128,6 +128,9 @@ def fit_detector(
     folder for ``scan --faces``); the held-out split is still by camera and photo.
     """
     model, meta = load_model(extractor_path)
+    if meta.task not in (PRETEXT, FACES):  # a binary detector's extractor is no camera model
+        raise CheckpointError(f"{extractor_path}: a {meta.task} checkpoint, where an EXIF "
+                              "(pretext or faces) extractor is needed")
     tiles = TileSettings(patch_size=meta.config.patch_size, max_tiles=patches, faces=faces)
     extractor = FeatureExtractor(model.extractor, pick_device(device))
     folder = extract_features(real_paths, extractor, file_sha256(extractor_path), tiles,

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SPLITS=runs/splits
-python benchmarks/shared_splits.py --out "$SPLITS"
+[[ -d "$SPLITS" ]] || python benchmarks/shared_splits.py --out "$SPLITS"  # seed 0: the same links
 export OMP_NUM_THREADS=1   # two jobs share two cores below
 
 # 1. EXIF-pretext extractor on the permissively licensed (ship_ok) camera photos only

@@ -21,7 +21,7 @@ Writes, under ``--out`` (symlinks only: the shared images stay where they are):
   from every ``ship_ok`` photo, the non-``ship_ok`` processed photos, all real
   faces; AI families absent from the ``ship_ok`` files.
 
-    python benchmarks/shared_splits.py --out runs/splits
+    python benchmarks/shared_splits.py --out runs/splits   # a new (or empty) folder
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/splits"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.out.exists() and any(args.out.iterdir()):  # links of two splits would mix
+        raise SystemExit(f"{args.out} is not empty: give a new --out (or remove it first)")
     with open(SHARED / "manifest.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     ship = [r for r in rows if r["ship_ok"] == "yes"]

@@ -14,7 +14,7 @@ from helpers_images import invoke, noise_jpeg, smooth_png
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from aigdetect.cli import EXIT_CLEAN, EXIT_USAGE, app
+from aigdetect.cli import EXIT_CLEAN, EXIT_UNREADABLE, EXIT_USAGE, app
 from aigdetect.detectors import DetectorFolder
 from aigdetect.evaluation import (
     AI_LABEL,
@@ -419,3 +419,12 @@ def test_paired_difference_counts_only_files_both_scored() -> None:
     # on those four files both detectors give the same scores
     assert difference["value"] == 0.0
     assert paired_difference({"cams": (REAL_LABEL, scored("c", [1.0]))}, baseline) is None
+
+
+def test_an_evaluation_of_nothing_exits_3(runner: CliRunner, tmp_path: Path) -> None:
+    """Every listed file missing: no metric exists, and a pipeline must not read exit 0."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nmoved-1.jpg,real\nmoved-2.jpg,ai\n")
+    result = invoke(runner, ["evaluate", "--csv", labels, "-f", "json", *FAST])
+    assert result.exit_code == EXIT_UNREADABLE
+    assert "moved-1.jpg" in result.stderr and "nothing was measured" in result.stderr

@@ -474,3 +474,20 @@ def test_one_step_on_real_photos(shared_photos, tmp_path):
     assert meta.training["train_photos"] >= 2
     for path in shared_photos:  # evidence untouched: the links still point at real files
         assert path.is_file()
+
+
+@pytest.mark.parametrize("command", ["train", "fit-gmm", "fit-residual"])
+def test_outputs_never_land_in_the_folder_read(session_photo_folder, tmp_path, command):
+    """The next walk of that folder would take a checkpoint or a detector folder's
+    files for data; the folder is left as it was."""
+    photos = tmp_path / "photos"
+    shutil.copytree(session_photo_folder, photos)
+    before = sorted(p.relative_to(photos) for p in photos.rglob("*"))
+    args = {"train": ["train", photos, "-o", photos / "m.pt", *FAST],
+            "fit-gmm": ["fit-gmm", photos, "-o", photos / "detector", "--workers", "0"],
+            "fit-residual": ["fit-residual", photos / "detector", "--real", photos,
+                             "--fake", tmp_path]}[command]
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "is inside the input folder" in text(result)
+    assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before

@@ -238,6 +238,15 @@ def input_folder_holding(path: Path, folders: Iterable[Path]) -> Path | None:
     return None
 
 
+def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> None:
+    """What a command writes never goes into a folder it reads images from: the next
+    walk of that folder would take it for data (or evidence)."""
+    inside = input_folder_holding(output, folders)
+    if inside is not None:
+        fail(f"{option} {output} is inside the input folder {inside}",
+             "write it outside the folders of images")
+
+
 def check_new_file(path: Path, option: str, folders: Iterable[Path],
                    output_dir: Path | None = None) -> None:
     """A report file must be new, outside the evidence, and in an existing folder or
@@ -255,10 +264,7 @@ def check_new_file(path: Path, option: str, folders: Iterable[Path],
     if not parent.is_dir() and (output_dir is None or parent != Path(os.path.abspath(output_dir))):
         fail(f"cannot write {option} {path}: its folder does not exist",
              "create it first, or write the report into the -o folder")
-    inside = input_folder_holding(path, folders)
-    if inside is not None:
-        fail(f"{option} {path} is inside the input folder {inside}",
-             "write reports outside the evidence")
+    refuse_inside_inputs(path, option, folders)
 
 
 def survive_any_text(stream: TextIO) -> None:

@@ -12,6 +12,7 @@ import typer
 from ..evaluation import (
     AI_LABEL,
     REAL_LABEL,
+    GroupMetrics,
     LabelledSet,
     baseline_comparison,
     evaluate_groups,
@@ -29,6 +30,7 @@ from .common import (
     BATCH_OPTION,
     DETECTOR_OPTION,
     DEVICE_OPTION,
+    EXIT_UNREADABLE,
     FACE_MODEL_OPTION,
     FACES_OPTION,
     MODEL_OPTION,
@@ -89,6 +91,8 @@ def evaluate_command(
     Accuracy, FPR and TPR use the detector's calibrated threshold. With --faces each
     image is its most suspicious face (the condition's processing is applied to each
     face crop); images without a face are counted as errors and listed in 'no_face'.
+    Exit codes: 0 measured (files that could not be scored are counted and one is
+    named on stderr), 2 usage error, 3 no real or no AI image could be scored.
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
@@ -151,6 +155,22 @@ def evaluate_command(
         except (RuntimeError, OSError, ValueError) as error:
             fail(f"--plot {plot}: {error}")
         err.print(f"ROC curves written to {printable(str(plot))}", markup=False)
+    report_unreadable(results, rows[-1], quiet)
+
+
+def report_unreadable(results: dict[str, tuple[str, list[ScanRecord]]],
+                      overall: GroupMetrics, quiet: bool) -> None:
+    """Say which files could not be scored (not with --quiet); exit 3 when a class has
+    none left, so a pipeline never takes an evaluation of nothing for a result."""
+    failed = [r for _, records in results.values() for r in records if r.verdict == "error"]
+    if failed and not quiet:
+        err.print(f"warning: {len(failed)} file(s) could not be scored, e.g. "
+                  f"{printable(failed[0].path)}: {printable(failed[0].error or '')}",
+                  markup=False, highlight=False)
+    if not overall.n_real or not overall.n_ai:
+        err.print("error: no real or no AI image could be scored: nothing was measured",
+                  markup=False, highlight=False)
+        raise typer.Exit(EXIT_UNREADABLE)
 
 
 def score_groups(groups: list[LabelledSet], loaded: LoadedDetector, workers: int,

@@ -47,7 +47,11 @@ from .common import (
     labels_csv_option,
     progress_bar,
     real_folders_option,
+    refuse_inside_inputs,
 )
+
+#: Fewer real photos than this above a threshold make its false-positive rate a guess.
+FEW_ABOVE_THRESHOLD = 10
 
 
 def fit_gmm_command(
@@ -106,6 +110,7 @@ def fit_gmm_command(
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.02 for 2 %")
     if output.exists() and not output.is_dir():
         fail(f"--output {output} is a file; fit-gmm writes a detector folder")
+    refuse_inside_inputs(output, "--output", [real])
     paths = list(walk_folder(real, parse_extensions(include)))
     if not paths:
         fail(f"no images found under {real}")
@@ -130,11 +135,19 @@ def fit_gmm_command(
         f"(PCA {info['pca_dim']} dims, {info['explained_variance']:.0%} of variance); "
         f"atypicality threshold {density.threshold:.2f} = {fpr:.1%} of "
         f"{len(density.calibration_scores)} held-out {'faces' if faces else 'photos'}; "
-        f"{len(folder.errors)} unreadable. Wrote {output}/")
-
-
-#: Fewer real photos than this above a threshold make its false-positive rate a guess.
-FEW_ABOVE_THRESHOLD = 10
+        f"{len(folder.errors)} unreadable. Wrote {output}/", markup=False, highlight=False)
+    if components != "auto" and info["components"] != int(components):
+        err.print(f"[yellow]warning:[/] {components} components asked for, "
+                  f"{info['components']} fitted: a mixture needs more photos than components",
+                  highlight=False)
+    held_out = len(density.calibration_scores)
+    if held_out * fpr < FEW_ABOVE_THRESHOLD:
+        err.print(f"[yellow]warning:[/] the threshold rests on {held_out} held-out "
+                  f"{'faces' if faces else 'photos'}, of which {held_out * fpr:.1f} lie above "
+                  f"it: its false-positive rate is a guess. Give at least "
+                  f"{math.ceil(FEW_ABOVE_THRESHOLD / fpr / calibration_fraction)} photos, or "
+                  "calibrate the folder on held-out photos ('aigdetect calibrate')",
+                  highlight=False)
 
 
 def calibrate_command(
@@ -269,6 +282,7 @@ def fit_residual_command(
     `aigdetect fit-residual my-detector/ --real photos/ --real web/ --fake sdxl/ --fake mj/`
     then `aigdetect calibrate my-detector/ --real held-out/ --fake held-out-ai/`
     """
+    refuse_inside_inputs(output, "the detector folder", [*real, *fake])
     try:
         files = labelled_files(real, fake, labels)
     except OSError as error:

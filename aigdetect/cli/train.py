@@ -18,6 +18,7 @@ from .common import (
     fake_folders_option,
     labels_csv_option,
     real_folders_option,
+    refuse_inside_inputs,
 )
 
 
@@ -134,6 +135,7 @@ def train_command(
         fail("--binary takes its teacher's patch size; --patch-size applies to the pretext "
              "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
     check_output(output, resume, overwrite)
+    refuse_inside_inputs(output, "-o", [*real, *fake, *([photos] if photos else [])])
     try:
         if binary:
             if photos is not None:
