@@ -259,6 +259,13 @@ def component_results(
             for group, (label, records) in results.items()}
 
 
+def plot_format_known(output: Path) -> bool:
+    """Whether matplotlib writes images of ``output``'s suffix (none: PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # optional dependency
+
+    return (output.suffix.lstrip(".").lower() or "png") in FigureCanvasAgg.get_supported_filetypes()
+
+
 def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> None:
     """ROC curve of each AI group against all real images, and overall, to an image file."""
     try:
@@ -287,11 +294,11 @@ def plot_roc(results: dict[str, tuple[str, list[ScanRecord]]], output: Path) -> 
              title="aigdetect ROC (AI = positive)", xlim=(0, 1), ylim=(0, 1.01))
     axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
-    fmt = Path(output).suffix.lstrip(".").lower() or "png"
-    if fmt not in figure.canvas.get_supported_filetypes():
+    if not plot_format_known(Path(output)):
         plt.close(figure)
-        raise ValueError(f"unknown image format {fmt!r}")
+        raise ValueError(f"unknown image format {Path(output).suffix!r}")
     # a new file only, created here: never through a link made while scoring ran
     with open(output, "xb") as handle:
-        figure.savefig(handle, format=fmt, dpi=120)
+        figure.savefig(handle, format=Path(output).suffix.lstrip(".").lower() or "png",
+                       dpi=120)
     plt.close(figure)

@@ -17,6 +17,7 @@ from ..evaluation import (
     baseline_comparison,
     evaluate_groups,
     labelled_sets,
+    plot_format_known,
     plot_roc,
     summarise,
 )
@@ -96,6 +97,9 @@ def evaluate_command(
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
+    if matched and condition not in ("asis", "matched"):
+        fail(f"--matched-processing and --condition {condition} name two processings",
+             "give one of them")
     condition = "matched" if matched else condition
     if condition not in CONDITIONS:
         fail(f"--condition {condition!r} is not one of {', '.join(CONDITIONS)}")
@@ -114,6 +118,8 @@ def evaluate_command(
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         fail("--plot needs matplotlib, which is not installed",
              "pip install 'aigdetect[plot]', or leave out --plot")
+    if plot is not None and not plot_format_known(plot):  # before minutes of scoring
+        fail(f"--plot {plot}: not an image format matplotlib writes", "e.g. roc.png or roc.svg")
     if {g.label for g in groups} != {REAL_LABEL, AI_LABEL}:
         fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
     check_face_options(faces, aligned, face_model, None)
