@@ -235,10 +235,9 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
     """Fit on ``files`` minus the validation share (the binary detector's split, so
     images it holds out stay unseen by both), validated on that share."""
     train, held_out = split_for_validation(files, config.val_fraction, config.seed)
-    for label in (REAL, AI):
-        if not any(f.label == label for f in train):
-            raise ResidualModelError(f"no {'real' if label == REAL else 'AI'} training images")
+    require_both_classes([f.label for f in train], "training images")  # before reading them
     features, labels, groups, unreadable = training_features(train, config, on_image)
+    require_both_classes(labels, f"readable training images ({len(unreadable)} unreadable)")
     skipped = len(unreadable)
     model = ResidualClassifier(config.regularisation, config.inputs)
     model.fit(features, labels, group_weights(labels, groups))
@@ -249,6 +248,13 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
         "groups": {g: int(np.sum(groups == g)) // config.variants for g in sorted(set(groups))},
         "validation": validate(model, held_out, config, on_image)}
     return model
+
+
+def require_both_classes(labels: Sequence[int] | np.ndarray, what: str) -> None:
+    """A classifier of real against AI needs both."""
+    for label in (REAL, AI):
+        if not np.any(np.asarray(labels) == label):
+            raise ResidualModelError(f"no {'real' if label == REAL else 'AI'} {what}")
 
 
 def training_features(files: Sequence[LabelledFile], config: ResidualFitConfig,

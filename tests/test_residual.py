@@ -27,13 +27,15 @@ from aigdetect.cli import EXIT_USAGE
 from aigdetect.coding_cost import COUNTS_SIZE
 from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
 from aigdetect.files import file_sha256
-from aigdetect.labelled import AI, REAL
+from aigdetect.labelled import AI, REAL, LabelledFile
 from aigdetect.patches import recompressed_tiles
 from aigdetect.residual_model import (
     LEGACY_INPUTS,
     ResidualClassifier,
+    ResidualFitConfig,
     ResidualInputs,
     ResidualModelError,
+    fit_residual,
     group_weights,
 )
 from aigdetect.residuals import (
@@ -428,3 +430,17 @@ def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[
     for result in stored["results"].values():
         assert set(result) == {"matched", "web", "small-web", "mean"}
         assert all(0.0 <= value <= 1.0 for value in result.values())
+
+
+def test_no_readable_image_of_one_class_is_a_clear_error(tmp_path: Path) -> None:
+    """Every AI file junk: scikit-learn would say it needs two classes; we say which."""
+    files = []
+    for i in range(8):
+        photo = tmp_path / f"r{i}.jpg"
+        noise_jpeg(photo, seed=i)
+        files.append(LabelledFile(str(photo), REAL, "r"))
+        junk = tmp_path / f"a{i}.png"
+        junk.write_bytes(b"not an image")
+        files.append(LabelledFile(str(junk), AI, "a"))
+    with pytest.raises(ResidualModelError, match="no AI readable training images"):
+        fit_residual(files, ResidualFitConfig(workers=0, val_fraction=0.0))
