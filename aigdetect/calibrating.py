@@ -20,7 +20,7 @@ weights learned on other images than those it is scored on).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -103,11 +103,10 @@ def calibrate_folder(
     require_fake(len(fake_paths))
     folder = DetectorFolder.open(folder_path, recalibrating=True)
     folder.require_oneclass()  # before anything is written into it
-    if binary is None:
-        return _calibrate(folder, real_paths, fpr, device, default, workers, batch_size,
-                          on_image, fake_paths, real_groups, processings)
-    with kept_unless_done(folder_path / BINARY_FILE):  # a failed run leaves the folder as it was
-        add_binary(folder_path, binary)
+    # a failed run leaves the folder as it was, the binary weights it brought included
+    with kept_unless_done(folder_path / BINARY_FILE) if binary is not None else nullcontext():
+        if binary is not None:
+            add_binary(folder_path, binary)
         return _calibrate(folder, real_paths, fpr, device, default, workers, batch_size,
                           on_image, fake_paths, real_groups, processings)
 

@@ -93,13 +93,13 @@ BATCH_OPTION = typer.Option(256, min=8, help="Tiles per forward pass: memory and
                             "not scores.")
 
 
-# The labelled training data of the supervised detectors (train --binary, fit-residual).
 TIMEOUT_OPTION = typer.Option(
     120.0, "--timeout", min=0.001,
     help="Seconds one file may take to decode before it is stopped and recorded as an "
     "error (not enforced with --workers 0).")
 
 
+# The labelled training data of the supervised detectors (train --binary, fit-residual).
 def real_folders_option(prefix: str = "") -> Any:
     return typer.Option([], "--real", exists=True, file_okay=False, help=f"{prefix}folder of "
                         "real photos, repeatable. Put processed photos (resized, "

@@ -41,9 +41,9 @@ from .common import (
     exit_code,
     fail,
     first_line,
-    input_folder_holding,
     load_detector,
     progress_bar,
+    refuse_inside_inputs,
     survive_any_text,
     with_faces,
 )
@@ -130,10 +130,7 @@ def explain_command(
 def explain_folder(output_dir: Path | None, started: datetime, searched: list[Path]) -> Path:
     """The folder for heat maps: never inside an input folder; the default one is new."""
     folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
-    inside = input_folder_holding(folder, searched)
-    if inside is not None:
-        fail(f"--output {folder} is inside the input folder {inside}",
-             "write outputs outside the evidence, e.g. -o ~/cases/explain")
+    refuse_inside_inputs(folder, "--output", searched)
     try:
         folder.mkdir(parents=True, exist_ok=output_dir is not None)
     except FileExistsError:
