@@ -464,7 +464,10 @@ def _check_calibrated_weights(path: Path, calibrated: dict[str, str]) -> None:
         if key not in WEIGHT_FILES:
             raise DetectorError(f"{path / CALIBRATION_FILE}: damaged (unknown weights {key!r})")
         file = path / WEIGHT_FILES[key]
-        if not file.is_file() or file_sha256(file) != expected:
+        if not file.is_file():
+            raise DetectorError(f"{file} is missing: its thresholds were calibrated with it "
+                                "(restore it, or refit and calibrate the folder again)")
+        if file_sha256(file) != expected:
             raise DetectorError(f"{file} changed since its thresholds were calibrated: run "
                                 f"'aigdetect calibrate {path} --real HELD_OUT_PHOTOS' again")
 
