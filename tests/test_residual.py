@@ -306,6 +306,17 @@ def test_a_residual_model_added_after_calibration_waits_for_it(
     assert result.exit_code == EXIT_USAGE and "calibrate" in result.stderr
 
 
+def test_a_calibrated_weight_file_gone_is_named_missing(
+    runner: CliRunner, folder: dict[str, Any], tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(folder["folder"], copy)
+    (copy / RESIDUAL_FILE).unlink()
+    result = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q"])
+    assert result.exit_code == EXIT_USAGE
+    assert f"{RESIDUAL_FILE} is missing" in " ".join(result.stderr.split())
+
+
 def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
                                     tmp_path: Path) -> None:
     """After a refit (here with the coding costs) the stored thresholds are stale: scan
