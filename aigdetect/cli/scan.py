@@ -109,15 +109,25 @@ def check_scan_options(output_format: str, output: Path | None, threshold: float
             fail(f"--output {output} is a folder", "give a file name, e.g. -o results.jsonl")
 
 
-def check_output(output: Path, searched: list[Path], files: list[Path], force: bool,
-                 overwrite: bool, resume: bool) -> None:
-    """Refuse an --output that would destroy evidence or earlier results.
+def check_outputs(outputs: list[Path], searched: list[Path], files: list[Path], force: bool,
+                  overwrite: bool, resume: bool) -> None:
+    """Refuse an --output (or its sidecar) that would destroy evidence or earlier results.
 
     Writing truncates: ``scan photo.jpg -o photo.jpg`` (a slip in the shell history)
     would wipe the evidence itself, and results written inside a scanned folder mix
     output with evidence. The same file is found by inode, so hard links and
-    symlinks to an input count too.
+    symlinks to an input count too. The scanned files' folders are listed once for
+    all the outputs (a batch may hold a hundred thousand files).
     """
+    beside = set() if force else {os.path.realpath(os.path.dirname(os.path.abspath(f)))
+                                  for f in files}
+    for output in outputs:
+        check_output(output, searched, files, beside, force, overwrite, resume)
+
+
+def check_output(output: Path, searched: list[Path], files: list[Path], beside: set[str],
+                 force: bool, overwrite: bool, resume: bool) -> None:
+    """One output file: see :func:`check_outputs`; ``beside``: the scanned files' folders."""
     target = Path(os.path.abspath(output))
     if not force:
         identity = _inode(target)
@@ -128,8 +138,7 @@ def check_output(output: Path, searched: list[Path], files: list[Path], force: b
         if inside is not None:
             fail(f"--output {output} is inside the input folder {inside}",
                  "write results outside the evidence (or --force)")
-        if os.path.realpath(target.parent) in {os.path.realpath(os.path.dirname(os.path.abspath(f)))
-                                               for f in files}:
+        if os.path.realpath(target.parent) in beside:
             fail(f"--output {output} lies beside the files it scans (e.g. from a list on "
                  "stdin, or a shell glob)", "write results outside the evidence (or --force)")
     try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
@@ -305,9 +314,8 @@ def scan_command(
                                  lambda path, message: found.append((path, message)),
                                  null=null, on_folder=searched.append))
         if output is not None:
-            check_output(output, searched, files, force, overwrite, resume)
-            if sidecar_wanted(output, output_format):
-                check_output(run_file(output), searched, files, force, overwrite, resume)
+            check_outputs([output, *([run_file(output)] if sidecar_wanted(output, output_format)
+                                     else [])], searched, files, force, overwrite, resume)
         tally.total = len(files)
         if not files and not found:  # not an error (a watched folder may be empty), but said
             err.print("[yellow]warning:[/] no image files among the inputs", highlight=False)
