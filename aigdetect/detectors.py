@@ -279,9 +279,7 @@ class DetectorFolder:
                                 "'aigdetect fit-gmm', then 'aigdetect calibrate')")
         manifest = {"default": "oneclass", "tiles": None}
         if (path / MANIFEST_FILE).is_file():
-            manifest |= _read_json(path / MANIFEST_FILE, "detector manifest")
-            if manifest.get("format") != MANIFEST_FORMAT:
-                raise DetectorError(f"{path / MANIFEST_FILE}: not an aigdetect detector manifest")
+            manifest |= _read_manifest(path / MANIFEST_FILE)
         calibrations, reference, fusion = {}, None, None
         if (path / CALIBRATION_FILE).is_file() and not recalibrating:
             stored = _read_json(path / CALIBRATION_FILE, "calibration file")
@@ -503,6 +501,20 @@ def _pretext_reference(data: Any) -> dict[str, dict[str, list[float]]] | None:
                for v in values):
         raise ValueError("pretext reference holds a non-finite number")
     return checked
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``detector.json``; a damaged one is refused with the way out (calibrate writes
+    it anew from the weights), said before the parser's details, which may be cut."""
+    try:
+        manifest = _read_json(path, "detector manifest")
+        problem = None if manifest.get("format") == MANIFEST_FORMAT else "a foreign format"
+    except DetectorError as error:
+        problem = str(error).removeprefix(f"{path}: ")
+    if problem is None:
+        return manifest
+    raise DetectorError(f"{path} is damaged: restore it, or delete it and run 'aigdetect "
+                        f"calibrate' on its folder to write it anew ({problem})")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

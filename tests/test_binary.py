@@ -601,3 +601,19 @@ def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_
             assert summary["baseline_difference"] == 0.0
             assert summary["baseline_difference_ci95"] == [0.0, 0.0]
     assert "mean pair AUC" in done.stdout and "difference from the baseline" in done.stdout
+
+
+def test_a_damaged_manifest_says_how_to_recover(runner: CliRunner, tmp_path: Path) -> None:
+    """A damaged detector.json is refused with the way out: delete it, and the folder
+    opens again from its weights (``calibrate`` then writes it anew)."""
+    folder = shipped_copy(tmp_path)
+    (folder / "detector.json").write_text("{bad")
+    image = tmp_path / "a.jpg"
+    noise_jpeg(image)
+    result = invoke(runner, ["scan", image, "--model", folder, "--workers", "0"])
+    message = "".join(result.stderr.split())  # the terminal may break the long path
+    assert result.exit_code == EXIT_USAGE and "detector.jsonisdamaged" in message
+    assert "deleteitandrun'aigdetectcalibrate'onitsfolder" in message
+    (folder / "detector.json").unlink()
+    from aigdetect.detectors import DetectorFolder
+    assert "residual" in DetectorFolder.open(folder).available
