@@ -68,24 +68,26 @@ _MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": 
 
 
 def read_provenance(path: str | Path,
-                    max_bytes: int = DEFAULT_MAX_DECODE_MB * 1_000_000) -> dict[str, Any]:
-    """Every metadata finding of one file (never raises: a reader that fails says so).
+                    max_bytes: int = DEFAULT_MAX_DECODE_MB * 1_000_000) -> dict[str, Any] | None:
+    """Every metadata finding of one file (never raises: a reader that fails says so);
+    None when the file is not read at all.
 
     Only a regular file of at most ``max_bytes`` is opened (``--max-decode-mb``): a
     FIFO or a device named like an image would block the reader (and the batch)
-    for ever, and some readers take a file whole."""
-    regular = _small_regular_file(path, max_bytes)
-    container, text = _container(path) if regular else (None, {})
-    raw_exif = read_raw_exif(path) if regular else {}
+    for ever, and some readers take a file whole. A file not read has no findings
+    to report, not "no credentials": hence None, not a record of absences."""
+    if not _small_regular_file(path, max_bytes):
+        return None
+    container, text = _container(path)
+    raw_exif = read_raw_exif(path)
     generator_text = generator_chunks(text)
     software = software_tags(raw_exif, text)
     result = {
         "caveat": CAVEAT,
         "container": container,
-        "c2pa": read_c2pa(path, container) if regular else {
-            "status": "absent", "note": "not a regular file, or over --max-decode-mb: not read"},
+        "c2pa": read_c2pa(path, container),
         "digital_source_type": list(dict.fromkeys(
-            (digital_source_types(path) if regular else []) + xmp_source_types(text))),
+            digital_source_types(path) + xmp_source_types(text))),
         "generator_text": generator_text,
         "software": software,
         "camera_exif": camera_summary(raw_exif, container, generator_text, software),

@@ -84,8 +84,14 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
             record.patches = len(prepared.tiles) if record.error is None else 0
     if face_detector is not None and record.error is None:
         _judge_by_faces(record, prepared.faces or [], face_detector)
+    record.detector = decider_name(detector, face_detector)  # unreadable files too
     record.elapsed_ms = round(prepared.decode_ms + (time.perf_counter() - started) * 1000, 1)
     return record
+
+
+def decider_name(detector: Detector, face_detector: Detector | None = None) -> str:
+    """The name every record of a run gives the detector that decides its verdicts."""
+    return detector.name if face_detector is None else f"faces:{face_detector.name}"
 
 
 def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Detector) -> None:
@@ -97,7 +103,6 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
                     "verdict": record.verdict, "percentile": record.percentile,
                     "patches": record.patches, "components": record.components}
     record.faces = [judge_face(face, detector) for face in faces]
-    record.detector = f"faces:{detector.name}"
     record.score = record.raw_score = record.threshold = record.percentile = None
     record.log_likelihood, record.components, record.patches = None, {}, 0
     worst = most_suspicious_face(record.faces)

@@ -207,10 +207,16 @@ def test_missing_input_is_a_case_and_the_report_may_go_in_the_new_folder(
     gone = next(c for c in document["images"] if c["path"] == str(missing))
     assert "no such file" in gone["error"] and gone["verdict"] is None
     assert set(gone) == CASE_KEYS
+    assert gone["provenance"] is None  # nothing was read, so nothing is claimed
     assert result.exit_code in (3, 4)
     assert (case_folder / "report.html").is_file()
     table = invoke(CliRunner(), ["explain", missing, "-o", tmp_path / "again", "-q"])
-    assert table.exit_code == 3 and "not read" in table.stdout
+    assert table.exit_code == 3 and "metadata: not read" in table.stdout
+    assert not (tmp_path / "again").exists()  # no heat map drawn: no empty folder left
+    only_report = invoke(CliRunner(), ["explain", missing, "-o", tmp_path / "c18", "--html",
+                                       tmp_path / "c18" / "report.html", "-f", "json", "-q"])
+    assert json.loads(only_report.stdout)["output_dir"] == str(tmp_path / "c18")
+    assert (tmp_path / "c18" / "report.html").is_file()
 
 
 @pytest.mark.parametrize(("metrics", "status"), [

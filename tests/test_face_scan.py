@@ -96,6 +96,22 @@ def test_image_without_a_face_says_so(runner: CliRunner, face_model: Path,
     assert code == 0 and document["summary"]["no-face"] == 1
 
 
+def test_every_record_of_a_face_run_names_the_face_detector(
+    runner: CliRunner, face_model: Path, tmp_path: Path
+) -> None:
+    """Unreadable and missing inputs too: one run, one judge named in every record."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    image = noise_jpeg(tmp_path / "texture.jpg", size=(256, 192), seed=6)
+    result = invoke(runner, ["scan", "--faces", "--face-model", face_model, "-f", "json",
+                             "--detector", "oneclass", *FAST, image, broken,
+                             tmp_path / "gone.jpg"])
+    document = parse_json_stdout(result.stdout)
+    assert result.exit_code == 3, result.stderr  # unreadable files, none flagged
+    assert [r["detector"] for r in document["results"]] == ["faces:oneclass"] * 3
+    assert document["run"]["detector"] == "faces:oneclass"
+
+
 def test_face_options_are_checked(runner: CliRunner, face_model: Path, tmp_path: Path) -> None:
     image = noise_jpeg(tmp_path / "x.jpg")
     aligned_alone = invoke(runner, ["scan", "--aligned", image])

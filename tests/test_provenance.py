@@ -171,14 +171,21 @@ def test_a_fifo_named_like_an_image_is_not_opened(tmp_path: Path) -> None:
     """Opening a FIFO blocks until something writes to it: the batch would hang."""
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
-    results: list[dict] = []
+    results: list[dict | None] = []
     reader = threading.Thread(target=lambda: results.append(read_provenance(fifo)),
                               daemon=True)
     reader.start()
     reader.join(timeout=30)
-    assert results, "read_provenance blocked on a FIFO"
-    assert results[0]["container"] is None
-    assert results[0]["c2pa"]["note"].startswith("not a regular file")
+    assert results == [None], "read_provenance blocked on a FIFO, or claimed findings"
+
+
+def test_a_file_not_read_has_no_provenance_record(tmp_path: Path) -> None:
+    """Missing, or over the size limit: nothing was read, so nothing is claimed (a
+    C2PA status "absent" would say the file has no credentials)."""
+    path = write_image(tmp_path / "cam.jpg", exif=CAMERA)
+    assert read_provenance(tmp_path / "gone.jpg") is None
+    assert read_provenance(path, max_bytes=path.stat().st_size - 1) is None
+    assert read_provenance(path, max_bytes=path.stat().st_size) is not None
 
 
 def test_xmp_packets_are_found_in_linear_time() -> None:

@@ -97,6 +97,7 @@ def explain_command(
     loaded = load_detector(model, detector_name, device, None, 256)
     if faces:
         loaded = with_faces(loaded, face_model, device, 256, aligned)
+    created = make_folder(folder, output_dir is not None)
     explainer = Explainer(loaded.detector, loaded.tiles,
                           load_pretext(model, device, loaded.detector), map_tiles,
                           loaded.face_detector)
@@ -105,12 +106,15 @@ def explain_command(
         for index, path in enumerate(files, start=1):
             cases.append(explainer.explain(path, new_file(folder, index, path)))
             advance(1)
+    if created and not any(folder.iterdir()) and not inside(html_report, folder):
+        folder.rmdir()  # no readable image: leave no empty folder behind
+        folder = None
     document = {"schema_version": EXPLAIN_SCHEMA_VERSION, "kind": "aigdetect.explain",
                 "aigdetect_version": __version__,
                 "analysed_at": started.isoformat(timespec="seconds"),
                 "command": [unicode_safe(arg) for arg in sys.argv],
                 "detector": loaded.detector.name, "model": loaded.identity,
-                "output_dir": unicode_safe(folder), "images": cases}
+                "output_dir": None if folder is None else unicode_safe(folder), "images": cases}
     survive_any_text(sys.stdout)
     if output_format == "json":
         sys.stdout.write(dumps(document, indent=2) + "\n")
@@ -122,22 +126,37 @@ def explain_command(
             stream.write(render_html(document))
         err.print(f"HTML report written to {escape(printable(str(html_report)))}")
     verdicts = Counter(deciding_verdict(case).get("verdict", "error") for case in cases)
-    if not quiet:
+    if not quiet and folder is not None:
         err.print(f"[dim]heat maps in {escape(printable(str(folder)))}/[/]", highlight=False)
     raise typer.Exit(exit_code(verdicts))
 
 
 def explain_folder(output_dir: Path | None, started: datetime, searched: list[Path]) -> Path:
-    """The folder for heat maps: never inside an input folder; the default one is new."""
+    """The folder for heat maps, checked before anything loads: never inside an input
+    folder; the default one (``explain-<UTC time>``) must not exist yet."""
     folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
     refuse_inside_inputs(folder, "--output", searched)
+    if output_dir is None and os.path.lexists(folder):
+        fail(f"{folder} already exists", "give -o DIR, or run again in a second")
+    return folder
+
+
+def inside(path: Path | None, folder: Path) -> bool:
+    return path is not None and Path(os.path.abspath(path)).parent == Path(
+        os.path.abspath(folder))
+
+
+def make_folder(folder: Path, may_exist: bool) -> bool:
+    """Create the heat-map folder; True when this run created it (and so may remove
+    it again when no heat map was drawn)."""
+    existed = may_exist and folder.is_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=output_dir is not None)
+        folder.mkdir(parents=True, exist_ok=may_exist)
     except FileExistsError:
         fail(f"{folder} already exists", "give -o DIR, or run again in a second")
     except OSError as error:
         fail(f"cannot create {folder}: {error.strerror}")
-    return folder
+    return not existed
 
 
 def new_file(folder: Path, index: int, image: Path) -> Path:

@@ -39,7 +39,7 @@ from ..resume import (
     recorded,
 )
 from ..runtime import interrupt_deferred
-from ..scanning import NO_FACE, ScanRecord, scan
+from ..scanning import NO_FACE, ScanRecord, decider_name, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -340,8 +340,9 @@ def scan_command(
     for path, message in found:
         tally.add("error")
         if (unicode_safe(path), unicode_safe(message)) not in previous.problems:
-            problems.append(ScanRecord(path=path, error=message, model=loaded.identity,
-                                       detector=loaded.detector.name))
+            problems.append(ScanRecord(
+                path=path, error=message, model=loaded.identity,
+                detector=decider_name(loaded.detector, loaded.face_detector)))
     streaming = output_format == "jsonl"  # records are written, not kept: memory stays flat
     stream = open_results(output, append=resume) if output and streaming else sys.stdout
     survive_any_text(sys.stdout)

@@ -41,7 +41,10 @@ def print_document(document: dict[str, Any], console: Console) -> None:
             console.print(camera_table(case["camera_traces"]))
         if case.get("faces") is not None:
             console.print(faces_table(case["faces"]))
-        console.print(provenance_table(case["provenance"]))
+        if case["provenance"] is None:  # the file could not be opened at all
+            console.print(cell("metadata: not read"))
+        else:
+            console.print(provenance_table(case["provenance"]))
 
 
 def file_line(case: dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def _summary(cases: list[dict[str, Any]]) -> str:
         verdict = deciding_verdict(case)
         rows.append((case["path"], _verdict(verdict.get("verdict", "error")),
                      _number(verdict.get("score")), _number(verdict.get("percentile"), 1),
-                     "; ".join(case["provenance"]["findings"]) or "none",
+                     _findings_line(case["provenance"]),
                      case["error"] or ""))
     return "<h2 class=\"first\">Summary</h2>" + _table(
         ["file", "verdict", "score", "real pct", "metadata findings", "error"], rows,
@@ -95,8 +95,16 @@ def _case(index: int, case: dict[str, Any]) -> str:
                   _camera(case["camera_traces"])]
     if case.get("faces") is not None:
         parts.append(_faces(case["faces"]))
-    parts.append(_provenance(case["provenance"]))
+    if case["provenance"] is not None:
+        parts.append(_provenance(case["provenance"]))
     return "".join(parts)
+
+
+def _findings_line(provenance: dict[str, Any] | None) -> str:
+    """The summary table's metadata cell: the file may not have been read at all."""
+    if provenance is None:
+        return "not read"
+    return "; ".join(provenance["findings"]) or "none"
 
 
 def _faces(faces: dict[str, Any]) -> str:
