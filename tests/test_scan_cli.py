@@ -554,3 +554,16 @@ def test_named_pipe_is_an_error_record_not_a_hang(runner, tmp_path) -> None:
     assert result.exit_code == EXIT_UNREADABLE
     (record,) = parse_json_stdout(result.stdout)["results"]
     assert record["verdict"] == "error" and "not a regular file" in record["error"]
+
+
+@pytest.mark.parametrize(("command", "switch"), [
+    ("scan", "--resume"), ("explain", "--faces"), ("evaluate", "--matched-processing"),
+    ("train", "--binary"), ("fit-gmm", "--no-cache"), ("fit-residual", "--coding-costs")])
+def test_switches_show_no_value_label(runner: CliRunner, command: str, switch: str) -> None:
+    """Typer labels booleans '<bool>', as if they took a value: our switches carry none
+    (only Typer's own --help keeps it)."""
+    result = invoke(runner, [command, "--help"], env={"COLUMNS": "200"})
+    lines = result.stdout.splitlines()
+    assert result.exit_code == 0 and any(switch in line for line in lines)
+    labelled = [line for line in lines if "<bool>" in line]
+    assert all("--help" in line for line in labelled), labelled

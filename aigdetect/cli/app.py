@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
+from .common import flag
 from .evaluate import evaluate_command
 from .explain import explain_command
 from .fit import calibrate_command, fit_gmm_command, fit_residual_command
@@ -35,8 +36,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = flag("--version", callback=_version, is_eager=True,
+                         help="Print the version and exit."),
 ) -> None:
     """Tell camera photographs from AI-generated images."""
 

@@ -61,6 +61,13 @@ def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoRet
     raise typer.Exit(code)
 
 
+def flag(*names: str, **options: Any) -> Any:
+    """A switch (off unless given), shown without a value label: Typer labels every
+    boolean ``<bool>``, which reads as if it took a value, and ``--resume true`` would
+    take ``true`` as an input path."""
+    return typer.Option(False, *names, metavar="", **options)
+
+
 # ---------------------------------------------------------------------------
 # Options shared by the commands that score images
 # ---------------------------------------------------------------------------
@@ -76,13 +83,13 @@ PATCHES_OPTION = typer.Option(
     None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
     f"(slowest) scan, up to {MAX_TILES}. Default: the count the detector was calibrated with; "
     "other counts shift the scores a little (recalibrate to use them).")
-FACES_OPTION = typer.Option(
-    False, "--faces", help="Judge faces: find every frontal face, cut it out without "
+FACES_OPTION = flag(
+    "--faces", help="Judge faces: find every frontal face, cut it out without "
     "resampling and score it with the face detector. The image takes its most suspicious "
     "face's score and verdict ('no-face' when none is found); each face has its own entry "
     "in 'faces', and the general detector's opinion of the whole image is kept in 'image'.")
-ALIGNED_OPTION = typer.Option(False, "--aligned", help="With --faces: every input is already "
-                              "one face crop (no face detection).")
+ALIGNED_OPTION = flag("--aligned", help="With --faces: every input is already "
+                      "one face crop (no face detection).")
 FACE_MODEL_OPTION = typer.Option(
     None, "--face-model", help="With --faces: face detector folder from 'aigdetect fit-gmm "
     "--faces'. Default: the one shipped with aigdetect.")

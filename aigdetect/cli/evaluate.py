@@ -43,6 +43,7 @@ from .common import (
     check_new_file,
     err,
     fail,
+    flag,
     load_detector,
     progress_bar,
     with_faces,
@@ -64,7 +65,7 @@ def evaluate_command(
         "asis", help="Processing applied alike to every image before scoring: asis; matched "
         "(256 px centre crop, no resampling, JPEG q90: format and size cannot decide); web "
         "(short side 512 bicubic, JPEG q75)."),
-    matched: bool = typer.Option(False, "--matched-processing",
+    matched: bool = flag("--matched-processing",
                                  help="Shorthand for --condition matched."),
     detector_name: str | None = DETECTOR_OPTION,
     patches: str | None = PATCHES_OPTION,
@@ -79,7 +80,7 @@ def evaluate_command(
     workers: int = WORKERS_OPTION,
     timeout: float = TIMEOUT_OPTION,
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
+    quiet: bool = flag("--quiet", "-q", help="No progress bar on stderr."),
     faces: bool = FACES_OPTION,
     aligned: bool = ALIGNED_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,

@@ -41,6 +41,7 @@ from .common import (
     exit_code,
     fail,
     first_line,
+    flag,
     load_detector,
     progress_bar,
     refuse_inside_inputs,
@@ -62,11 +63,11 @@ def explain_command(
     detector_name: str | None = DETECTOR_OPTION,
     model: Path | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar on stderr."),
-    faces: bool = typer.Option(False, "--faces", help="Also judge every face alone and draw "
-                               "the boxes, coloured by verdict, in a .faces.png beside the "
-                               "heat map; the exit code then follows the faces, as scan "
-                               "--faces."),
+    quiet: bool = flag("--quiet", "-q", help="No progress bar on stderr."),
+    faces: bool = flag("--faces", help="Also judge every face alone and draw "
+                       "the boxes, coloured by verdict, in a .faces.png beside the "
+                       "heat map; the exit code then follows the faces, as scan "
+                       "--faces."),
     aligned: bool = ALIGNED_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
 ) -> None:

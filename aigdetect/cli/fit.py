@@ -44,6 +44,7 @@ from .common import (
     err,
     fail,
     fake_folders_option,
+    flag,
     labels_csv_option,
     progress_bar,
     real_folders_option,
@@ -80,12 +81,12 @@ def fit_gmm_command(
     cache_dir: Path = typer.Option(
         Path.home() / ".cache" / "aigdetect", help="Feature cache (plain .npz), so a refit "
         "with other GMM settings skips the network."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the "
-                                  "feature cache."),
+    no_cache: bool = flag("--no-cache", help="Neither read nor write the "
+                          "feature cache."),
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
-    faces: bool = typer.Option(False, "--faces", help="Model the faces found in the photos "
-                               "(a face detector folder). Default extractor: the shipped "
-                               "face extractor."),
+    faces: bool = flag("--faces", help="Model the faces found in the photos "
+                       "(a face detector folder). Default extractor: the shipped "
+                       "face extractor."),
     aligned: bool = ALIGNED_OPTION,
 ) -> None:
     """Fit the one-class density model of real-photo features, and calibrate its threshold.
@@ -263,8 +264,8 @@ def fit_residual_command(
         "JPEG at this quality before the statistics, in training and in every scan, so that "
         "the file's own storage (lossless PNG, camera JPEG, WebP) does not decide. 0: read "
         "the tiles as decoded (the previous behaviour)."),
-    coding_costs: bool = typer.Option(
-        False, "--coding-costs/--no-coding-costs", help="Add coding costs: the bits the "
+    coding_costs: bool = flag(
+        "--coding-costs/--no-coding-costs", help="Add coding costs: the bits the "
         "image's pixels cost under a pixel-prediction model of your real photos, against the "
         "bits it expected (ZED-like). Measured with the default re-encoding: better when "
         "the AI images span many generators (leave-one-generator-out mean AUC +0.03 / +0.01 "

@@ -58,6 +58,7 @@ from .common import (
     exit_code,
     fail,
     first_line,
+    flag,
     input_folder_holding,
     load_detector,
     progress_bar,
@@ -238,17 +239,17 @@ def scan_command(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write results to this file instead of stdout. An "
         "existing file is never replaced without --overwrite (or continued: --resume)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --output "
-                                   "file."),
-    resume: bool = typer.Option(
-        False, "--resume", help="With -f jsonl -o FILE: append to FILE and skip files it "
+    overwrite: bool = flag("--overwrite", help="Replace an existing --output "
+                           "file."),
+    resume: bool = flag(
+        "--resume", help="With -f jsonl -o FILE: append to FILE and skip files it "
         "already records with the same path, size and modification time."),
-    verify_hash: bool = typer.Option(False, "--verify-hash", help="With --resume: also "
-                                     "re-hash skipped files; rescan any whose sha256 changed."),
-    force: bool = typer.Option(False, "--force", help="Allow --output to be an input file "
-                               "or to lie inside an input folder."),
-    null: bool = typer.Option(False, "--null", "-0", help="Paths on stdin ('-') are "
-                              "separated by NUL bytes, as find -print0 writes them."),
+    verify_hash: bool = flag("--verify-hash", help="With --resume: also "
+                             "re-hash skipped files; rescan any whose sha256 changed."),
+    force: bool = flag("--force", help="Allow --output to be an input file "
+                       "or to lie inside an input folder."),
+    null: bool = flag("--null", "-0", help="Paths on stdin ('-') are "
+                      "separated by NUL bytes, as find -print0 writes them."),
     include: str | None = typer.Option(
         None, help="Extensions to take from folders and globs, e.g. 'jpg,png' "
         f"(default: {', '.join(IMAGE_EXTENSIONS)}). Files named explicitly are always read."),
@@ -268,10 +269,10 @@ def scan_command(
     max_decode_mb: int = MAX_DECODE_OPTION,
     max_scans: int = MAX_SCANS_OPTION,
     timeout: float = TIMEOUT_OPTION,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary on "
-                               "stderr."),
-    provenance: bool = typer.Option(
-        False, "--provenance", help="Also read each file's metadata (C2PA, XMP "
+    quiet: bool = flag("--quiet", "-q", help="No progress bar or summary on "
+                       "stderr."),
+    provenance: bool = flag(
+        "--provenance", help="Also read each file's metadata (C2PA, XMP "
         "DigitalSourceType, generator text chunks, EXIF software, camera EXIF) into the "
         "record's 'provenance' and a table column. Metadata only: a lead, not proof."),
     faces: bool = FACES_OPTION,

@@ -16,6 +16,7 @@ from .common import (
     err,
     fail,
     fake_folders_option,
+    flag,
     labels_csv_option,
     real_folders_option,
     refuse_inside_inputs,
@@ -28,14 +29,14 @@ def train_command(
         "EXIF pretext or --faces. Not used with --binary.", exists=True, file_okay=False),
     output: Path = typer.Option(Path("model.pt"), "-o", "--output",
                                 help="Checkpoint to write (rewritten atomically every epoch)."),
-    binary: bool = typer.Option(False, "--binary", help="Train the binary detector (real vs "
-                                "AI) instead of the EXIF pretext: needs --real and --fake, or "
-                                "--csv."),
-    faces: bool = typer.Option(False, "--faces", help="Train the faces pretext instead: on the "
-                               "faces found in PHOTOS, rank ISO, aperture, exposure time and "
-                               "focal length, and tell original faces from manipulated ones."),
-    aligned: bool = typer.Option(False, "--aligned", help="--faces: the files are face crops "
-                                 "already; each whole image is one face (no detection)."),
+    binary: bool = flag("--binary", help="Train the binary detector (real vs "
+                        "AI) instead of the EXIF pretext: needs --real and --fake, or "
+                        "--csv."),
+    faces: bool = flag("--faces", help="Train the faces pretext instead: on the "
+                       "faces found in PHOTOS, rank ISO, aperture, exposure time and "
+                       "focal length, and tell original faces from manipulated ones."),
+    aligned: bool = flag("--aligned", help="--faces: the files are face crops "
+                         "already; each whole image is one face (no detection)."),
     debug_dir: Path | None = typer.Option(
         None, "--debug-dir", file_okay=False, help="--faces: draw 8 training faces with their "
         "regions and every manipulation as PNGs here (not inside PHOTOS), to check by eye."),
@@ -46,8 +47,8 @@ def train_command(
                                         "regularises the detector. Default: the shipped one."),
     alpha: float = typer.Option(0.05, min=0.0, help="--binary: weight of the feature "
                                 "distillation loss (f1..f5) towards the teacher; 0 turns it off."),
-    freeze_extractor: bool = typer.Option(
-        False, "--freeze-extractor", help="--binary: keep the teacher's extractor as it is "
+    freeze_extractor: bool = flag(
+        "--freeze-extractor", help="--binary: keep the teacher's extractor as it is "
         "and train the real/AI head only (the limit of strong distillation; for small "
         "training sets)."),
     epochs: int = typer.Option(20, min=1, help="Passes over the training photos."),
@@ -63,11 +64,11 @@ def train_command(
     seed: int = typer.Option(0, help="Random seed (crops, split, initialisation)."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, "
                                "cuda:1, mps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from --output's checkpoint "
-                                "(weights, optimiser, schedule, epoch)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start a new training over an "
-                                   "existing --output (without it, or --resume, an existing "
-                                   "checkpoint is never replaced)."),
+    resume: bool = flag("--resume", help="Continue from --output's checkpoint "
+                        "(weights, optimiser, schedule, epoch)."),
+    overwrite: bool = flag("--overwrite", help="Start a new training over an "
+                           "existing --output (without it, or --resume, an existing "
+                           "checkpoint is never replaced)."),
     val_fraction: float = typer.Option(0.15, min=0.0, max=0.9, help="Share of photos held out "
                                        "for validation: whole camera models; --binary also "
                                        "holds out that share of every AI group."),
