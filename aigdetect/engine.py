@@ -198,7 +198,8 @@ class _Optimisation:
     def state(self) -> dict[str, Any]:
         """What ``--resume`` restores besides the weights."""
         return {"optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}  # fp16: the loss scale it found
 
 
 @dataclass
@@ -251,7 +252,7 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
             bar = progress.add_task("train", total=steps_per_epoch,
                                     epoch=f"{epoch + 1}/{config.epochs}", losses="")
             sums, batches = _train_epoch(task, train_loader, optimisation, config, state,
-                                         partial(progress.update, bar, advance=1))
+                                         dist, partial(progress.update, bar, advance=1))
             if batches == 0:
                 break  # nothing was trained (the step budget was already spent)
             whole = not state.stop or batches == steps_per_epoch
@@ -301,19 +302,23 @@ def _optimisation(model: nn.Module, config: EngineConfig, total_steps: int,
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(total_steps, config.warmup_fraction))
+    use_amp = device.type == "cuda"
+    # emulated bf16 (GPUs before Ampere) is slower than fp16 with loss scaling
+    native_bf16 = use_amp and torch.cuda.is_bf16_supported(including_emulation=False)
+    amp_dtype = torch.bfloat16 if native_bf16 else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     if resume_state:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        if resume_state.get("scaler"):  # absent from checkpoints of earlier releases
+            scaler.load_state_dict(resume_state["scaler"])
     device_ids = [device] if device.type == "cuda" else None
     network = DistributedDataParallel(model, device_ids=device_ids) if dist.enabled else model
     return _Optimisation(network, optimizer, scheduler, scaler, device, amp_dtype, use_amp)
 
 
 def _train_epoch(task: TrainingTask, loader: DataLoader, optimisation: _Optimisation,
-                 config: EngineConfig, state: _Progress,
+                 config: EngineConfig, state: _Progress, dist: Distributed,
                  advance: Callable[..., None]) -> tuple[Counter, int]:
     """One pass over ``loader``, or less when a stop rule fires (``state.stop``):
     the summed losses and the number of batches trained. ``advance(losses=...)``
@@ -331,8 +336,8 @@ def _train_epoch(task: TrainingTask, loader: DataLoader, optimisation: _Optimisa
         sums.update({name: loss.item() for name, loss in losses.items()})
         sums["total"] += total.item()
         advance(losses=_short_losses(sums, batches))
-        out_of_time = (config.max_minutes is not None
-                       and time.monotonic() - state.started > 60 * config.max_minutes)
+        out_of_time = config.max_minutes is not None and dist.any_rank(
+            time.monotonic() - state.started > 60 * config.max_minutes, optimisation.device)
         if (config.max_steps is not None and state.step >= config.max_steps) or out_of_time:
             state.stop = True
             break

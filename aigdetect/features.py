@@ -37,6 +37,7 @@ from .patches import (
     load_image,
 )
 from .provenance import read_provenance
+from .runtime import exact_cuda_math
 
 #: Smallest conv batch. oneDNN picks other kernels for batches of 1 or 3 tiles,
 #: whose float rounding differs; padding every chunk to at least this many tiles
@@ -289,6 +290,7 @@ class FeatureExtractor:
                  batch_size: int = 256) -> None:
         self.device = device
         self.batch_size = batch_size
+        exact_cuda_math(device)
         self.model = extractor.to(device).eval()
         if device.type == "cpu":  # oneDNN convolutions run about 1.5x faster this way
             self.model = self.model.to(memory_format=torch.channels_last)

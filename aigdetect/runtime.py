@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -26,12 +27,24 @@ def pick_device(name: str = "auto") -> torch.device:
         if device.type == "mps" and not mps_available():
             raise ValueError("--device mps was asked for, but this machine or PyTorch build "
                              "has no Apple MPS backend")
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # what later CUDA calls without a device mean
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def exact_cuda_math(device: torch.device) -> None:
+    """Scores computed on a GPU must match the CPU's, on which the thresholds were
+    calibrated: TF32 convolutions (on by default on Ampere and newer) keep about 10
+    mantissa bits, enough to move a score that lies near the threshold. Scoring
+    turns them off; training keeps the speed."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def mps_available() -> bool:
@@ -54,6 +67,12 @@ def interrupt_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             raise KeyboardInterrupt
+
+
+#: How long a rank waits for the others at a collective. Rank 0 validates and saves
+#: alone while the others wait at a barrier; at scale (hundreds of thousands of photos)
+#: that outlasts NCCL's default of 10 minutes, whose watchdog would end the job.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=4)
 
 
 @dataclass
@@ -84,11 +103,25 @@ class Distributed:
         device = pick_device(device_name)
         if not self.enabled:
             return device
+        if device.type not in ("cuda", "cpu"):
+            raise ValueError(f"torchrun trains on CUDA GPUs or on CPUs, not {device.type}: "
+                             "give --device cuda or --device cpu")
         if device.type == "cuda":
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=PROCESS_GROUP_TIMEOUT)
         return device
+
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when ``flag`` is true on any: a decision each rank makes
+        from its own clock (``--max-minutes``) must be taken by all together, or one
+        rank leaves the loop while another still waits on a gradient all-reduce."""
+        if not self.enabled:
+            return flag
+        shared = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+        return bool(shared.item())
 
     def barrier(self) -> None:
         if self.enabled:

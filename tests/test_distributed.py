@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -66,3 +67,31 @@ def test_two_process_training_on_cpu(session_photo_folder, tmp_path, subprocess_
     assert meta.step == 2
     assert meta.training["train_photos"] == 9  # 3 of 12 photos (one camera) held out
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+AGREE = """
+from aigdetect.runtime import Distributed
+dist = Distributed.from_environment()
+device = dist.start("cpu")
+print(f"rank {dist.rank}: {dist.any_rank(dist.rank == 1, device)} "
+      f"{dist.any_rank(False, device)}", flush=True)
+dist.stop()
+"""
+
+
+def test_a_stop_decided_by_one_rank_is_taken_by_all(tmp_path, subprocess_env):
+    """--max-minutes reads each rank's own clock: one rank past the limit must stop
+    every rank, or the others wait for ever on its gradients."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        subprocess_env.pop(name, None)
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)],
+        capture_output=True, text=True, timeout=120, env=subprocess_env, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    # the two ranks share one stdout: their lines may run together
+    answers = sorted(re.findall(r"rank \d: (?:True|False) (?:True|False)", completed.stdout))
+    assert answers == ["rank 0: True False", "rank 1: True False"], completed.stdout
+    assert Distributed().any_rank(True, None) and not Distributed().any_rank(False, None)
