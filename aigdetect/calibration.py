@@ -70,16 +70,25 @@ class Calibration:
                    for scores in (self.real_scores, *self.groups.values()))
 
     @property
-    def uncertain_width(self) -> float:
-        """How far below the threshold (raw units) ``uncertain`` reaches: down to the
-        threshold at ``UNCERTAIN_FPR_FACTOR`` x ``fpr`` (capped at half the photos)."""
+    def uncertain_floor(self) -> float:
+        """Where ``uncertain`` starts (raw units): the threshold at
+        ``UNCERTAIN_FPR_FACTOR`` x ``fpr`` (capped at half the photos)."""
         looser = min(UNCERTAIN_FPR_FACTOR * self.fpr, 0.5)
-        return max(self.threshold - self.threshold_at(looser), 0.0)
+        return min(self.threshold_at(looser), self.threshold)
+
+    @property
+    def uncertain_width(self) -> float:
+        """How far below the threshold (raw units) ``uncertain`` reaches."""
+        return self.threshold - self.uncertain_floor
 
     def band(self, threshold: float | None = None) -> tuple[float, float]:
-        """Raw scores above the first and up to the second give ``uncertain``. With a
-        threshold of the user's own, the band keeps its calibrated width."""
-        threshold = self.threshold if threshold is None else threshold
+        """Raw scores above the first and up to the second give ``uncertain``. The
+        calibrated band starts exactly at a calibration photo's score (rebuilt as
+        threshold - width, rounding put it one ulp lower and let that photo, and its
+        ties, into the band); with a threshold of the user's own, the band keeps its
+        calibrated width."""
+        if threshold is None:
+            return self.uncertain_floor, self.threshold
         return threshold - self.uncertain_width, threshold
 
     @property

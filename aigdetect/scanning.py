@@ -123,7 +123,8 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
 def most_suspicious_face(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The judged face entry with the highest score (it decides an image's face
     verdict), or None when no face could be scored."""
-    return max((face for face in entries if "score" in face), key=lambda face: face["score"],
+    return max((face for face in entries if "score" in face),
+               key=lambda face: (face["score"], face["raw_score"]),  # scores saturate at 1
                default=None)
 
 

@@ -4,13 +4,14 @@ hand-made records (where the right answers are known exactly)."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from helpers_images import invoke, noise_jpeg, smooth_png
+from helpers_images import invoke, load_benchmark, noise_jpeg, smooth_png
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
@@ -428,3 +429,18 @@ def test_an_evaluation_of_nothing_exits_3(runner: CliRunner, tmp_path: Path) -> 
     result = invoke(runner, ["evaluate", "--csv", labels, "-f", "json", *FAST])
     assert result.exit_code == EXIT_UNREADABLE
     assert "moved-1.jpg" in result.stderr and "nothing was measured" in result.stderr
+
+
+def test_benchmark_counts_each_unreadable_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every AI row holds all the real records: summing the rows' errors counted one
+    unreadable real photo once per AI family, plus its own row."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # detection.py imports shared_splits
+    detection = load_benchmark("detection")
+    results = {"real-a": (REAL_LABEL, [rec(-1.0), rec(None)]),
+               "real-b": (REAL_LABEL, [rec(-3.0)]),
+               "fake-x": (AI_LABEL, [rec(-10.0)]), "fake-y": (AI_LABEL, [rec(-0.5)]),
+               "fake-z": (AI_LABEL, [rec(2.0)])}
+    groups = [asdict(row) for row in evaluate_groups(results)]
+    summary = detection.summarise({"groups": groups, "mean_pair_auc": None, "pairs": []})
+    assert summary["errors"] == 1
