@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold
 
 from .calibration import Calibration
 from .checkpoint import BINARY, PRETEXT, load_model, save_checkpoint
@@ -142,8 +142,8 @@ def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
     parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
              for name in ("oneclass", *supervised)]
     reference = PretextReference(folder.path / EXTRACTOR_FILE, parts[0].features)
-    raw, score_groups, readable = score_processed(parts, real_paths, folder, processings,
-                                                  workers, on_image, reference, real_groups)
+    raw, score_groups, readable, real_images = score_processed(
+        parts, real_paths, folder, processings, workers, on_image, reference, real_groups)
     count, unreadable = len(readable), len(real_paths) - len(readable)
     require_real(count, "readable ")
     kinds = np.array([real_groups[i] for i in readable]) if real_groups is not None else None
@@ -158,10 +158,11 @@ def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
     calibrations = {name: calibrated(values) for name, values in raw.items()}
     weights, validation = None, None
     if supervised and fake_paths:
-        fake, _, fake_readable = score_processed(parts, fake_paths, folder, processings,
-                                                 workers, on_image)
+        fake, _, fake_readable, fake_images = score_processed(parts, fake_paths, folder,
+                                                              processings, workers, on_image)
         require_fake(len(fake_readable), "readable ")
-        weights, aucs = fusion_weights(calibrations, raw, fake)
+        images = [f"real:{i}" for i in real_images] + [f"ai:{i}" for i in fake_images]
+        weights, aucs = fusion_weights(calibrations, raw, fake, images)
         validation = {"ai_images": len(fake_readable), "real_photos": count, **aucs}
     if supervised:
         order = list(raw)
@@ -189,16 +190,18 @@ def score_processed(parts: Sequence[Detector], paths: Sequence[Path], folder: De
                     on_image: Callable[[int], None] | None = None,
                     reference: PretextReference | None = None,
                     kinds: Sequence[str] | None = None,
-                    ) -> tuple[dict[str, list[float]], list[str], list[int]]:
+                    ) -> tuple[dict[str, list[float]], list[str], list[int], list[int]]:
     """Each component's raw scores of every readable file under each processing,
     pooled; the group of each score ("kind, processing", parts left out when there
-    is only one); and which of ``paths`` were readable as they are (their indices).
+    is only one); which of ``paths`` were readable as they are (their indices); and
+    the file (index) each score is of.
 
     Evidence rarely arrives as the camera wrote it: a threshold set on originals
     alone flags more of the same photos once they are cropped and recompressed."""
     raw: dict[str, list[float]] = {part.name: [] for part in parts}
     groups: list[str] = []
     first_readable: list[int] = []
+    image_of_score: list[int] = []
     for step, name in enumerate(processings):
         settings = folder.tiles(processing=None if name == "asis" else CONDITIONS[name])
         scores, readable = score_parts(parts, paths, settings, workers, on_image,
@@ -208,9 +211,10 @@ def score_processed(parts: Sequence[Detector], paths: Sequence[Path], folder: De
         processing = name if len(processings) > 1 else ""
         groups += [", ".join(filter(None, (kinds[i] if kinds else "", processing)))
                    for i in readable]
+        image_of_score += readable
         if step == 0:
             first_readable = readable
-    return raw, groups, first_readable
+    return raw, groups, first_readable, image_of_score
 
 
 def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: TileSettings,
@@ -234,7 +238,8 @@ def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: Tile
 
 
 def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],
-                   fake: dict[str, list[float]]) -> tuple[dict[str, float], dict[str, Any]]:
+                   fake: dict[str, list[float]], images: Sequence[str] | None = None
+                   ) -> tuple[dict[str, float], dict[str, Any]]:
     """The fused detector's component weights, and the validation AUCs they give.
 
     A logistic regression (AI = 1) on the standardised raw scores of held-out real and
@@ -245,7 +250,8 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
     The validation AUCs are each component's and the fusion's on these images. The
     fusion's weights were learned on them, so its AUC there flatters it; the
     ``fused_cross_validated`` AUC (weights learned on the other folds) is the fair
-    one to compare with a component's.
+    one to compare with a component's. ``images`` names the image of each score (real
+    scores first): one image's scores under several processings then stay in one fold.
     """
     names = list(real)
     count = len(fake[names[0]])
@@ -259,7 +265,8 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
     weights = {name: float(w) for name, w in zip(names, learned, strict=True)}
     aucs = {name: float(roc_auc_score(labels, features[:, i])) for i, name in enumerate(names)}
     return weights, {"auc": {**aucs, "fused": float(roc_auc_score(labels, features @ learned)),
-                             "fused_cross_validated": cross_validated_auc(features, labels)}}
+                             "fused_cross_validated": cross_validated_auc(features, labels,
+                                                                          images)}}
 
 
 def learned_weights(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -271,12 +278,16 @@ def learned_weights(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return coefficients / coefficients.sum()
 
 
-def cross_validated_auc(features: np.ndarray, labels: np.ndarray, folds: int = 5) -> float:
-    """AUC of the fusion when every image is scored with weights learned without it."""
-    splitter = StratifiedKFold(min(folds, int(labels.sum()), int((labels == 0).sum())),
-                               shuffle=True, random_state=0)
+def cross_validated_auc(features: np.ndarray, labels: np.ndarray,
+                        images: Sequence[str] | None = None, folds: int = 5) -> float:
+    """AUC of the fusion when every image is scored with weights learned without it,
+    under any processing: an image's scores (``images``: one name per row) share a
+    fold, or its as-is copy would teach the weights that score its cropped copy."""
+    images = np.arange(len(labels)) if images is None else np.asarray(images)
+    count = min(folds, len(set(images[labels == 1])), len(set(images[labels == 0])))
+    splitter = StratifiedGroupKFold(count, shuffle=True, random_state=0)
     scores = np.zeros(len(labels))
-    for train, test in splitter.split(features, labels):
+    for train, test in splitter.split(features, labels, images):
         scores[test] = features[test] @ learned_weights(features[train], labels[train])
     return float(roc_auc_score(labels, scores))
 

@@ -18,9 +18,10 @@ from helpers_images import invoke, noise_jpeg, smooth_png
 from PIL import Image
 from typer.testing import CliRunner
 
+from aigdetect import calibrating
 from aigdetect import weights as shipped_weights
 from aigdetect.binary_data import Augmentation, BinaryDataset, balanced_draw, split_for_validation
-from aigdetect.calibrating import best_detector, fusion_weights
+from aigdetect.calibrating import best_detector, cross_validated_auc, fusion_weights
 from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import BINARY, load_model, save_checkpoint
 from aigdetect.cli import EXIT_USAGE
@@ -186,6 +187,28 @@ def test_weighted_fusion_follows_the_component_that_separates() -> None:
     assert fuse(parts, [1.0, 0.0]) > fuse(parts, [0.0, 1.0])
     with pytest.raises(DetectorError, match="dozens"):
         fusion_weights(calibrations, real, {"oneclass": [1.0], "binary": [1.0]})
+
+
+def test_an_images_processed_copies_share_a_cross_validation_fold(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """calibrate scores every image as-is, matched and web: with its copies in other
+    folds, an image's own scores would teach the weights that score it."""
+    seen: list[tuple[set, set]] = []
+
+    class Recording(calibrating.StratifiedGroupKFold):
+        def split(self, x, y=None, groups=None):
+            for train, test in super().split(x, y, groups):
+                seen.append((set(groups[train]), set(groups[test])))
+                yield train, test
+
+    monkeypatch.setattr(calibrating, "StratifiedGroupKFold", Recording)
+    rng = np.random.default_rng(3)
+    features = np.repeat(rng.normal(size=(60, 2)), 3, axis=0)  # 60 images x 3 processings
+    labels = np.repeat(np.arange(60) % 2, 3)
+    images = np.repeat([f"image{i}" for i in range(60)], 3)
+    assert 0 <= cross_validated_auc(features, labels, images) <= 1
+    assert len(seen) == 5 and all(not (train & test) for train, test in seen)
 
 
 def test_fusion_is_judged_out_of_sample_and_the_best_ranker_is_the_default() -> None:
