@@ -13,7 +13,9 @@ Writes, under ``--out`` (symlinks only: the shared images stay where they are):
 * ``fusion/ai``: the ``ship_ok`` AI images that ``aigdetect train --binary --csv
   train.csv`` holds out for validation (15 %, seed 0: never trained on): with the
   calibration photos, ``calibrate --fake`` weights the fused detector on them.
-* ``ship_ok_photos/``: every ``ship_ok`` camera photo (the EXIF pretext).
+* ``pretext_photos/``: the ``ship_ok`` camera photos but the calibration cameras (the
+  EXIF pretext: a calibration photo seen by the extractor would make the one-class
+  threshold too lenient; the shipped v0.1.0 extractor was trained before this rule).
 * ``train_real/``: the real side of ``train.csv`` (camera and processed photos):
   the one-class density is fitted on it.
 * ``test/real/<set>`` and ``test/ai/<family>``: what the shipped model never
@@ -48,11 +50,16 @@ def camera(row: dict) -> str:
 
 
 def link_all(rows: list[dict], folder: Path) -> None:
+    """Link every row's file into ``folder`` under its own name; two files of one name
+    would leave one of them out, so that is refused."""
     folder.mkdir(parents=True, exist_ok=True)
     for row in rows:
         name = folder / Path(row["path"]).name
+        target = SHARED / row["path"]
         if not name.is_symlink():
-            os.symlink(SHARED / row["path"], name)
+            os.symlink(target, name)
+        elif os.readlink(name) != str(target):
+            raise SystemExit(f"{name} would link two files: {os.readlink(name)} and {target}")
 
 
 def source(row: dict) -> str:
@@ -118,7 +125,7 @@ def main() -> None:
     link_binary_validation(args.out / "train.csv", args.out / "fusion" / "ai", args.seed)
     link_all(calibration_photos, args.out / "calibration" / "photos")
     link_all(calibration_processed, args.out / "calibration" / "processed")
-    link_all(photos, args.out / "ship_ok_photos")
+    link_all([r for r in photos if r["path"] not in held], args.out / "pretext_photos")
     link_all([r for r in photos + processed if r["path"] not in held], args.out / "train_real")
 
     shipped_cameras = {camera(r) for r in photos}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers_images import load_benchmark
 
 
@@ -22,3 +23,16 @@ def test_camera_groups_photos_by_make_and_model_whatever_the_case() -> None:
     splits = load_benchmark("shared_splits")
     assert splits.camera({"Make": "Canon ", "Model": "EOS 5D"}) == \
         splits.camera({"Make": "canon", "Model": "eos 5d "})
+
+
+def test_two_files_of_one_name_are_refused(tmp_path, monkeypatch) -> None:
+    """Links are named after the file: a second IMG_0001.JPG would silently be left out."""
+    splits = load_benchmark("shared_splits")
+    monkeypatch.setattr(splits, "SHARED", tmp_path / "shared")
+    rows = [{"path": "photos/a/IMG_0001.JPG"}, {"path": "photos/a/IMG_0002.JPG"}]
+    splits.link_all(rows, tmp_path / "out")
+    splits.link_all(rows, tmp_path / "out")  # a rerun finds its own links
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["IMG_0001.JPG",
+                                                                    "IMG_0002.JPG"]
+    with pytest.raises(SystemExit, match="would link two files"):
+        splits.link_all([{"path": "photos/b/IMG_0001.JPG"}], tmp_path / "out")
