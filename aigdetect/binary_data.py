@@ -43,19 +43,27 @@ def split_for_validation(
     files: Sequence[LabelledFile], fraction: float, seed: int
 ) -> tuple[list[LabelledFile], list[LabelledFile]]:
     """Hold out ``fraction`` of every group; real photos by whole camera (EXIF make
-    and model), so validation measures what transfers to cameras not trained on."""
+    and model), so validation measures what transfers to cameras not trained on.
+
+    A camera held out in one group is held out in every group (``--real phones/
+    --real edited/`` may hold the same camera twice): otherwise its photos in the
+    other group would train what its held-out photos validate."""
     if fraction <= 0:
         return list(files), []
-    train, val = [], []
+    camera_of: dict[str, str | None] = {}
+    held_paths: set[str] = set()
     for group in sorted({f.group for f in files}):
         members = [f for f in files if f.group == group]
         photos = [Photo(f.path, read_labels(f.path) if f.label == REAL else ExifLabels())
                   for f in members]
+        camera_of.update((p.path, p.labels.camera) for p in photos)
         _, held = split_by_camera(photos, fraction, seed) if len(members) > 1 else (photos, [])
-        held_paths = {p.path for p in held}
-        train += [f for f in members if f.path not in held_paths]
-        val += [f for f in members if f.path in held_paths]
-    return train, val
+        held_paths.update(p.path for p in held)
+    held_cameras = {camera_of[path] for path in held_paths} - {None}
+    held_paths.update(path for path, camera in camera_of.items() if camera in held_cameras)
+    in_group_order = sorted(files, key=lambda f: f.group)  # stable: as the groups were read
+    return ([f for f in in_group_order if f.path not in held_paths],
+            [f for f in in_group_order if f.path in held_paths])
 
 
 @dataclass(frozen=True)

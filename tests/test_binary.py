@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import write_image
 from helpers_images import invoke, noise_jpeg, smooth_png
 from PIL import Image
 from typer.testing import CliRunner
@@ -139,6 +140,23 @@ def test_csv_groups_and_validation_split(tmp_path: Path) -> None:
     ai = [LabelledFile(f"x{i}.png", AI, "sdxl") for i in range(20)]
     train, val = split_for_validation(ai, 0.25, seed=0)
     assert len(val) == 5 and not {f.path for f in train} & {f.path for f in val}
+
+
+def test_a_held_out_camera_is_held_out_in_every_group(tmp_path: Path) -> None:
+    """The same camera in two --real folders: held out in one, trained in the other, it
+    would validate what it trained."""
+    files = []
+    for group, cameras in (("phones", "ABCD"), ("edited", "BEFG")):
+        for camera in cameras:
+            for i in range(2):
+                path = write_image(tmp_path / group / f"{camera}{i}.jpg", size=(32, 32),
+                                   exif={"Make": "Acme", "Model": f"Cam {camera}"})
+                files.append(LabelledFile(str(path), REAL, group))
+    for seed in range(8):
+        train, val = split_for_validation(files, 0.34, seed)
+        assert val and len(train) + len(val) == len(files)
+        cameras = [{Path(f.path).name[0] for f in side} for side in (train, val)]
+        assert not cameras[0] & cameras[1], seed
 
 
 class _Constant:
