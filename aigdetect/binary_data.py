@@ -17,15 +17,17 @@ generation:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 
-from .dataset import Photo, split_by_camera
+from .dataset import Photo, opens_as_image, split_by_camera
 from .exif import ExifLabels, read_labels
 from .labelled import AI, LABEL_NAMES, REAL, LabelledFile
 from .patches import (
@@ -37,6 +39,17 @@ from .patches import (
     random_crops,
     reencoded,
 )
+
+
+def usable_files(files: Sequence[LabelledFile]) -> tuple[list[LabelledFile],
+                                                          list[LabelledFile]]:
+    """(the files that exist and open as images, the others). Every trainer filters
+    with this before :func:`split_for_validation`: the split is drawn from the list,
+    so one missing file filtered by one trainer and not another gives them different
+    held-out sets, and an image one holds out could train the other."""
+    usable = [os.path.isfile(f.path) and opens_as_image(Path(f.path)) for f in files]
+    return ([f for f, ok in zip(files, usable, strict=True) if ok],
+            [f for f, ok in zip(files, usable, strict=True) if not ok])
 
 
 def split_for_validation(

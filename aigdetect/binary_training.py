@@ -11,7 +11,6 @@ detector from latching onto whatever separates the few training generators.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .binary_data import Augmentation, BinaryDataset, split_for_validation
+from .binary_data import Augmentation, BinaryDataset, split_for_validation, usable_files
 from .checkpoint import BINARY, PRETEXT, ModelMeta, load_model
-from .dataset import opens_as_image
 from .engine import EngineConfig, TrainingError, run_training
 from .files import file_sha256
 from .labelled import AI, REAL, LabelledFile, labelled_files
@@ -82,13 +80,12 @@ def present(files: list[LabelledFile], console: Console) -> list[LabelledFile]:
     """The files that exist and open as images; the others (CSV rows naming moved or
     deleted files, junk named .jpg) are said and left out, rather than silently stood
     in for by another image, or found only by a data-loading worker mid-training."""
-    usable = [os.path.isfile(f.path) and opens_as_image(Path(f.path)) for f in files]
-    left_out = [f for f, ok in zip(files, usable, strict=True) if not ok]
+    kept, left_out = usable_files(files)
     if left_out:
         console.print(f"[yellow]warning:[/] {len(left_out)} listed file(s) are missing or not "
                       f"images and are left out, e.g. {escape(left_out[0].path)}",
                       highlight=False)
-    return [f for f, ok in zip(files, usable, strict=True) if ok]
+    return kept
 
 
 class BinaryTask:

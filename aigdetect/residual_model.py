@@ -36,7 +36,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from . import __version__
-from .binary_data import Augmentation, split_for_validation
+from .binary_data import Augmentation, split_for_validation, usable_files
 from .coding_cost import COUNTS_SHAPE, COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
 from .files import atomic_write
 from .labelled import AI, REAL, LabelledFile
@@ -232,18 +232,24 @@ class ResidualFitConfig:
 
 def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
                  on_image: Callable[[int], None] | None = None) -> ResidualClassifier:
-    """Fit on ``files`` minus the validation share (the binary detector's split, so
-    images it holds out stay unseen by both), validated on that share."""
+    """Fit on ``files`` minus the validation share (the binary detector's split, drawn
+    from the same usable files, so images it holds out stay unseen by both),
+    validated on that share. Files that do not open are counted as unreadable."""
+    files, missing = usable_files(files)
+    if on_image is not None and missing:
+        on_image(len(missing))
     train, held_out = split_for_validation(files, config.val_fraction, config.seed)
-    require_both_classes([f.label for f in train], "training images")  # before reading them
-    features, labels, groups, unreadable = training_features(train, config, on_image)
+    require_both_classes([f.label for f in train],  # before reading them
+                         f"readable training images ({len(missing)} unreadable)" if missing
+                         else "training images")
+    features, labels, groups, failed = training_features(train, config, on_image)
+    unreadable = {f.path: "missing, or not an image" for f in missing} | failed
     require_both_classes(labels, f"readable training images ({len(unreadable)} unreadable)")
-    skipped = len(unreadable)
     model = ResidualClassifier(config.regularisation, config.inputs)
     model.fit(features, labels, group_weights(labels, groups))
     model.provenance = {
         "aigdetect_version": __version__, "config": vars(config).copy(),
-        "train_images": len(train) - skipped, "unreadable": skipped,
+        "train_images": len(train) - len(failed), "unreadable": len(unreadable),
         "unreadable_files": dict(list(unreadable.items())[:20]),
         "groups": {g: int(np.sum(groups == g)) // config.variants for g in sorted(set(groups))},
         "validation": validate(model, held_out, config, on_image)}

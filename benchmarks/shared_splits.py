@@ -36,8 +36,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from aigdetect.binary_data import split_for_validation
-from aigdetect.labelled import AI, files_from_csv
+from aigdetect.binary_data import split_for_validation, usable_files
+from aigdetect.labelled import AI, each_once, files_from_csv
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 CALIBRATION_SHARE = 0.2
@@ -84,8 +84,10 @@ def held_out(rows: list[dict], key: Callable[[dict], str], share: float,
 
 
 def link_binary_validation(train_csv: Path, folder: Path, seed: int) -> None:
-    """The AI files the binary detector's training holds out (its own split function)."""
-    _, held_out = split_for_validation(files_from_csv(train_csv), BINARY_VAL_FRACTION, seed)
+    """The AI files the binary detector's training holds out (its own split function, on
+    the same usable files)."""
+    files, _ = usable_files(each_once(files_from_csv(train_csv)))
+    _, held_out = split_for_validation(files, BINARY_VAL_FRACTION, seed)
     folder.mkdir(parents=True, exist_ok=True)
     for file in held_out:
         if file.label == AI and not (folder / Path(file.path).name).is_symlink():

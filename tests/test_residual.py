@@ -20,9 +20,13 @@ from helpers_images import (
     noise_jpeg,
     smooth_png,
 )
+from rich.console import Console
 from typer.testing import CliRunner
 
+from aigdetect import residual_model
 from aigdetect import weights as shipped_weights
+from aigdetect.binary_data import split_for_validation
+from aigdetect.binary_training import present
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.coding_cost import COUNTS_SIZE
 from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
@@ -455,3 +459,25 @@ def test_no_readable_image_of_one_class_is_a_clear_error(tmp_path: Path) -> None
         files.append(LabelledFile(str(junk), AI, "a"))
     with pytest.raises(ResidualModelError, match="no AI readable training images"):
         fit_residual(files, ResidualFitConfig(workers=0, val_fraction=0.0))
+
+
+def test_a_missing_file_does_not_shift_the_held_out_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The binary trainer drops files that do not open before its split; the residual
+    fit must split the same list, or a missing CSV row makes the two hold out different
+    images and one trains on what the other (and the fusion weights) treat as unseen."""
+    files = [LabelledFile(str(noise_jpeg(tmp_path / f"ai{i}.jpg", size=(96, 96), seed=i)), AI,
+                          "gen") for i in range(12)]
+    files += [LabelledFile(str(noise_jpeg(tmp_path / f"r{i}.jpg", size=(96, 96), seed=50 + i)),
+                           REAL, "cam") for i in range(12)]
+    files.insert(3, LabelledFile(str(tmp_path / "gone.jpg"), AI, "gen"))
+    held: list[list[str]] = []
+    monkeypatch.setattr(residual_model, "validate",
+                        lambda model, files, *args: held.append([f.path for f in files]) or {})
+    config = ResidualFitConfig(variants=1, workers=0, val_fraction=0.25)
+    model = residual_model.fit_residual(files, config)
+    _, binary_held = split_for_validation(present(files, Console(quiet=True)), 0.25, config.seed)
+    assert held == [[f.path for f in binary_held]]
+    assert model.provenance["unreadable"] == 1
+    assert model.provenance["train_images"] == 24 - len(binary_held)
