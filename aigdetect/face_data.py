@@ -7,7 +7,8 @@ size and modification time (a changed file is searched again) and by the
 detector's settings (a cache made with other settings is not reused). Each item is
 one face: its crop, cut from the stored pixels without resampling, replaced half of
 the time by one manipulation of itself (:mod:`aigdetect.manipulations`), then cut
-into random native patches as the EXIF pretext does with whole photos (a crop
+into native patches: three about the eyes and the mouth, where the manipulations
+are, the rest random, as the EXIF pretext cuts whole photos (a crop
 smaller than one patch, a small face at the border, is upscaled to fit by
 :func:`~aigdetect.patches.ensure_min_size`, the one resampling). A
 manipulated face keeps its photo's EXIF targets: only the ``original`` head learns
@@ -30,7 +31,7 @@ from . import faces
 from .checkpoint import FACE_TAGS
 from .dataset import Photo, cached_per_file
 from .exif import ExifLabels
-from .faces import ENLARGE, Face, crop_landmarks, face_crop, find_faces
+from .faces import ENLARGE, Face, Landmarks, crop_landmarks, face_crop, find_faces
 from .manipulations import manipulate
 from .patches import ImageReadError, fixed_grid_tiles, load_image, random_crops
 
@@ -154,14 +155,42 @@ class FaceDataset(Dataset):
             rng = np.random.default_rng(
                 [self.seed, self.epoch, index] if self.train else [self.seed, index])
             crop = face_crop(pixels, sample.face, self.enlarge)
+            landmarks = crop_landmarks(pixels.shape, sample.face, self.enlarge)
             manipulation = None
             if rng.random() < MANIPULATED_SHARE:
-                landmarks = crop_landmarks(pixels.shape, sample.face, self.enlarge)
                 crop, manipulation = manipulate(crop, landmarks, rng)
-            return FaceItem(sample, crop, manipulation, self._patches(crop, rng), attempt)
+            return FaceItem(sample, crop, manipulation, self._patches(crop, landmarks, rng),
+                            attempt)
         raise RuntimeError("no face in the training set could be decoded")
 
-    def _patches(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.train:
-            return random_crops(crop, self.patches, self.patch_size, rng)
-        return fixed_grid_tiles(crop, self.patch_size, self.patches)
+    def _patches(self, crop: np.ndarray, landmarks: Landmarks,
+                 rng: np.random.Generator) -> np.ndarray:
+        if not self.train:
+            return fixed_grid_tiles(crop, self.patch_size, self.patches)
+        on_features = landmark_crops(crop, landmarks, min(3, self.patches), self.patch_size, rng)
+        if len(on_features) == self.patches:
+            return on_features
+        anywhere = random_crops(crop, self.patches - len(on_features), self.patch_size, rng)
+        return np.concatenate([on_features, anywhere])
+
+
+def landmark_crops(crop: np.ndarray, landmarks: Landmarks, count: int, size: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Up to ``count`` native ``size`` crops about the eyes and the mouth (jittered by
+    up to a quarter patch), for original and manipulated faces alike.
+
+    The eye and mouth manipulations change 4-8 % of a crop: random patches of a
+    400 px face missed them up to 31 % of the time, so a face labelled manipulated
+    was often shown only untouched pixels. Both classes get these crops, so where a
+    patch lies tells nothing. A crop smaller than a patch gets none (it is upscaled,
+    which would move the landmarks)."""
+    height, width = crop.shape[:2]
+    if height < size or width < size:
+        return np.zeros((0, 3, size, size), np.uint8)
+    out = []
+    for x, y in (landmarks.left_eye, landmarks.right_eye, landmarks.mouth)[:count]:
+        dx, dy = rng.integers(-(size // 4), size // 4 + 1, size=2)
+        left = int(np.clip(round(x + dx) - size // 2, 0, width - size))
+        top = int(np.clip(round(y + dy) - size // 2, 0, height - size))
+        out.append(crop[top:top + size, left:left + size])
+    return np.ascontiguousarray(np.stack(out).transpose(0, 3, 1, 2))

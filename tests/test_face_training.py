@@ -29,9 +29,9 @@ from aigdetect.checkpoint import FACE_HEADS, FACE_TAGS, FACES, ORIGINAL, load_mo
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.dataset import Photo, load_labels
 from aigdetect.exif import ORDINAL_TAGS
-from aigdetect.face_data import FaceDataset, detect_faces
+from aigdetect.face_data import FaceDataset, detect_faces, landmark_crops
 from aigdetect.face_training import FaceTask, FaceTrainConfig
-from aigdetect.faces import face_crop
+from aigdetect.faces import Landmarks, face_crop
 from aigdetect.patches import load_image
 
 #: 2 steps of 4 faces x 2 patches on the CPU; every image is one face.
@@ -183,6 +183,26 @@ def test_dataset_serves_originals_and_manipulations_cut_from_the_crop(
         assert (item.manipulation is None) == np.array_equal(item.crop, original)
         assert item.patches.shape == (3, 3, 16, 16) and item.patches.dtype == np.uint8
         assert all(_inside(patch, item.crop) for patch in item.patches)
+
+
+def test_three_patches_lie_on_the_eyes_and_the_mouth_for_both_classes() -> None:
+    """Random patches of a large face often missed a flipped mouth or eye, so a face
+    labelled manipulated was shown untouched pixels; every face, original or not,
+    now gets a patch about each eye and the mouth (jittered, clipped to the crop)."""
+    ys, xs = np.mgrid[0:400, 0:360]  # each pixel says where it is: y, x (mod 256), high bits
+    crop = np.stack([ys % 256, xs % 256, ys // 256 * 2 + xs // 256], -1).astype(np.uint8)
+    landmarks = Landmarks((120.0, 150.0), (240.0, 150.0), (180.0, 395.0), (40, 60, 280, 320))
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        patches = landmark_crops(crop, landmarks, 3, 64, rng)
+        assert patches.shape == (3, 3, 64, 64)
+        for patch, (x, y) in zip(patches, (landmarks.left_eye, landmarks.right_eye,
+                                           landmarks.mouth), strict=True):
+            low_y, low_x, high = (int(v) for v in patch[:, 0, 0])
+            top, left = low_y + 256 * (high // 2), low_x + 256 * (high % 2)
+            assert np.array_equal(patch.transpose(1, 2, 0), crop[top:top + 64, left:left + 64])
+            assert left <= x < left + 64 and top <= y < top + 64  # the feature is in it
+    assert landmark_crops(crop[:40], landmarks, 3, 64, rng).shape == (0, 3, 64, 64)
 
 
 def test_dataset_targets_mask_unknown_exif(photos: list[Photo]) -> None:
