@@ -124,7 +124,8 @@ def most_suspicious_face(entries: list[dict[str, Any]]) -> dict[str, Any] | None
     """The judged face entry with the highest score (it decides an image's face
     verdict), or None when no face could be scored."""
     return max((face for face in entries if "score" in face),
-               key=lambda face: (face["score"], face["raw_score"]),  # scores saturate at 1
+               # scores saturate at 1: the raw score tells such faces apart
+               key=lambda face: (face["score"], face.get("raw_score", -math.inf)),
                default=None)
 
 

@@ -299,3 +299,11 @@ def test_the_deciding_verdict_is_the_faces_with_faces() -> None:
         "verdict": "real", "score": 0.3, "percentile": 30.0}
     assert deciding_verdict({"verdict": image, "faces": None}) == image
     assert deciding_verdict({"verdict": None, "faces": None}).get("verdict", "error") == "error"
+
+
+def test_saturated_face_scores_are_told_apart_by_raw_score() -> None:
+    from aigdetect.scanning import most_suspicious_face
+    faces = [{"score": 1.0, "raw_score": 40.0}, {"score": 1.0, "raw_score": 90.0},
+             {"error": "network failed"}]
+    assert most_suspicious_face(faces)["raw_score"] == 90.0
+    assert most_suspicious_face([{"error": "x"}]) is None
