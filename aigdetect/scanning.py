@@ -91,7 +91,12 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
 
 def decider_name(detector: Detector, face_detector: Detector | None = None) -> str:
     """The name every record of a run gives the detector that decides its verdicts."""
-    return detector.name if face_detector is None else f"faces:{face_detector.name}"
+    return detector.name if face_detector is None else face_decider_name(face_detector)
+
+
+def face_decider_name(face_detector: Detector) -> str:
+    """How records name a face detector that decides (``faces:oneclass``)."""
+    return f"faces:{face_detector.name}"
 
 
 def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Detector) -> None:

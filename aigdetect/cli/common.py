@@ -267,11 +267,16 @@ def check_new_file(path: Path, option: str, folders: Iterable[Path],
     else:
         fail(f"{option} {path} already exists; it is never replaced",
              "give a new file name")
-    parent = Path(os.path.abspath(path)).parent
-    if not parent.is_dir() and (output_dir is None or parent != Path(os.path.abspath(output_dir))):
+    if not Path(os.path.abspath(path)).parent.is_dir() and not directly_in(path, output_dir):
         fail(f"cannot write {option} {path}: its folder does not exist",
              "create it first, or write the report into the -o folder")
     refuse_inside_inputs(path, option, folders)
+
+
+def directly_in(path: Path | None, folder: Path | None) -> bool:
+    """Whether ``path`` names a file directly inside ``folder`` (neither need exist)."""
+    return (path is not None and folder is not None
+            and Path(os.path.abspath(path)).parent == Path(os.path.abspath(folder)))
 
 
 def survive_any_text(stream: TextIO) -> None:

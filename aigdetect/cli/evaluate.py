@@ -25,7 +25,7 @@ from ..files import parse_extensions
 from ..labelled import labelled_files
 from ..patches import CONDITIONS
 from ..report import printable, write_evaluation
-from ..scanning import ScanRecord, scan
+from ..scanning import ScanRecord, decider_name, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -143,7 +143,7 @@ def evaluate_command(
             groups, compared, workers, timeout, advance)
     rows = evaluate_groups(results)
     calibration = judge.calibration
-    name = f"faces:{judge.name}" if faces else judge.name
+    name = decider_name(loaded.detector, loaded.face_detector)
     note = (f"detector {name}, threshold {calibration.threshold:.3f} = "
             f"{calibration.fpr:.1%} FPR on held-out real photos; "
             f"{CONDITIONS[condition].describe()}")

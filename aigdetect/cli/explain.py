@@ -37,6 +37,7 @@ from .common import (
     MODEL_OPTION,
     check_face_options,
     check_new_file,
+    directly_in,
     err,
     exit_code,
     fail,
@@ -107,7 +108,7 @@ def explain_command(
         for index, path in enumerate(files, start=1):
             cases.append(explainer.explain(path, new_file(folder, index, path)))
             advance(1)
-    if created and not any(folder.iterdir()) and not inside(html_report, folder):
+    if created and not any(folder.iterdir()) and not directly_in(html_report, folder):
         folder.rmdir()  # no readable image: leave no empty folder behind
         folder = None
     document = {"schema_version": EXPLAIN_SCHEMA_VERSION, "kind": "aigdetect.explain",
@@ -140,11 +141,6 @@ def explain_folder(output_dir: Path | None, started: datetime, searched: list[Pa
     if output_dir is None and os.path.lexists(folder):
         fail(f"{folder} already exists", "give -o DIR, or run again in a second")
     return folder
-
-
-def inside(path: Path | None, folder: Path) -> bool:
-    return path is not None and Path(os.path.abspath(path)).parent == Path(
-        os.path.abspath(folder))
 
 
 def make_folder(folder: Path, may_exist: bool) -> bool:

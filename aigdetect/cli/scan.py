@@ -39,7 +39,7 @@ from ..resume import (
     recorded,
 )
 from ..runtime import interrupt_deferred
-from ..scanning import NO_FACE, ScanRecord, decider_name, scan
+from ..scanning import NO_FACE, ScanRecord, decider_name, face_decider_name, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -226,7 +226,7 @@ def deciders(loaded: LoadedDetector, threshold: float | None) -> dict[str, float
     run can carry (the general one, and with --faces the face detector)."""
     judges = [judge_description(loaded.detector, threshold)]
     if loaded.face_detector is not None:
-        judges.append(judge_description(loaded.face_detector, None, "faces:"))
+        judges.append(judge_description(loaded.face_detector, None, face=True))
     return {judge["detector"]: judge["threshold"] for judge in judges}
 
 
@@ -400,7 +400,7 @@ def run_header(started: datetime, loaded: LoadedDetector, threshold: float | Non
     verdicts = tally.verdicts
     general = judge_description(loaded.detector, threshold)
     decider = general if loaded.face_detector is None else {
-        **judge_description(loaded.face_detector, None, "faces:"), "image": general}
+        **judge_description(loaded.face_detector, None, face=True), "image": general}
     return {
         "aigdetect_version": __version__,
         "command": [unicode_safe(arg) for arg in sys.argv],
@@ -417,10 +417,11 @@ def run_header(started: datetime, loaded: LoadedDetector, threshold: float | Non
 
 
 def judge_description(detector: Detector, threshold: float | None,
-                      prefix: str = "") -> dict[str, Any]:
-    """A detector's name as records give it, its threshold (a --threshold replaces the
-    calibrated one, whose false-positive rate then no longer holds) and its parts'."""
-    return {"detector": f"{prefix}{detector.name}",
+                      face: bool = False) -> dict[str, Any]:
+    """A detector's name as records give it (``face``: it judges faces), its threshold
+    (a --threshold replaces the calibrated one, whose false-positive rate then no
+    longer holds) and its parts'."""
+    return {"detector": face_decider_name(detector) if face else detector.name,
             "threshold": detector.calibration.threshold if threshold is None else threshold,
             "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
             "component_thresholds": {part.name: part.calibration.threshold

@@ -16,7 +16,7 @@ from ..detectors import Detector, Judgement
 from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
 from ..provenance import read_provenance
-from ..scanning import NO_FACE, capped, judge_face, most_suspicious_face
+from ..scanning import NO_FACE, capped, face_decider_name, judge_face, most_suspicious_face
 from .consistency import PretextReader
 from .heatmap import draw_faces, draw_heatmap, tile_evidence
 
@@ -108,7 +108,7 @@ def faces_case(detector: Detector, pixels: np.ndarray, name: str, faces: list[Pr
     worst = most_suspicious_face(entries)
     verdict = worst["verdict"] if worst else NO_FACE
     draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(name)}")
-    return {"file": str(drawing), "detector": f"faces:{detector.name}", "verdict": verdict,
+    return {"file": str(drawing), "detector": face_decider_name(detector), "verdict": verdict,
             "faces": entries}
 
 
