@@ -271,11 +271,23 @@ def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[fl
 
 def learned_weights(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Non-negative weights summing to 1 from a logistic regression of ``labels`` on the
-    standardised component scores (see :func:`fusion_weights`)."""
-    coefficients = LogisticRegression().fit(features, labels).coef_[0].clip(min=0.0)
-    if coefficients.sum() <= 0:
-        coefficients = np.ones(features.shape[1])
-    return coefficients / coefficients.sum()
+    standardised component scores (see :func:`fusion_weights`).
+
+    A component with a negative coefficient is dropped and the rest are fitted again
+    without it: the others' coefficients were learned alongside it (correlated scores
+    share the credit), so clipping it to 0 alone would leave them mis-weighed."""
+    kept = np.arange(features.shape[1])
+    while kept.size:
+        coefficients = LogisticRegression().fit(features[:, kept], labels).coef_[0]
+        if (coefficients >= 0).all():
+            break
+        kept = kept[coefficients > 0]
+    weights = np.zeros(features.shape[1])
+    if kept.size and coefficients.sum() > 0:
+        weights[kept] = coefficients
+    else:
+        weights[:] = 1.0
+    return weights / weights.sum()
 
 
 def cross_validated_auc(features: np.ndarray, labels: np.ndarray,

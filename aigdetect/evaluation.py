@@ -78,7 +78,9 @@ def group_metrics(
     labels = np.array([0] * len(real_ok) + [1] * len(ai_ok))
     # rank by the raw statistic (continuous); the 0-1 score saturates far from the threshold
     suspicion = np.array([r.raw_score for r in records], dtype=np.float64)
-    flagged = np.array([r.raw_score > r.threshold for r in records], dtype=bool)
+    # flagged = called ``ai``, as the user reads it: records keep 4 decimals, so a score a
+    # hair above its threshold would compare equal, and a damaged file is never called ai
+    flagged = np.array([r.verdict == "ai" for r in records], dtype=bool)
     reviewed = np.array([r.verdict in ("ai", "uncertain") for r in records], dtype=bool)
     return GroupMetrics(
         name=name, label=label, n_real=len(real_ok), n_ai=len(ai_ok), errors=errors,

@@ -207,6 +207,24 @@ def test_weighted_fusion_follows_the_component_that_separates() -> None:
         fusion_weights(calibrations, real, {"oneclass": [1.0], "binary": [1.0]})
 
 
+def test_a_dropped_fusion_component_does_not_skew_the_others() -> None:
+    """A component with a negative coefficient is dropped and the others refitted:
+    here it is a noisy copy of the first with the sign of the label taken out, so the
+    joint fit inflates the first to cancel it, and clipping alone would keep that."""
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1], 300)
+    first = labels * 1.5 + rng.normal(size=600)
+    second = labels * 1.0 + rng.normal(size=600)
+    twin = first - labels * 2.0 + rng.normal(scale=0.3, size=600)
+    weights = calibrating.learned_weights(np.column_stack([first, second, twin]), labels)
+    expected = calibrating.learned_weights(np.column_stack([first, second]), labels)
+    assert weights[2] == 0.0
+    assert weights[:2] == pytest.approx(expected)
+    joint = calibrating.LogisticRegression().fit(
+        np.column_stack([first, second, twin]), labels).coef_[0]
+    assert joint[2] < 0 and joint[0] / joint[1] > 1.5 * expected[0] / expected[1]
+
+
 def test_an_images_processed_copies_share_a_cross_validation_fold(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:

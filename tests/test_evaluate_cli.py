@@ -260,8 +260,9 @@ def rec(log_likelihood: float | None, threshold: float = -5.0) -> ScanRecord:
     """A one-class record: raw score = the negated log-likelihood, threshold likewise."""
     if log_likelihood is None:
         return ScanRecord(path="broken.jpg", error="empty file (0 bytes)")
+    verdict = "ai" if -log_likelihood > -threshold else "real"
     return ScanRecord(path=f"{log_likelihood}.jpg", log_likelihood=log_likelihood,
-                      raw_score=-log_likelihood, threshold=-threshold, verdict="real")
+                      raw_score=-log_likelihood, threshold=-threshold, verdict=verdict)
 
 
 def test_group_metrics_perfect_separation() -> None:
@@ -301,6 +302,17 @@ def test_group_metrics_rates_at_threshold_and_errors() -> None:
     strict = group_metrics("strict", AI_LABEL, [rec(-1.0, threshold=0.0)],
                            [rec(-4.0, threshold=-3.0)])
     assert (strict.fpr, strict.tpr) == (1.0, 1.0)
+
+
+def test_group_metrics_count_what_the_verdict_says() -> None:
+    """Rates count ``ai`` verdicts: a score a hair above its threshold is rounded equal
+    to it in the record yet called ai, and a damaged file's capped verdict is not ai."""
+    hair_above = ScanRecord(path="a.jpg", raw_score=2.0, threshold=2.0, verdict="ai")
+    damaged = ScanRecord(path="d.jpg", raw_score=9.0, threshold=2.0, verdict="uncertain",
+                         notes=["damaged: truncated"])
+    metrics = group_metrics("reals", REAL_LABEL, [hair_above, damaged], [])
+    assert metrics.fpr == 0.5
+    assert metrics.review_fpr == 1.0
 
 
 def test_group_metrics_one_sided() -> None:
