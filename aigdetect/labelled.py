@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import IMAGE_EXTENSIONS, walk_folder
+from .files import IMAGE_EXTENSIONS, file_sha256, walk_folder
 
 REAL, AI = 0, 1
 LABEL_NAMES = {REAL: "real", AI: "ai"}
@@ -49,20 +50,52 @@ def labelled_files(real: Sequence[Path], fake: Sequence[Path], labels_csv: Path 
 
 
 def each_once(files: Sequence[LabelledFile]) -> list[LabelledFile]:
-    """``files`` with every file (by its resolved path) kept once, at its first
-    place: a folder given twice, or nested in another, must not count its images
-    twice (it would narrow every interval and pass the minimum counts). A file with
+    """``files`` with every image kept once, at its first place: a folder given twice
+    or nested in another, a hard link or symlink, or a byte-identical copy under
+    another name must not count its image twice (it would weigh it double in training,
+    put it on both sides of a validation split, and narrow every interval). A file with
     both labels is refused: no measurement means anything then."""
-    seen: dict[str, LabelledFile] = {}
+    by_inode = _first_of_each(files, _inode_or_path)
+    sizes = Counter(_size(file.path) for file in by_inode)
+    return _first_of_each(  # only files that share a size are read and hashed
+        by_inode, lambda path: _content(path) if sizes[_size(path)] > 1 else _inode_or_path(path))
+
+
+def _first_of_each(files: Sequence[LabelledFile],
+                   key: Callable[[str], Hashable]) -> list[LabelledFile]:
+    seen: dict[Hashable, LabelledFile] = {}
     for file in files:
-        key = os.path.realpath(file.path)  # unlike Path.resolve, never raises on a link loop
-        first = seen.setdefault(key, file)
+        first = seen.setdefault(key(file.path), file)
         if first.label != file.label:
             real, ai = sorted((first, file), key=lambda f: f.label)
-            raise ValueError(f"{file.path} is labelled both real (in {real.group}) and AI "
-                             f"(in {ai.group}): give the two classes folders that do not "
-                             "overlap")
+            raise ValueError(f"{ai.path} (AI, in {ai.group}) is the same image as {real.path} "
+                             f"(real, in {real.group}): give the two classes folders that do "
+                             "not overlap")
     return list(seen.values())
+
+
+def _inode_or_path(path: str) -> Hashable:
+    """The file itself, however it is reached (a link); its resolved name if it cannot
+    be read (it becomes an error later, once)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)  # unlike Path.resolve, never raises on a link loop
+    return stat.st_dev, stat.st_ino
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _content(path: str) -> Hashable:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return _inode_or_path(path)
 
 
 def files_from_csv(path: Path) -> list[LabelledFile]:

@@ -4,6 +4,7 @@ hand-made records (where the right answers are known exactly)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from aigdetect.evaluation import (
     paired_difference,
     rank_auc,
 )
-from aigdetect.labelled import files_from_csv
+from aigdetect.labelled import AI, REAL, LabelledFile, each_once, files_from_csv
 from aigdetect.scanning import ScanRecord
 
 FAST = ["--workers", "0", "--patches", "4"]
@@ -163,7 +164,22 @@ def test_a_folder_given_twice_counts_once_and_overlapping_classes_are_refused(
     assert json.loads(twice.stdout)["groups"][-1] == json.loads(once.stdout)["groups"][-1]
     overlap = invoke(runner, ["evaluate", "--real", sets["root"], "--fake", sets["fake"], *FAST])
     assert overlap.exit_code == EXIT_USAGE
-    assert "labelled both real" in overlap.stderr and overlap.stdout == ""
+    assert "is the same image as" in overlap.stderr and overlap.stdout == ""
+
+
+def test_links_and_copies_of_one_image_count_once(tmp_path: Path) -> None:
+    """A hard link or a byte-identical copy under another name is the same image: it
+    must not weigh double or sit on both sides of a split; across classes it is refused."""
+    original = tmp_path / "a.jpg"
+    original.write_bytes(b"same bytes")
+    os.link(original, tmp_path / "hard.jpg")
+    (tmp_path / "copy.jpg").write_bytes(b"same bytes")
+    (tmp_path / "other.jpg").write_bytes(b"same size!")  # same size, other bytes
+    files = [LabelledFile(str(tmp_path / name), REAL, "g")
+             for name in ("a.jpg", "hard.jpg", "copy.jpg", "other.jpg", "missing.jpg")]
+    assert [Path(f.path).name for f in each_once(files)] == ["a.jpg", "other.jpg", "missing.jpg"]
+    with pytest.raises(ValueError, match=r"copy\.jpg \(AI, in g\) is the same image as .*a\.jpg"):
+        each_once([files[0], LabelledFile(files[2].path, AI, "g")])
 
 
 def test_plot(runner: CliRunner, sets: dict[str, Path], tmp_path: Path) -> None:
