@@ -183,7 +183,7 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
 
     ``interrupted`` (Ctrl-C) marks the results as partial in the table and in JSON
     (``"interrupted": true``), so a file read later does not pass for a whole scan.
-    ``run`` (the run header, see ``cli.run_header``) goes into JSON as ``"run"``.
+    ``run`` (the run header, see :func:`aigdetect.custody.run_header`) goes into JSON as ``"run"``.
     """
     if fmt == "table":
         # a pipe or file gets wide rows rather than folded paths

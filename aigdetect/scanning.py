@@ -182,6 +182,17 @@ def _log_likelihood(components: dict[str, dict[str, Any]]) -> float | None:
     return None if value is None else round(value, 4)
 
 
+@dataclass
+class LoadedDetector:
+    """A ready detector with what every record and report names about it."""
+
+    detector: Detector
+    identity: dict[str, str]
+    tiles: TileSettings
+    #: ``--faces``: the detector that judges each face (``tiles.faces`` says how they are cut)
+    face_detector: Detector | None = None
+
+
 def scan(
     paths: Iterable[str | Path],
     detector: Detector,

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -27,14 +27,14 @@ from ..detectors import (
     DETECTOR_NAMES,
     FACES_DIR,
     LOAD_ERRORS,
-    Detector,
     DetectorFolder,
     default_model_dir,
 )
-from ..features import MAX_TILES, TileSettings
+from ..features import MAX_TILES
 from ..patches import CONDITIONS, DecodeLimits
 from ..report import printable
 from ..runtime import pick_device
+from ..scanning import LoadedDetector
 
 EXIT_CLEAN = 0
 EXIT_FLAGGED = 1
@@ -137,17 +137,6 @@ def parse_patches(text: str | None) -> int | None:
     if count < 1:
         fail(f"--patches {text!r} is neither a positive number nor 'all'", "e.g. --patches 64")
     return count
-
-
-@dataclass
-class LoadedDetector:
-    """A ready detector with what every record and report names about it."""
-
-    detector: Detector
-    identity: dict[str, str]
-    tiles: TileSettings
-    #: ``--faces``: the detector that judges each face (``tiles.faces`` says how they are cut)
-    face_detector: Detector | None = None
 
 
 def check_face_options(faces: bool, aligned: bool, face_model: Path | None,

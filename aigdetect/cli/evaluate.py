@@ -25,7 +25,7 @@ from ..files import parse_extensions
 from ..labelled import labelled_files
 from ..patches import CONDITIONS
 from ..report import printable, write_evaluation
-from ..scanning import ScanRecord, decider_name, scan
+from ..scanning import LoadedDetector, ScanRecord, decider_name, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -38,7 +38,6 @@ from .common import (
     PATCHES_OPTION,
     TIMEOUT_OPTION,
     WORKERS_OPTION,
-    LoadedDetector,
     check_face_options,
     check_new_file,
     err,

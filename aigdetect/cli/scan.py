@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
-from collections import Counter
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -16,13 +14,11 @@ from typing import Any, NoReturn, TextIO
 import typer
 from rich.markup import escape
 
-from .. import __version__
-from ..detectors import Detector
+from ..custody import ScanTally, deciders, run_header
 from ..files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe
 from ..patches import DEFAULT_MAX_DECODE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, DecodeLimits
 from ..report import (
     FORMATS,
-    VERDICTS,
     printable,
     read_run_file,
     run_file,
@@ -39,7 +35,7 @@ from ..resume import (
     recorded,
 )
 from ..runtime import interrupt_deferred
-from ..scanning import NO_FACE, ScanRecord, decider_name, face_decider_name, scan
+from ..scanning import NO_FACE, LoadedDetector, ScanRecord, decider_name, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -52,7 +48,6 @@ from .common import (
     PATCHES_OPTION,
     TIMEOUT_OPTION,
     WORKERS_OPTION,
-    LoadedDetector,
     check_face_options,
     err,
     exit_code,
@@ -167,19 +162,6 @@ def open_results(output: Path, append: bool = False) -> TextIO:
         fail(f"cannot write --output {output}: {error.strerror}")
 
 
-@dataclass
-class ScanTally:
-    """What a scan has done so far: the exit code, and the line printed on Ctrl-C."""
-
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
-    verdicts: Counter = field(default_factory=Counter)
-
-    def add(self, verdict: str) -> None:
-        self.verdicts[verdict] += 1
-
-
 def skip_recorded(files: list[Path], output: Path, verify_hash: bool, tally: ScanTally,
                   loaded: LoadedDetector, threshold: float | None) -> tuple[list[Path], Previous]:
     """Files still to scan after an earlier run recorded some in ``output``; the
@@ -219,15 +201,6 @@ def skip_recorded(files: list[Path], output: Path, verify_hash: bool, tally: Sca
             tally.skipped += 1
             tally.add(str(record.get("verdict", "error")))
     return todo, previous
-
-
-def deciders(loaded: LoadedDetector, threshold: float | None) -> dict[str, float]:
-    """Detector name -> threshold, for every detector whose verdict a record of this
-    run can carry (the general one, and with --faces the face detector)."""
-    judges = [judge_description(loaded.detector, threshold)]
-    if loaded.face_detector is not None:
-        judges.append(judge_description(loaded.face_detector, None, face=True))
-    return {judge["detector"]: judge["threshold"] for judge in judges}
 
 
 def scan_command(
@@ -390,42 +363,6 @@ def write_results(records: list[ScanRecord], output_format: str, output: Path | 
         return
     with open_results(output) as stream:
         write_scan(records, output_format, stream, interrupted=interrupted, run=run)
-
-
-def run_header(started: datetime, loaded: LoadedDetector, threshold: float | None,
-               tally: ScanTally, interrupted: bool, settings: dict[str, Any]) -> dict[str, Any]:
-    """Who scanned what, how and when: the chain-of-custody record of one run. Its
-    detector and threshold are those that decided the verdicts, as in the records:
-    with --faces the face detector's, the general detector's under ``image``."""
-    verdicts = tally.verdicts
-    general = judge_description(loaded.detector, threshold)
-    decider = general if loaded.face_detector is None else {
-        **judge_description(loaded.face_detector, None, face=True), "image": general}
-    return {
-        "aigdetect_version": __version__,
-        "command": [unicode_safe(arg) for arg in sys.argv],
-        "host": unicode_safe(socket.gethostname()),
-        "started": started.isoformat(timespec="milliseconds"),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        **({"interrupted": True} if interrupted else {}),
-        **decider,
-        "model": loaded.identity,
-        "settings": {"patches": loaded.tiles.max_tiles or "all", **settings},
-        "counts": {"files": verdicts.total(), **{v: verdicts[v] for v in VERDICTS},
-                   "skipped": tally.skipped},
-    }
-
-
-def judge_description(detector: Detector, threshold: float | None,
-                      face: bool = False) -> dict[str, Any]:
-    """A detector's name as records give it (``face``: it judges faces), its threshold
-    (a --threshold replaces the calibrated one, whose false-positive rate then no
-    longer holds) and its parts'."""
-    return {"detector": face_decider_name(detector) if face else detector.name,
-            "threshold": detector.calibration.threshold if threshold is None else threshold,
-            "calibrated_fpr": None if threshold is not None else detector.calibration.fpr,
-            "component_thresholds": {part.name: part.calibration.threshold
-                                     for part in detector.parts}}
 
 
 def sidecar_wanted(output: Path, output_format: str) -> bool:
