@@ -33,13 +33,14 @@ from .face_data import FaceDataset, FaceSample, detect_faces
 from .faces import ENLARGE, crop_landmarks, face_crop
 from .losses import fidelity_ranking_loss, pairwise_concordance
 from .manipulations import save_debug
-from .network import ExtractorConfig
 from .patches import ImageReadError, load_image
 from .runtime import Distributed
 from .training import (
     PhotoTrainingConfig,
+    initial_extractor,
     main_first,
     metrics_table,
+    new_photo_model,
     read_photos,
     validation_score,
 )
@@ -145,9 +146,9 @@ class FaceTask:
         self.val_samples = [s for s in samples if s.photo.path not in train_paths]
 
     def new_model(self) -> tuple[nn.Module, ModelMeta]:
-        meta = ModelMeta(config=ExtractorConfig(patch_size=self.config.patch_size),
-                         task=FACES, ordinal_tags=list(FACE_HEADS))
-        return meta.build_model(), meta
+        config, weights = initial_extractor(self.config)
+        meta = ModelMeta(config=config, task=FACES, ordinal_tags=list(FACE_HEADS))
+        return new_photo_model(meta, weights), meta
 
     def configure(self, model: nn.Module, device: torch.device) -> None:
         """Every parameter trains."""

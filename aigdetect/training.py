@@ -18,7 +18,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import PRETEXT, ModelMeta
+from .checkpoint import PRETEXT, CheckpointError, ModelMeta, load_model
 from .dataset import Photo, PretextDataset, load_labels, split_by_camera
 from .engine import EngineConfig, TrainingError, run_training
 from .exif import CATEGORICAL_TAGS, ORDINAL_TAGS, build_vocabularies
@@ -41,6 +41,8 @@ class PhotoTrainingConfig(EngineConfig):
 
     photos: Path
     head_weights: dict[str, float] = field(default_factory=dict)
+    #: a checkpoint whose extractor (not its heads) the new model starts from; None: random
+    init: Path | None = None
 
     @property
     def label_cache(self) -> Path:
@@ -57,6 +59,32 @@ class TrainConfig(PhotoTrainingConfig):
 
     ranking_loss: RankingLoss = "fidelity"
     min_class_count: int = 3
+
+
+def initial_extractor(config: PhotoTrainingConfig) -> tuple[ExtractorConfig, dict | None]:
+    """The new model's extractor settings and starting weights: random at the configured
+    patch size, or ``config.init``'s extractor (a checkpoint of any task; its heads are
+    not taken). The faces paper starts from a network trained on camera photos; a camera-
+    trained extractor is the closest this package has."""
+    if config.init is None:
+        return ExtractorConfig(patch_size=config.patch_size), None
+    try:
+        model, meta = load_model(config.init)
+    except CheckpointError as error:
+        raise TrainingError(f"--init: {error}") from None
+    if meta.config.patch_size != config.patch_size:
+        raise TrainingError(f"--init {config.init} was trained on {meta.config.patch_size} px "
+                            f"patches, not {config.patch_size}: give --patch-size "
+                            f"{meta.config.patch_size}")
+    return meta.config, model.extractor.state_dict()
+
+
+def new_photo_model(meta: ModelMeta, weights: dict | None) -> nn.Module:
+    """``meta``'s model, its extractor loaded with ``weights`` when there are any."""
+    model = meta.build_model()
+    if weights is not None:
+        model.extractor.load_state_dict(weights)
+    return model
 
 
 def main_first(dist: Distributed, work: Callable[[], T]) -> T:
@@ -206,12 +234,13 @@ class PretextTask:
             photos, self.config.val_fraction, self.config.seed)
 
     def new_model(self) -> tuple[nn.Module, ModelMeta]:
+        config, weights = initial_extractor(self.config)
         meta = ModelMeta(
-            config=ExtractorConfig(patch_size=self.config.patch_size),
+            config=config,
             vocabularies=build_vocabularies((p.labels for p in self.train_photos),
                                             self.config.min_class_count),
         )
-        return meta.build_model(), meta
+        return new_photo_model(meta, weights), meta
 
     def configure(self, model: nn.Module, device: torch.device) -> None:
         """Every parameter trains."""

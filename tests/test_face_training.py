@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from aigdetect import face_data
 from aigdetect.checkpoint import FACE_HEADS, FACE_TAGS, FACES, ORIGINAL, load_model
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.dataset import Photo, load_labels
+from aigdetect.detectors import EXTRACTOR_FILE, default_model_dir
 from aigdetect.exif import ORDINAL_TAGS
 from aigdetect.face_data import FaceDataset, detect_faces, landmark_crops
 from aigdetect.face_training import FaceTask, FaceTrainConfig
@@ -278,3 +280,39 @@ def test_faces_are_found_in_real_camera_photos(tmp_path: Path) -> None:
     item = FaceDataset(samples, patches=2, patch_size=32, train=True).item(0)
     assert item.patches.shape == (2, 3, 32, 32)
     assert item.crop.shape[0] >= 48
+
+
+# ---------------------------------------------------------------------------
+# --init: start from a camera-trained extractor
+# ---------------------------------------------------------------------------
+
+def test_init_starts_the_extractor_from_a_checkpoint_and_not_its_heads(
+        face_folder: Path, tmp_path: Path) -> None:
+    shipped = default_model_dir() / EXTRACTOR_FILE
+    source, _ = load_model(shipped)
+    config = FaceTrainConfig(photos=face_folder, output=tmp_path / "f.pt", init=shipped)
+    model, _ = FaceTask(config).new_model()
+    for name, value in source.extractor.state_dict().items():
+        assert torch.equal(model.extractor.state_dict()[name], value), name
+    assert set(model.heads.ranking) == set(FACE_HEADS)  # the faces heads, fresh
+    fresh, _ = FaceTask(replace(config, init=None)).new_model()
+    first = next(iter(source.extractor.state_dict()))
+    assert not torch.equal(fresh.extractor.state_dict()[first],
+                           source.extractor.state_dict()[first])
+
+
+def test_init_through_the_command_line(runner: CliRunner, face_folder: Path,
+                                       tmp_path: Path) -> None:
+    shipped = default_model_dir() / EXTRACTOR_FILE
+    output = tmp_path / "faces.pt"
+    result = invoke(runner, ["train", "--faces", face_folder, "-o", output, *FAST,
+                             "--init", shipped])
+    assert result.exit_code == 0, result.stderr
+    assert load_model(output, task=FACES)[1].training["init"] == str(shipped)
+    smaller = invoke(runner, ["train", "--faces", face_folder, "-o", tmp_path / "s.pt", *FAST,
+                              "--init", shipped, "--patch-size", "32"])
+    assert smaller.exit_code == EXIT_USAGE
+    assert "give --patch-size 64" in " ".join(smaller.stderr.split())
+    binary = invoke(runner, ["train", "--binary", "--real", face_folder, "--fake", face_folder,
+                             "-o", tmp_path / "b.pt", "--init", shipped])
+    assert binary.exit_code == EXIT_USAGE and "--binary starts fresh" in binary.stderr

@@ -51,6 +51,11 @@ def train_command(
         "--freeze-extractor", help="--binary: keep the teacher's extractor as it is "
         "and train the real/AI head only (the limit of strong distillation; for small "
         "training sets)."),
+    init: Path | None = typer.Option(
+        None, "--init", exists=True, dir_okay=False, help="Pretext and --faces: start the "
+        "extractor from this checkpoint's (its heads are not taken), e.g. the shipped "
+        "weights/extractor.pt; the faces paper starts from a network trained on camera "
+        "photos. Default: random weights."),
     epochs: int = typer.Option(20, min=1, help="Passes over the training photos."),
     batch_size: int = typer.Option(16, min=2, help="Photos per step and per process; ranking "
                                    "losses compare every pair in a batch."),
@@ -129,6 +134,9 @@ def train_command(
     if binary_only and not binary:
         fail(f"{', '.join(binary_only)} apply to --binary only",
              "aigdetect train --binary --real photos/ --fake generated/ -o binary.pt")
+    if binary and init is not None:
+        fail("--init applies to the pretext and --faces trainings; --binary starts fresh, "
+             "as the paper's does", "use --freeze-extractor to build on the teacher")
     if binary and head_weight:
         fail("--head-weight weighs the pretext and --faces heads; --binary has one head")
     check_pretext_only(binary, faces, ranking_loss, min_class_count)
@@ -152,11 +160,12 @@ def train_command(
                  "--real/--fake)")
         elif faces:
             train_faces(FaceTrainConfig(photos=photos, aligned=aligned, debug_dir=debug_dir,
+                                        init=init,
                                         head_weights=parse_head_weights(head_weight,
                                                                         FACE_HEADS),
                                         **common), err)
         else:
-            train(TrainConfig(photos=photos, ranking_loss=ranking_loss,
+            train(TrainConfig(photos=photos, ranking_loss=ranking_loss, init=init,
                               min_class_count=min_class_count,
                               head_weights=parse_head_weights(head_weight, PRETEXT_HEADS),
                               **common), err)
