@@ -340,7 +340,7 @@ def test_train_binary_with_no_decodable_ai_image_is_a_usage_error(
     junk = tmp_path / "junk"
     junk.mkdir()
     for i in range(3):
-        (junk / f"j{i}.png").write_bytes(b"not an image")
+        (junk / f"j{i}.png").write_bytes(f"not an image {i}".encode())
     result = invoke(runner, ["train", "--binary", "--real", binary_run["real"], "--fake", junk,
                              "-o", tmp_path / "b.pt", "--max-steps", "1", *TRAIN_FAST])
     assert result.exit_code == 2
@@ -517,8 +517,8 @@ def test_a_failed_calibration_leaves_the_folder_as_it_was(
     mostly_junk = tmp_path / "mostly_junk"
     for i in range(5):
         noise_jpeg(mostly_junk / f"r{i}.jpg", seed=950 + i)
-    for i in range(20):
-        (mostly_junk / f"junk{i}.jpg").write_bytes(b"not an image")
+    for i in range(20):  # distinct bytes: copies of one file would count once
+        (mostly_junk / f"junk{i}.jpg").write_bytes(f"not an image {i}".encode())
     model, meta = load_model(binary_run["output"], task=BINARY)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)  # another binary detector than the folder's

@@ -455,7 +455,7 @@ def test_no_readable_image_of_one_class_is_a_clear_error(tmp_path: Path) -> None
         noise_jpeg(photo, seed=i)
         files.append(LabelledFile(str(photo), REAL, "r"))
         junk = tmp_path / f"a{i}.png"
-        junk.write_bytes(b"not an image")
+        junk.write_bytes(f"not an image {i}".encode())
         files.append(LabelledFile(str(junk), AI, "a"))
     with pytest.raises(ResidualModelError, match="no AI readable training images"):
         fit_residual(files, ResidualFitConfig(workers=0, val_fraction=0.0))
