@@ -257,7 +257,7 @@ def test_fusion_is_judged_out_of_sample_and_the_best_ranker_is_the_default() -> 
     calibrations = {name: Calibration.fit(np.array(values), 0.05) for name, values in real.items()}
     _, validation = fusion_weights(calibrations, real, fake)
     auc = validation["auc"]
-    assert auc["fused_cross_validated"] <= auc["fused"]
+    assert auc["fused_cross_validated"] < auc["fused"]  # in-sample weights flatter it
     offered = ["oneclass", "residual", "fused"]
     expected = "fused" if auc["fused_cross_validated"] >= auc["residual"] else "residual"
     assert best_detector(validation, offered) == expected

@@ -79,8 +79,14 @@ def test_fit_writes_detector_folder(fitted: dict[str, Any]) -> None:
 
 
 def test_scan_with_fitted_detector(runner: CliRunner, fitted: dict[str, Any],
-                                   photos: Path) -> None:
+                                   photos: Path, tmp_path: Path) -> None:
     output = fitted["output"]
+    # an image of 16 tiles is read at the 4 the detector was fitted with
+    big = noise_jpeg(tmp_path / "big.jpg", size=(256, 256), seed=3)
+    for extra in ([], ["--patches", "4"]):
+        result = invoke(runner, ["scan", big, "--model", output, "-f", "json",
+                                 "--workers", "0", *extra])
+        assert json.loads(result.stdout)["results"][0]["patches"] == 4
     density = RealPhotoDensity.load(output / DENSITY_FILE)
     some = sorted(photos.rglob("*.jpg"))[:4]
     meta, _ = read_checkpoint(EXTRACTOR)

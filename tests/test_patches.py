@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 from PIL import Image
 
 from aigdetect.patches import (
+    CONDITIONS,
     MAX_UPSCALED_SIDE,
     DecodedImage,
     DecodeLimits,
     ImageReadError,
+    apply_processing,
     ensure_min_size,
     grid_tiles,
     load_image,
@@ -316,3 +319,22 @@ def test_recompressed_tiles_keep_each_tile_in_its_place():
     distances = np.abs(back[:, None].astype(int) - tiles[None].astype(int)).mean(axis=(2, 3, 4))
     assert (distances.argmin(axis=1) == np.arange(4)).all()
     assert distances.diagonal().max() < 1.5
+
+
+def test_evaluation_conditions_crop_resize_and_reencode_as_stated() -> None:
+    """matched: the centre 256 px of the stored pixels, then JPEG q90; web: the short
+    side to 512 (bicubic), then JPEG q75; asis: the pixels untouched."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    assert np.array_equal(apply_processing(pixels, CONDITIONS["asis"]), pixels)
+
+    def jpeg(array: np.ndarray, quality: int) -> np.ndarray:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    matched = apply_processing(pixels, CONDITIONS["matched"])
+    assert np.array_equal(matched, jpeg(pixels[22:278, 72:328], 90))
+    web = apply_processing(pixels, CONDITIONS["web"])
+    resized = np.asarray(Image.fromarray(pixels).resize((683, 512), Image.Resampling.BICUBIC))
+    assert np.array_equal(web, jpeg(resized, 75))

@@ -419,12 +419,15 @@ def test_all_tiles_stop_at_the_cap(shipped: DetectorFolder) -> None:
     assert shipped.tiles(7).max_tiles == 7
 
 
-def test_default_patches_come_from_detector(runner, images, shipped: DetectorFolder) -> None:
+def test_default_patches_come_from_detector(runner, tmp_path: Path) -> None:
+    """The shipped detector.json says 16 tiles: an image holding 36 is read at 16, not
+    at every tile nor at another built-in default."""
     meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
-    grid = tile_count(192, 256, meta.config.patch_size)
-    result = invoke(runner, ["scan", images["good"][0], "-f", "json", "--workers", "0"])
-    record = parse_json_stdout(result.stdout)["results"][0]
-    assert record["patches"] == min(grid, shipped.tiles().max_tiles)
+    big = noise_jpeg(tmp_path / "big.jpg", size=(384, 384), seed=6)
+    assert tile_count(384, 384, meta.config.patch_size) == 36
+    assert json.loads((default_model_dir() / "detector.json").read_text())["tiles"] == 16
+    result = invoke(runner, ["scan", big, "-f", "json", "--workers", "0"])
+    assert parse_json_stdout(result.stdout)["results"][0]["patches"] == 16
 
 
 def test_max_pixels_guard(runner, tmp_path) -> None:
