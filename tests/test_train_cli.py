@@ -26,7 +26,7 @@ from aigdetect.checkpoint import (
 from aigdetect.cli import app
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, Vocabulary
 from aigdetect.network import ExtractorConfig
-from aigdetect.training import validation_score
+from aigdetect.training import PretextTask, validation_score
 
 COMMANDS = ("train", "fit-gmm", "scan", "explain")
 
@@ -183,6 +183,24 @@ def test_log_has_per_head_losses_and_validation(trained):
         value = metrics.get("accuracy", metrics.get("concordance"))
         assert 0.0 <= value <= 1.0 and metrics["n"] > 0
     assert output.with_name("model.pt.labels.json").is_file()
+
+
+def test_an_earlier_better_epoch_stays_the_best_also_across_resume(
+        session_photo_folder, tmp_path, monkeypatch):
+    """Validation scores 0.2, 0.9, 0.1, then (resumed) 0.5: best.pt is epoch 2's, and
+    the resumed run remembers the 0.9 it has to beat."""
+    scores = iter([0.2, 0.9, 0.1, 0.5])
+    monkeypatch.setattr(PretextTask, "validation_score", lambda self, metrics: next(scores))
+    output = tmp_path / "model.pt"
+    best = output.with_name("model.best.pt")
+    fast = ["--batch-size", "4", "--patches", "2", "--workers", "0", "--val-fraction", "0.25",
+            "--device", "cpu", "--max-steps", "1000"]
+    first = run(*train_args(session_photo_folder, output, *fast, "--epochs", "3"))
+    assert first.exit_code == 0, first.output
+    assert load_model(best)[1].epoch == 2 and load_model(output)[1].epoch == 3
+    resumed = run(*train_args(session_photo_folder, output, *fast, "--epochs", "4", "--resume"))
+    assert resumed.exit_code == 0, resumed.output
+    assert load_model(best)[1].epoch == 2 and load_model(output)[1].epoch == 4
 
 
 def test_resume_continues_the_run(trained, tmp_path):
