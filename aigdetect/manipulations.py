@@ -196,10 +196,17 @@ MANIPULATIONS: dict[str, Manipulation] = {
 def manipulate(crop: np.ndarray, landmarks: Landmarks,
                rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """One of :data:`MANIPULATIONS`, drawn uniformly from ``rng``, applied to
-    ``crop``: the manipulated crop and the manipulation's name."""
+    ``crop``: the manipulated crop and the manipulation's name.
+
+    A region flip whose region lies outside the crop (or is too small to flip) changes
+    nothing; the global warp is used instead, or an untouched face would be taught as
+    a manipulated one."""
     names = sorted(MANIPULATIONS)
     name = names[int(rng.integers(len(names)))]
-    return MANIPULATIONS[name](crop, landmarks, rng), name
+    manipulated = MANIPULATIONS[name](crop, landmarks, rng)
+    if name != "warp" and np.array_equal(manipulated, crop):
+        name, manipulated = "warp", warp(crop, landmarks, rng)
+    return manipulated, name
 
 
 def _outline(crop: np.ndarray, landmarks: Landmarks) -> np.ndarray:

@@ -205,10 +205,20 @@ def test_eye_flip_changes_only_one_eye_region(crop, marks):
 
 
 def test_region_flips_handle_regions_cut_by_the_border(marks):
-    small = _noise(90, 150, seed=3)  # the mouth box reaches past the bottom edge
+    """A crop cut off above the mouth: the eye flip still works, the mouth flips find
+    nothing to flip, and ``manipulate`` then warps instead of passing an untouched face
+    off as a manipulated one."""
+    small = _noise(90, 150, seed=3)  # the mouth (y 118) lies below the bottom edge
     for name in ("mouth_vflip", "mouth_hflip", "eye_hflip"):
         out = MANIPULATIONS[name](small, marks, np.random.default_rng(0))
         assert out.shape == small.shape and out.dtype == np.uint8
+        assert np.array_equal(out, small) == name.startswith("mouth"), name
+    names = set()
+    for seed in range(24):
+        out, name = manipulate(small, marks, np.random.default_rng(seed))
+        assert not np.array_equal(out, small), name
+        names.add(name)
+    assert names == {"eye_hflip", "warp"}
 
 
 def test_warp_changes_the_interior_and_is_deterministic(crop, marks):
