@@ -156,12 +156,28 @@ def test_label_csv(runner: CliRunner, sets: dict[str, Path]) -> None:
 
 
 def test_a_folder_given_twice_counts_once_and_overlapping_classes_are_refused(
-        runner: CliRunner, sets: dict[str, Path]) -> None:
+        runner: CliRunner, sets: dict[str, Path], tmp_path: Path) -> None:
     twice = invoke(runner, ["evaluate", "--real", sets["real"], "--real", sets["real"],
                             "--fake", sets["fake"], "-f", "json", "-q", *FAST])
     once = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
                            "-f", "json", "-q", *FAST])
     assert json.loads(twice.stdout)["groups"][-1] == json.loads(once.stdout)["groups"][-1]
+    assert "same image" not in twice.stderr  # the same names twice: nothing to tell
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    first = sets["real"] / "r0.jpg"
+    os.link(first, copies / "renamed.jpg")
+    (copies / "copied.jpg").write_bytes(first.read_bytes())
+    noise_jpeg(copies / "new.jpg", seed=77)
+    with_copies = invoke(runner, ["evaluate", "--real", sets["real"], "--real", copies,
+                                  "--fake", sets["fake"], "-f", "json", "-q", *FAST])
+    assert with_copies.exit_code == EXIT_CLEAN, with_copies.stderr
+    assert "2 file(s) are the same image as another input" in " ".join(
+        with_copies.stderr.split())
+    overall = json.loads(with_copies.stdout)["groups"][-1]
+    assert overall["n_real"] + overall["errors"] == (
+        json.loads(once.stdout)["groups"][-1]["n_real"] + 1 + json.loads(
+            once.stdout)["groups"][-1]["errors"])
     overlap = invoke(runner, ["evaluate", "--real", sets["root"], "--fake", sets["fake"], *FAST])
     assert overlap.exit_code == EXIT_USAGE
     assert "is the same image as" in overlap.stderr and overlap.stdout == ""

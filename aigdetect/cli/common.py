@@ -211,6 +211,12 @@ def detector_errors(model: Path | None):
              "make one with 'aigdetect fit-gmm', or leave out --model for the shipped one")
 
 
+def warn(message: str | None) -> None:
+    """A warning on stderr, if there is one; the command goes on."""
+    if message:
+        err.print(f"[yellow]warning:[/] {escape(printable(message))}", highlight=False)
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The gist of an error in one line: torch and numpy messages can run to pages."""
     text = " ".join(str(error).split("\n", 1)[0].split())
