@@ -194,6 +194,26 @@ def test_outputs_never_inside_the_evidence_nor_over_a_file(tmp_path: Path) -> No
     assert long_name.exit_code == EXIT_USAGE and "File name too long" in long_name.stderr
 
 
+def test_outputs_stay_out_of_the_folder_of_a_file_named_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``explain case/a.jpg`` (or a shell glob) reads evidence from ``case/`` as much as
+    ``explain case/`` does: neither the heat maps, nor the report, nor the default
+    folder made in the current one may land there."""
+    photo = write_image(tmp_path / "case" / "a.jpg")
+    runner = CliRunner()
+    maps = invoke(runner, ["explain", photo, "-o", photo.parent / "maps"])
+    assert maps.exit_code == EXIT_USAGE and "inside the input folder" in maps.stderr
+    report = invoke(runner, ["explain", photo, "--html", photo.parent / "r.html",
+                             "-o", tmp_path / "out"])
+    assert report.exit_code == EXIT_USAGE and "inside the input folder" in report.stderr
+    monkeypatch.chdir(photo.parent)
+    default = invoke(runner, ["explain", "a.jpg"])
+    assert default.exit_code == EXIT_USAGE
+    assert "inside the evidence folder" in " ".join(default.stderr.split())
+    assert sorted(p.name for p in photo.parent.iterdir()) == ["a.jpg"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_input_is_a_case_and_the_report_may_go_in_the_new_folder(
         tmp_path: Path) -> None:
     """As scan does: an input that is not there is reported and counted (exit 3 or 4),

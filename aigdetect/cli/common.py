@@ -240,6 +240,14 @@ def input_folder_holding(path: Path, folders: Iterable[Path]) -> Path | None:
     return None
 
 
+def evidence_folders(searched: Iterable[Path], files: Iterable[Path]) -> list[Path]:
+    """Every folder a command reads evidence from: those it searched, and those holding
+    the files named one by one (``explain case/*.jpg``: the shell lists the files, and
+    ``case/`` is still the evidence folder)."""
+    holding = {Path(os.path.dirname(os.path.abspath(file))) for file in files}
+    return [*searched, *sorted(holding)]
+
+
 def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> None:
     """What a command writes never goes into a folder it reads images from: the next
     walk of that folder would take it for data (or evidence)."""

@@ -39,10 +39,12 @@ from .common import (
     check_new_file,
     directly_in,
     err,
+    evidence_folders,
     exit_code,
     fail,
     first_line,
     flag,
+    input_folder_holding,
     load_detector,
     progress_bar,
     refuse_inside_inputs,
@@ -92,10 +94,11 @@ def explain_command(
     if not files and not found:
         fail("no image files among the inputs", "give image files or folders holding some")
     started = datetime.now(timezone.utc)
+    evidence = evidence_folders(searched, files)  # outputs stay out of all of them
     if html_report is not None:
-        check_new_file(html_report, "--html", searched, output_dir)
+        check_new_file(html_report, "--html", evidence, output_dir)
     check_face_options(faces, aligned, face_model, None)
-    folder = explain_folder(output_dir, started, searched)
+    folder = explain_folder(output_dir, started, evidence)
     loaded = load_detector(model, detector_name, device, None, 256)
     if faces:
         loaded = with_faces(loaded, face_model, device, 256, aligned)
@@ -133,11 +136,15 @@ def explain_command(
     raise typer.Exit(exit_code(verdicts))
 
 
-def explain_folder(output_dir: Path | None, started: datetime, searched: list[Path]) -> Path:
-    """The folder for heat maps, checked before anything loads: never inside an input
-    folder; the default one (``explain-<UTC time>``) must not exist yet."""
+def explain_folder(output_dir: Path | None, started: datetime, evidence: list[Path]) -> Path:
+    """The folder for heat maps, checked before anything loads: never inside a folder
+    of evidence; the default one (``explain-<UTC time>``) must not exist yet."""
     folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
-    refuse_inside_inputs(folder, "--output", searched)
+    inside = input_folder_holding(folder, evidence)
+    if output_dir is None and inside is not None:
+        fail(f"the heat maps would go into {folder}, inside the evidence folder {inside}",
+             "run explain from another folder, or give -o DIR outside the evidence")
+    refuse_inside_inputs(folder, "--output", evidence)
     if output_dir is None and os.path.lexists(folder):
         fail(f"{folder} already exists", "give -o DIR, or run again in a second")
     return folder
