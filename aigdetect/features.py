@@ -142,7 +142,8 @@ def prepare_image(path: str | Path, settings: TileSettings,
             record.notes.append(f"processed for evaluation: {settings.processing.describe()}")
         upscaled = min(pixels.shape[:2]) < settings.patch_size
         record.tiles = grid_tiles(pixels, settings.patch_size, settings.max_tiles, record.notes)
-        if settings.max_tiles and not upscaled and len(record.tiles) < settings.max_tiles:
+        if (settings.max_tiles and settings.max_tiles < MAX_TILES and not upscaled
+                and len(record.tiles) < settings.max_tiles):  # MAX_TILES: --patches all
             record.notes.append(f"only {len(record.tiles)} tiles (fewer than {settings.max_tiles})")
     except ImageReadError as error:
         record.error = str(error)
@@ -151,7 +152,8 @@ def prepare_image(path: str | Path, settings: TileSettings,
     except Exception as error:  # a bug in a decoder must not end a batch
         record.error = f"unexpected {type(error).__name__}: {error}"
     if os.path.islink(path):  # the record names the link; what was read is its target
-        record.notes.insert(0, f"a symlink to {os.path.realpath(path)}: that file was read")
+        read = "" if record.error else ": that file was read"
+        record.notes.insert(0, f"a symlink to {os.path.realpath(path)}{read}")
     if settings.provenance:
         record.provenance = read_provenance(path, settings.limits.max_decode_mb * 1_000_000)
     record.decode_ms = (time.perf_counter() - started) * 1000

@@ -62,36 +62,29 @@ def walk_folder(
     """Image files below ``folder`` in a stable (sorted) order.
 
     A symlinked file is read wherever it points (a folder of links is a common way
-    to assemble a set). A symlinked folder is followed while it stays inside
-    ``folder``, each real folder visited once, so a link loop ends; one that leads
-    out of it is reported, not followed: in a mounted evidence image an absolute
-    link such as ``sys -> /etc`` resolves onto the analyst's own machine.
+    to assemble a set). A symlinked folder is not walked: one that stays inside
+    ``folder`` leads to files the walk reaches under their own names anyway (each is
+    read once, and a link loop cannot arise); one that leads out of it is reported: in
+    a mounted evidence image an absolute link such as ``sys -> /etc`` resolves onto
+    the analyst's own machine.
     """
     extensions = set(extensions)
     top = os.path.realpath(folder)
-    seen: set[str] = set()
 
     def report(error: OSError) -> None:
         on_problem(str(error.filename or folder), f"cannot read folder: {error.strerror}")
 
-    def may_follow(path: str) -> bool:
+    def real_folder(path: str) -> bool:
         if not os.path.islink(path):
             return True
         target = os.path.realpath(path)
-        if os.path.commonpath([top, target]) == top:
-            return True
-        on_problem(path, f"symlinked folder leads outside the input folder (to {target}): "
-                   "not followed; name the target itself to scan it")
+        if os.path.commonpath([top, target]) != top:
+            on_problem(path, f"symlinked folder leads outside the input folder (to {target}): "
+                       "not followed; name the target itself to scan it")
         return False
 
-    for root, dirs, names in os.walk(folder, followlinks=True, onerror=report):
-        real = os.path.realpath(root)
-        if real in seen:
-            on_problem(root, "symlink loop: folder already visited, skipped")
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if may_follow(os.path.join(root, d)))
+    for root, dirs, names in os.walk(folder, onerror=report):
+        dirs[:] = sorted(d for d in dirs if real_folder(os.path.join(root, d)))
         for name in sorted(names):
             if has_extension(name, extensions):
                 yield Path(root) / name

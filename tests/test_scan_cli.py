@@ -402,14 +402,17 @@ def test_patches_all_and_counts(runner, images) -> None:
     photo = images["good"][0]  # 256 x 192: a 4 x 3 grid of 64 px tiles
     meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
     grid = tile_count(192, 256, meta.config.patch_size)
-    counts = {}
+    counts, short = {}, {}
     for patches in ("all", "ALL", "4", "1", "500"):
         result = invoke(runner, ["scan", photo, "-f", "json", "--workers", "0",
                                  "--patches", patches])
         record = parse_json_stdout(result.stdout)["results"][0]
         assert record["verdict"] in VERDICTS
         counts[patches] = record["patches"]
+        short[patches] = any(note.startswith("only ") for note in record["notes"])
     assert counts == {"all": grid, "ALL": grid, "4": min(4, grid), "1": 1, "500": grid}
+    # "fewer tiles than asked" is said when a number was asked for, not for "all"
+    assert short == {"all": False, "ALL": False, "4": False, "1": False, "500": True}
 
 
 def test_all_tiles_stop_at_the_cap(shipped: DetectorFolder) -> None:
@@ -517,18 +520,22 @@ def test_shared_photos_and_ai_faces(runner, tmp_path) -> None:
         assert (record["width"], record["height"]) == (width, height)
 
 
-def test_symlink_loop_reported_once(runner, images, tmp_path) -> None:
-    folder = tmp_path / "looped"
-    folder.mkdir()
+def test_links_to_folders_inside_the_input_read_each_file_once(runner, images,
+                                                              tmp_path) -> None:
+    """A loop, and a link to a sibling folder (sorting before it): every file is read
+    once under its own name, and nothing reads as unreadable (exit 3 would say so)."""
+    folder = tmp_path / "case"
+    (folder / "sub").mkdir(parents=True)
     (folder / "a.jpg").write_bytes(images["good"][0].read_bytes())
+    (folder / "sub" / "b.jpg").write_bytes(images["good"][1].read_bytes())
     os.symlink(folder, folder / "loop")
+    os.symlink(folder / "sub", folder / "inside")
     result = invoke(runner, ["scan", folder, "-f", "json", *FAST])
     records = parse_json_stdout(result.stdout)["results"]
-    assert sorted(Path(r["path"]).name for r in records) == ["a.jpg", "loop"]
-    loop = next(r for r in records if Path(r["path"]).name == "loop")
-    assert loop["verdict"] == "error" and "loop" in loop["error"]
-    assert result.exit_code == expected_exit(records)
-    assert result.exit_code in (3, 4)
+    assert sorted(Path(r["path"]).relative_to(folder).as_posix() for r in records) == [
+        "a.jpg", "sub/b.jpg"]
+    assert all(r["verdict"] != "error" for r in records)
+    assert result.exit_code == expected_exit(records) and result.exit_code in (0, 1)
 
 
 def test_a_linked_file_is_read_and_its_target_named(runner, images, tmp_path) -> None:
@@ -547,6 +554,16 @@ def test_a_linked_file_is_read_and_its_target_named(runner, images, tmp_path) ->
     assert f"a symlink to {outside.resolve()}" in records["evidence.jpg"]["notes"][0]
     assert records["linked-folder"]["verdict"] == "error"
     assert "leads outside the input folder" in records["linked-folder"]["error"]
+
+
+def test_a_dangling_link_is_not_said_to_have_been_read(runner, tmp_path) -> None:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    os.symlink(tmp_path / "gone.jpg", folder / "dangling.jpg")
+    record = parse_json_stdout(invoke(runner, ["scan", folder, "-f", "json", *FAST]).stdout)[
+        "results"][0]
+    assert record["verdict"] == "error"
+    assert record["notes"][0] == f"a symlink to {os.path.realpath(tmp_path / 'gone.jpg')}"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
