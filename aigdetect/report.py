@@ -99,9 +99,11 @@ def _size(record: ScanRecord) -> str:
     return f"{record.width}x{record.height}" if record.width else "-"
 
 
-def scan_table(records: Sequence[ScanRecord]) -> Table:
-    """Ranked table; a fused scan adds one column per component's score."""
-    detectors = sorted({r.detector for r in records if r.detector})
+def scan_table(records: Sequence[ScanRecord], detector: str | None = None) -> Table:
+    """Ranked table; a fused scan adds one column per component's score. ``detector``
+    (the run's) names it when no record does: an empty folder was still scanned by one."""
+    detectors = sorted({r.detector for r in records if r.detector} or ([detector] if detector
+                                                                        else []))
     title = f"aigdetect scan, detector {', '.join(detectors) or '-'} (most suspicious first)"
     table = Table(title=title, title_justify="left")
     components = sorted({name for r in records if len(r.components) > 1 for name in r.components})
@@ -188,7 +190,7 @@ def write_scan(records: Sequence[ScanRecord], fmt: str, stream: IO[str],
     if fmt == "table":
         # a pipe or file gets wide rows rather than folded paths
         console = Console(file=stream, width=None if stream.isatty() else 200)
-        console.print(scan_table(records))
+        console.print(scan_table(records, run["detector"] if run is not None else None))
         if interrupted:  # the file must not pass for a whole scan; the counts go to stderr
             console.print("interrupted: partial results")
     elif fmt == "json":

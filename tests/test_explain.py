@@ -16,11 +16,13 @@ import torch
 from conftest import write_image
 from helpers_images import invoke, noise_array, smooth_array, snapshot
 from PIL import Image, PngImagePlugin
+from rich.console import Console
 from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_USAGE, new_file
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
 from aigdetect.explain.consistency import PretextReader, rank, reliability
+from aigdetect.explain.console import print_document
 from aigdetect.patches import grid_tiles, grid_tiles_at
 
 #: The spliced test image: left half a camera-like noisy JPEG, right half a smooth
@@ -156,6 +158,15 @@ class Sections(HTMLParser):
         if self._heading:
             self.headings.append(data)
             self._heading = False
+
+
+def test_terminal_report_names_the_detector_and_model(run: dict[str, Any]) -> None:
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_document(run["document"], console)
+    lines = console.export_text().splitlines()
+    assert lines[0].startswith("aigdetect ") and "detector fused of model default" in lines[0]
+    text = "\n".join(lines)
+    assert "gen.png" in text and "empty.jpg" in text
 
 
 def test_html_report_is_self_contained(run: dict[str, Any]) -> None:

@@ -283,6 +283,16 @@ def test_no_paths_is_usage_error(runner) -> None:
     assert result.exit_code == EXIT_USAGE
 
 
+def test_an_empty_folder_is_scanned_clean_and_said(runner, tmp_path) -> None:
+    """Not an error (a watched folder may be empty), but said on stderr; the table
+    still names the detector that would have judged."""
+    (tmp_path / "empty").mkdir()
+    result = invoke(runner, ["scan", tmp_path / "empty", *FAST])
+    assert result.exit_code == EXIT_CLEAN
+    assert "no image files among the inputs" in result.stderr
+    assert "aigdetect scan, detector residual" in " ".join(result.stdout.split())
+
+
 def test_output_file(runner, images, tmp_path) -> None:
     out = tmp_path / "results.json"
     result = invoke(runner, ["scan", images["root"] / "good", "--format", "json",

@@ -33,7 +33,6 @@ from .common import (
     DEVICE_OPTION,
     EXIT_UNREADABLE,
     FACE_MODEL_OPTION,
-    FACES_OPTION,
     MODEL_OPTION,
     PATCHES_OPTION,
     TIMEOUT_OPTION,
@@ -81,7 +80,10 @@ def evaluate_command(
     timeout: float = TIMEOUT_OPTION,
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
     quiet: bool = flag("--quiet", "-q", help="No progress bar on stderr."),
-    faces: bool = FACES_OPTION,
+    faces: bool = flag(
+        "--faces", help="Measure the face detector: each image counts as its most "
+        "suspicious face (found without resampling and scored alone); images without a "
+        "face are counted among the errors and listed in the JSON's 'no_face'."),
     aligned: bool = ALIGNED_OPTION,
     face_model: Path | None = FACE_MODEL_OPTION,
 ) -> None:

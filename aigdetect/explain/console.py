@@ -26,7 +26,8 @@ def cell(value: Any) -> Text:
 def print_document(document: dict[str, Any], console: Console) -> None:
     """Each image's sections in turn: file, verdict, where, camera traces, metadata."""
     console.print(Text(f"aigdetect {document['aigdetect_version']} explain, detector "
-                       f"{document['detector']}, {document['analysed_at']}", style="bold"))
+                       f"{document['detector']} of model {printable(document['model']['name'])}"
+                       f", {document['analysed_at']}", style="bold"))
     for case in document["images"]:
         console.rule(Text(printable(case["path"])))
         console.print(cell(file_line(case)))
