@@ -271,19 +271,6 @@ def test_folder_with_one_usable_photo_is_refused(tmp_path, make_jpeg):
     assert "fewer than 2 photos" in text(result)
 
 
-def test_patch_size_not_a_multiple_of_8_is_refused(session_photo_folder, tmp_path):
-    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--patch-size", "30"))
-    assert result.exit_code == 2
-    assert "multiple of 8" in text(result)
-    assert not (tmp_path / "m.pt").exists()
-
-
-def test_bad_head_weight_is_refused(session_photo_folder, tmp_path):
-    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--head-weight", "model"))
-    assert result.exit_code == 2
-    assert "TAG=NUMBER" in text(result)
-
-
 def test_an_existing_checkpoint_is_continued_or_knowingly_replaced(trained, tmp_path):
     """A forgotten --resume must not wipe hours of training; -o a folder is refused
     before training, not after it."""
@@ -349,10 +336,16 @@ def test_pretext_options_are_refused_in_other_trainings(tmp_path, training, extr
     assert not (tmp_path / "m.pt").exists()
 
 
-def test_unknown_ranking_loss_is_refused(session_photo_folder, tmp_path):
-    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", "--ranking-loss", "hinge"))
+@pytest.mark.parametrize("extra, message", [
+    (["--patch-size", "30"], "multiple of 8"),
+    (["--head-weight", "model"], "TAG=NUMBER"),
+    (["--ranking-loss", "hinge"], "unknown ranking loss"),
+])
+def test_bad_training_options_are_refused(session_photo_folder, tmp_path, extra, message):
+    result = run(*train_args(session_photo_folder, tmp_path / "m.pt", *extra))
     assert result.exit_code == 2
-    assert "unknown ranking loss" in text(result)
+    assert message in text(result)
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_missing_photo_folder_is_refused(tmp_path):
