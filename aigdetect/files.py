@@ -185,12 +185,18 @@ def _skip(folder: Path) -> None:
     """Default folder handler: callers who keep outputs apart pass their own."""
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks: identifies evidence and weights."""
+def file_sha256(path: str | Path, limit: int | None = None) -> str:
+    """Hex SHA-256 of a file (of its first ``limit`` bytes), read in chunks: identifies
+    evidence and weights."""
     digest = hashlib.sha256()
+    left = limit
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        while left is None or left > 0:
+            chunk = handle.read(1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
             digest.update(chunk)
+            left = None if left is None else left - len(chunk)
     return digest.hexdigest()
 
 

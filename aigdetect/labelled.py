@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 from .files import IMAGE_EXTENSIONS, file_sha256, walk_folder
 
@@ -75,10 +76,30 @@ def each_once(files: Sequence[LabelledFile],
     both labels is refused: no measurement means anything then. ``on_copy`` hears of
     every file left out under another name than the kept one's."""
     by_inode = _first_of_each(files, _inode_or_path, on_copy)
-    sizes = Counter(_size(file.path) for file in by_inode)
-    return _first_of_each(  # only files that share a size are read and hashed
-        by_inode, lambda path: _content(path) if sizes[_size(path)] > 1 else _inode_or_path(path),
-        on_copy)
+    same_bytes = _byte_identical_groups([file.path for file in by_inode])
+    return _first_of_each(
+        by_inode, lambda path: same_bytes.get(path) or _inode_or_path(path), on_copy)
+
+
+#: Bytes read first from files of the same size: distinct images differ within them, so
+#: a set of same-size uncompressed images is not read whole to find it has no copies.
+PREFIX_BYTES = 1 << 16
+
+
+def _byte_identical_groups(paths: Sequence[str]) -> dict[str, str]:
+    """Path -> SHA-256 of its content, for the regular, non-empty files whose bytes
+    another path repeats. Only files of the same size are read, first their first
+    :data:`PREFIX_BYTES`; a FIFO or device is never opened (reading one could block
+    for ever, and it becomes an error record later), nor is an empty file (empty
+    placeholders are not one image)."""
+    sizes = {path: size for path in paths if (size := _regular_size(path))}
+    same_size = Counter(sizes.values())
+    prefixes = {path: (size, _digest(path, PREFIX_BYTES)) for path, size in sizes.items()
+                if same_size[size] > 1}
+    same_prefix = Counter(prefixes.values())
+    digests = {path: _digest(path) for path, key in prefixes.items()
+               if key[1] is not None and same_prefix[key] > 1}
+    return {path: digest for path, digest in digests.items() if digest is not None}
 
 
 def _first_of_each(files: Sequence[LabelledFile], key: Callable[[str], Hashable],
@@ -87,7 +108,7 @@ def _first_of_each(files: Sequence[LabelledFile], key: Callable[[str], Hashable]
     for file in files:
         first = seen.setdefault(key(file.path), file)
         if (first is not file and on_copy is not None
-                and os.path.realpath(first.path) != os.path.realpath(file.path)):
+                and os.path.abspath(first.path) != os.path.abspath(file.path)):
             on_copy(file, first)
         if first.label != file.label:
             real, ai = sorted((first, file), key=lambda f: f.label)
@@ -107,18 +128,21 @@ def _inode_or_path(path: str) -> Hashable:
     return stat.st_dev, stat.st_ino
 
 
-def _size(path: str) -> int:
+def _regular_size(path: str) -> int:
+    """The size of a regular file; 0 for anything else or what cannot be read."""
     try:
-        return os.stat(path).st_size
+        stat = os.stat(path)
     except OSError:
-        return -1
+        return 0
+    return stat.st_size if S_ISREG(stat.st_mode) else 0
 
 
-def _content(path: str) -> Hashable:
+def _digest(path: str, limit: int | None = None) -> str | None:
+    """SHA-256 of the file (its first ``limit`` bytes); None when it cannot be read."""
     try:
-        return file_sha256(path)
+        return file_sha256(path, limit)
     except OSError:
-        return _inode_or_path(path)
+        return None
 
 
 def files_from_csv(path: Path) -> list[LabelledFile]:

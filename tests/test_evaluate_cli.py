@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,31 @@ def test_links_and_copies_of_one_image_count_once(tmp_path: Path) -> None:
     assert [Path(f.path).name for f in each_once(files)] == ["a.jpg", "other.jpg", "missing.jpg"]
     with pytest.raises(ValueError, match=r"copy\.jpg \(AI, in g\) is the same image as .*a\.jpg"):
         each_once([files[0], LabelledFile(files[2].path, AI, "g")])
+    os.symlink(original, tmp_path / "link.jpg")
+    copies: list = []
+    each_once([files[0], LabelledFile(str(tmp_path / "link.jpg"), REAL, "g"), files[0]],
+              on_copy=lambda *pair: copies.append(pair))
+    assert [Path(copy.path).name for copy, _ in copies] == ["link.jpg"]  # not the same name
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_empty_files_and_pipes_are_never_taken_for_one_image(tmp_path: Path) -> None:
+    """Two empty placeholders are not one image (one per class must not stop the run),
+    and a FIFO named like an image is never opened (reading it would block for ever)."""
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.mkfifo(tmp_path / "pipe2.jpg")
+    files = [LabelledFile(str(tmp_path / "a.jpg"), REAL, "r"),
+             LabelledFile(str(tmp_path / "b.jpg"), AI, "f"),
+             LabelledFile(str(tmp_path / "pipe.jpg"), REAL, "r"),
+             LabelledFile(str(tmp_path / "pipe2.jpg"), REAL, "r")]
+    kept: list = []
+    worker = threading.Thread(target=lambda: kept.extend(each_once(files)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "each_once opened a FIFO"
+    assert kept == files
 
 
 def test_plot(runner: CliRunner, sets: dict[str, Path], tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -207,22 +208,32 @@ def test_outputs_never_inside_the_evidence_nor_over_a_file(tmp_path: Path) -> No
 
 def test_outputs_stay_out_of_the_folder_of_a_file_named_alone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``explain case/a.jpg`` (or a shell glob) reads evidence from ``case/`` as much as
-    ``explain case/`` does: neither the heat maps, nor the report, nor the default
-    folder made in the current one may land there."""
+    """``explain case/a.jpg`` (or a shell glob): neither the heat maps, nor the report,
+    nor the default folder made in the current one may land directly beside it, nor
+    beside the target of a linked file (as ``scan -o`` refuses); the README's way,
+    from another folder, works."""
     photo = write_image(tmp_path / "case" / "a.jpg")
+    (tmp_path / "links").mkdir()
+    os.symlink(photo, tmp_path / "links" / "a.jpg")
     runner = CliRunner()
     maps = invoke(runner, ["explain", photo, "-o", photo.parent / "maps"])
-    assert maps.exit_code == EXIT_USAGE and "inside the input folder" in maps.stderr
+    assert maps.exit_code == EXIT_USAGE and "beside the files it reads" in maps.stderr
     report = invoke(runner, ["explain", photo, "--html", photo.parent / "r.html",
                              "-o", tmp_path / "out"])
-    assert report.exit_code == EXIT_USAGE and "inside the input folder" in report.stderr
+    assert report.exit_code == EXIT_USAGE and "beside the files it reads" in report.stderr
+    linked = invoke(runner, ["explain", tmp_path / "links" / "a.jpg", "-o",
+                             photo.parent / "maps"])
+    assert linked.exit_code == EXIT_USAGE
     monkeypatch.chdir(photo.parent)
     default = invoke(runner, ["explain", "a.jpg"])
     assert default.exit_code == EXIT_USAGE
-    assert "inside the evidence folder" in " ".join(default.stderr.split())
+    assert "beside the evidence" in " ".join(default.stderr.split())
     assert sorted(p.name for p in photo.parent.iterdir()) == ["a.jpg"]
     assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(tmp_path)
+    elsewhere = invoke(runner, ["explain", "case/a.jpg", "-f", "json", "-q"])
+    assert elsewhere.exit_code in (0, 1, 3), elsewhere.stderr
+    assert json.loads(elsewhere.stdout)["output_dir"].startswith("explain-")
 
 
 def test_missing_input_is_a_case_and_the_report_may_go_in_the_new_folder(

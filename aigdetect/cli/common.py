@@ -240,12 +240,22 @@ def input_folder_holding(path: Path, folders: Iterable[Path]) -> Path | None:
     return None
 
 
-def evidence_folders(searched: Iterable[Path], files: Iterable[Path]) -> list[Path]:
-    """Every folder a command reads evidence from: those it searched, and those holding
-    the files named one by one (``explain case/*.jpg``: the shell lists the files, and
-    ``case/`` is still the evidence folder)."""
-    holding = {Path(os.path.dirname(os.path.abspath(file))) for file in files}
-    return [*searched, *sorted(holding)]
+def folders_holding(files: Iterable[Path]) -> set[str]:
+    """The folders of files named one by one (by a list, a glob or the shell), resolved,
+    and for a linked file its target's folder too: writing beside evidence mixes output
+    with it, as writing inside a searched folder does."""
+    folders = set()
+    for file in files:
+        folders.add(os.path.realpath(os.path.dirname(os.path.abspath(file))))
+        folders.add(os.path.dirname(os.path.realpath(file)))
+    return folders
+
+
+def refuse_beside_inputs(output: Path, option: str, holding: set[str]) -> None:
+    """An output directly in a folder of named evidence files is refused (exit 2)."""
+    if os.path.realpath(os.path.dirname(os.path.abspath(output))) in holding:
+        fail(f"{option} {output} lies beside the files it reads (a folder of evidence)",
+             "write it outside the evidence folder")
 
 
 def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> None:

@@ -39,14 +39,14 @@ from .common import (
     check_new_file,
     directly_in,
     err,
-    evidence_folders,
     exit_code,
     fail,
     first_line,
     flag,
-    input_folder_holding,
+    folders_holding,
     load_detector,
     progress_bar,
+    refuse_beside_inputs,
     refuse_inside_inputs,
     survive_any_text,
     with_faces,
@@ -83,7 +83,7 @@ def explain_command(
     no network). Evidence is opened read-only. Exit codes as for scan: 0 nothing
     flagged, 1 flagged, 2 usage error, 3 unreadable (4 both).
 
-    Example: `aigdetect explain suspect.jpg --html case-17.html`
+    Example: `aigdetect explain evidence/suspect.jpg --html case-17.html`
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
@@ -94,11 +94,12 @@ def explain_command(
     if not files and not found:
         fail("no image files among the inputs", "give image files or folders holding some")
     started = datetime.now(timezone.utc)
-    evidence = evidence_folders(searched, files)  # outputs stay out of all of them
+    beside = folders_holding(files)  # outputs stay out of these and of searched folders
     if html_report is not None:
-        check_new_file(html_report, "--html", evidence, output_dir)
+        check_new_file(html_report, "--html", searched, output_dir)
+        refuse_beside_inputs(html_report, "--html", beside)
     check_face_options(faces, aligned, face_model, None)
-    folder = explain_folder(output_dir, started, evidence)
+    folder = explain_folder(output_dir, started, searched, beside)
     loaded = load_detector(model, detector_name, device, None, 256)
     if faces:
         loaded = with_faces(loaded, face_model, device, 256, aligned)
@@ -136,15 +137,18 @@ def explain_command(
     raise typer.Exit(exit_code(verdicts))
 
 
-def explain_folder(output_dir: Path | None, started: datetime, evidence: list[Path]) -> Path:
+def explain_folder(output_dir: Path | None, started: datetime, searched: list[Path],
+                   beside: set[str]) -> Path:
     """The folder for heat maps, checked before anything loads: never inside a folder
-    of evidence; the default one (``explain-<UTC time>``) must not exist yet."""
+    searched for images nor directly beside a file named alone (a later walk of that
+    folder would take the heat maps for evidence); the default one (``explain-<UTC
+    time>``, here) must not exist yet."""
     folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
-    inside = input_folder_holding(folder, evidence)
-    if output_dir is None and inside is not None:
-        fail(f"the heat maps would go into {folder}, inside the evidence folder {inside}",
-             "run explain from another folder, or give -o DIR outside the evidence")
-    refuse_inside_inputs(folder, "--output", evidence)
+    if output_dir is None and os.path.realpath(os.getcwd()) in beside:
+        fail(f"the heat maps would go into {folder}/ here, beside the evidence",
+             "run explain from another folder, or give -o DIR outside the evidence folder")
+    refuse_inside_inputs(folder, "--output", searched)
+    refuse_beside_inputs(folder, "--output", beside)
     if output_dir is None and os.path.lexists(folder):
         fail(f"{folder} already exists", "give -o DIR, or run again in a second")
     return folder

@@ -145,7 +145,7 @@ def fit_gmm_command(
     held_out = len(density.calibration_scores)
     if held_out * fpr < FEW_ABOVE_THRESHOLD:
         err.print(f"[yellow]warning:[/] the threshold rests on {held_out} held-out "
-                  f"{'faces' if faces else 'photos'}: at {fpr:.0%} about {held_out * fpr:.1f} "
+                  f"{'faces' if faces else 'photos'}: at {fpr:.1%} about {held_out * fpr:.1f} "
                   f"of them lie above it, so its false-positive rate is a guess. Give at least "
                   f"{math.ceil(FEW_ABOVE_THRESHOLD / fpr / calibration_fraction)} photos, or "
                   "calibrate the folder on held-out photos ('aigdetect calibrate')",

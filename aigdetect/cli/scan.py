@@ -54,6 +54,7 @@ from .common import (
     fail,
     first_line,
     flag,
+    folders_holding,
     input_folder_holding,
     load_detector,
     progress_bar,
@@ -115,8 +116,7 @@ def check_outputs(outputs: list[Path], searched: list[Path], files: list[Path], 
     symlinks to an input count too. The scanned files' folders are listed once for
     all the outputs (a batch may hold a hundred thousand files).
     """
-    beside = set() if force else {os.path.realpath(os.path.dirname(os.path.abspath(f)))
-                                  for f in files}
+    beside = set() if force else folders_holding(files)
     for output in outputs:
         check_output(output, searched, files, beside, force, overwrite, resume)
 
