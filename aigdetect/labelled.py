@@ -149,7 +149,8 @@ def files_from_csv(path: Path) -> list[LabelledFile]:
     """``path,label[,group]`` rows; relative paths are read from the CSV's folder.
     Without a group column each label is one group."""
     files = []
-    with open(path, newline="") as handle:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would hide the header
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         for number, row in enumerate(csv.reader(handle), 1):
             if not row or row[0].strip().lower() == "path":
                 continue

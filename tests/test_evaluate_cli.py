@@ -413,6 +413,9 @@ def test_read_label_csv(tmp_path: Path) -> None:
     bad.write_text("only-a-path\n")
     with pytest.raises(ValueError):
         files_from_csv(bad)
+    excel = tmp_path / "excel.csv"  # Excel's "CSV UTF-8": a byte-order mark, CRLF
+    excel.write_bytes("path,label\r\nä.jpg,real\r\n".encode("utf-8-sig"))
+    assert files_from_csv(excel) == [LabelledFile(str(tmp_path / "ä.jpg"), REAL, "excel.csv:real")]
 
 
 def test_rank_auc_is_roc_auc() -> None:
