@@ -24,6 +24,7 @@ from aigdetect.checkpoint import (
     save_checkpoint,
 )
 from aigdetect.cli import app
+from aigdetect.cli import train as cli_train
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, Vocabulary
 from aigdetect.network import ExtractorConfig
 from aigdetect.training import PretextTask, validation_score
@@ -201,6 +202,21 @@ def test_an_earlier_better_epoch_stays_the_best_also_across_resume(
     resumed = run(*train_args(session_photo_folder, output, *fast, "--epochs", "4", "--resume"))
     assert resumed.exit_code == 0, resumed.output
     assert load_model(best)[1].epoch == 2 and load_model(output)[1].epoch == 4
+
+
+def test_ctrl_c_says_what_was_kept(session_photo_folder, tmp_path, monkeypatch):
+    """Ctrl-C exits 130 with one line on stderr, as scan does: whether an epoch was
+    saved, and that --resume continues it."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_train, "train", interrupted)
+    output = tmp_path / "model.pt"
+    first = run(*train_args(session_photo_folder, output, *FAST))
+    assert first.exit_code == 130 and "nothing was saved" in text(first)
+    output.write_bytes(b"an earlier epoch")
+    again = run(*train_args(session_photo_folder, output, *FAST, "--resume"))
+    assert again.exit_code == 130 and "continue with --resume" in text(again)
 
 
 def test_resume_continues_the_run(trained, tmp_path):

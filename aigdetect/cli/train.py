@@ -13,6 +13,7 @@ from ..engine import EngineConfig
 from ..face_training import FaceTrainConfig, train_faces
 from ..training import PRETEXT_HEADS, TrainConfig, TrainingError, train
 from .common import (
+    EXIT_INTERRUPTED,
     err,
     fail,
     fake_folders_option,
@@ -171,6 +172,11 @@ def train_command(
                               **common), err)
     except (TrainingError, CheckpointError, ValueError) as error:
         fail(str(error))
+    except KeyboardInterrupt:  # said, as scan says it: the run is not finished
+        saved = (f"{output} holds the last finished epoch: continue with --resume"
+                 if output.exists() else "no epoch finished, nothing was saved")
+        err.print(f"interrupted: {saved}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
