@@ -29,7 +29,7 @@ from .binary_data import Augmentation, BinaryDataset, split_for_validation, usab
 from .checkpoint import BINARY, PRETEXT, ModelMeta, load_model
 from .engine import EngineConfig, TrainingError, run_training
 from .files import file_sha256
-from .labelled import AI, REAL, LabelledFile, copies_warning, labelled_files
+from .labelled import AI, REAL, LabelledFile, labelled_files
 from .losses import feature_distillation_loss
 from .network import ExifExtractor, stage_features
 from .runtime import Distributed
@@ -102,17 +102,16 @@ class BinaryTask:
 
     def prepare(self, console: Console, dist: Distributed) -> None:
         c = self.config
-        copies: list = []
+        def warn(message: str) -> None:
+            if dist.is_main:
+                console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
         try:
-            files = labelled_files(c.real, c.fake, c.labels_csv,
-                                   on_copy=lambda *pair: copies.append(pair))
+            files = labelled_files(c.real, c.fake, c.labels_csv, on_copies=warn)
         except OSError as error:
             raise TrainingError(f"cannot read {c.labels_csv}: {error.strerror}") from None
         except ValueError as error:
             raise TrainingError(str(error)) from None
-        warning = copies_warning(copies)
-        if warning and dist.is_main:
-            console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
         files = present(files, console)
         for label, words in ((REAL, "real (--real DIR)"), (AI, "AI (--fake DIR)")):
             if sum(f.label == label for f in files) < 2:

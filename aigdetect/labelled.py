@@ -41,44 +41,37 @@ def files_from_folders(real: Sequence[Path], fake: Sequence[Path],
     return files
 
 
-#: Told of each file left out as the same image as one kept under another name: (copy, kept).
-OnCopy = Callable[[LabelledFile, LabelledFile], None]
-
-
 def labelled_files(real: Sequence[Path], fake: Sequence[Path], labels_csv: Path | None = None,
                    extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                   on_copy: OnCopy | None = None) -> list[LabelledFile]:
+                   on_copies: Callable[[str], None] | None = None) -> list[LabelledFile]:
     """The ``--real`` / ``--fake`` folders' images, then the ``--csv`` rows if given,
-    each file once. Raises OSError if the CSV cannot be read, ValueError if a row is
-    malformed or a file is labelled both real and AI."""
+    each file once (:func:`each_once`). Raises OSError if the CSV cannot be read,
+    ValueError if a row is malformed or a file is labelled both real and AI."""
     files = files_from_folders(real, fake, extensions)
     return each_once(files + (files_from_csv(labels_csv) if labels_csv is not None else []),
-                     on_copy)
-
-
-def copies_warning(copies: Sequence[tuple[LabelledFile, LabelledFile]]) -> str | None:
-    """One line telling the user that some inputs were the same image under two names,
-    with an example, or None when there were none."""
-    if not copies:
-        return None
-    copy, kept = copies[0]
-    return (f"{len(copies)} file(s) are the same image as another input under another name "
-            f"(a link or identical bytes), e.g. {copy.path} = {kept.path}: each image "
-            "counts once")
+                     on_copies)
 
 
 def each_once(files: Sequence[LabelledFile],
-              on_copy: OnCopy | None = None) -> list[LabelledFile]:
+              on_copies: Callable[[str], None] | None = None) -> list[LabelledFile]:
     """``files`` with every image kept once, at its first place: a folder given twice
     or nested in another, a hard link or symlink, or a byte-identical copy under
     another name must not count its image twice (it would weigh it double in training,
     put it on both sides of a validation split, and narrow every interval). A file with
-    both labels is refused: no measurement means anything then. ``on_copy`` hears of
-    every file left out under another name than the kept one's."""
-    by_inode = _first_of_each(files, _inode_or_path, on_copy)
+    both labels is refused: no measurement means anything then. ``on_copies`` is told,
+    in one line with an example, when files were left out under another name than the
+    kept one's (a warning for the user)."""
+    copies: list[tuple[LabelledFile, LabelledFile]] = []
+    by_inode = _first_of_each(files, _inode_or_path, copies)
     same_bytes = _byte_identical_groups([file.path for file in by_inode])
-    return _first_of_each(
-        by_inode, lambda path: same_bytes.get(path) or _inode_or_path(path), on_copy)
+    kept = _first_of_each(
+        by_inode, lambda path: same_bytes.get(path) or _inode_or_path(path), copies)
+    if copies and on_copies is not None:
+        copy, first = copies[0]
+        on_copies(f"{len(copies)} file(s) are the same image as another input under another "
+                  f"name (a link or identical bytes), e.g. {copy.path} = {first.path}: each "
+                  "image counts once")
+    return kept
 
 
 #: Bytes read first from files of the same size: distinct images differ within them, so
@@ -103,13 +96,14 @@ def _byte_identical_groups(paths: Sequence[str]) -> dict[str, str]:
 
 
 def _first_of_each(files: Sequence[LabelledFile], key: Callable[[str], Hashable],
-                   on_copy: OnCopy | None) -> list[LabelledFile]:
+                   copies: list[tuple[LabelledFile, LabelledFile]]) -> list[LabelledFile]:
+    """The first file of each ``key``; (copy, kept) pairs under another name go to
+    ``copies``."""
     seen: dict[Hashable, LabelledFile] = {}
     for file in files:
         first = seen.setdefault(key(file.path), file)
-        if (first is not file and on_copy is not None
-                and os.path.abspath(first.path) != os.path.abspath(file.path)):
-            on_copy(file, first)
+        if first is not file and os.path.abspath(first.path) != os.path.abspath(file.path):
+            copies.append((file, first))
         if first.label != file.label:
             real, ai = sorted((first, file), key=lambda f: f.label)
             raise ValueError(f"{ai.path} (AI, in {ai.group}) is the same image as {real.path} "

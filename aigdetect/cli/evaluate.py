@@ -22,7 +22,7 @@ from ..evaluation import (
     summarise,
 )
 from ..files import parse_extensions
-from ..labelled import copies_warning, labelled_files
+from ..labelled import labelled_files
 from ..patches import CONDITIONS
 from ..report import printable, write_evaluation
 from ..scanning import LoadedDetector, ScanRecord, decider_name, scan
@@ -106,15 +106,12 @@ def evaluate_command(
     condition = "matched" if matched else condition
     if condition not in CONDITIONS:
         fail(f"--condition {condition!r} is not one of {', '.join(CONDITIONS)}")
-    copies: list = []
     try:
-        files = labelled_files(real, fake, labels, parse_extensions(include),
-                               on_copy=lambda *pair: copies.append(pair))
+        files = labelled_files(real, fake, labels, parse_extensions(include), on_copies=warn)
     except OSError as error:
         fail(f"--csv: {error}")
     except ValueError as error:
         fail(str(error))
-    warn(copies_warning(copies))
     groups = labelled_sets(files)
     for folder in (*real, *fake):
         if not any(g.name == str(folder) for g in groups):

@@ -23,7 +23,7 @@ from ..detectors import (
 )
 from ..features import FaceSettings
 from ..files import parse_extensions, walk_folder
-from ..labelled import AI, REAL, copies_warning, each_once, files_from_folders, labelled_files
+from ..labelled import AI, REAL, each_once, files_from_folders, labelled_files
 from ..oneclass import fit_detector
 from ..patches import CONDITIONS
 from ..report import printable
@@ -204,13 +204,11 @@ def calibrate_command(
     if unknown or not processings:
         fail(f"--processing {processing!r}: choose among {', '.join(CONDITIONS)}",
              "e.g. --processing asis,matched,web")
-    copies: list = []
     try:  # each photo once: a folder given twice must not pass the minimum counts
         found = each_once(files_from_folders(real, fake, parse_extensions(include)),
-                          on_copy=lambda *pair: copies.append(pair))
+                          on_copies=warn)
     except ValueError as error:
         fail(str(error))
-    warn(copies_warning(copies))
     paths = [Path(f.path) for f in found if f.label == REAL]
     kinds = [f.group for f in found if f.label == REAL]
     fakes = [Path(f.path) for f in found if f.label == AI]
@@ -288,14 +286,12 @@ def fit_residual_command(
     then `aigdetect calibrate my-detector/ --real held-out/ --fake held-out-ai/`
     """
     refuse_inside_inputs(output, "the detector folder", [*real, *fake])
-    copies: list = []
     try:
-        files = labelled_files(real, fake, labels, on_copy=lambda *pair: copies.append(pair))
+        files = labelled_files(real, fake, labels, on_copies=warn)
     except OSError as error:
         fail(f"--csv: {error}")
     except ValueError as error:
         fail(str(error))
-    warn(copies_warning(copies))
     if not files:
         fail("no training images: give --real and --fake folders, or --csv",
              "aigdetect fit-residual my-detector/ --real photos/ --fake generated/")
