@@ -102,9 +102,8 @@ def _size(record: ScanRecord) -> str:
 def scan_table(records: Sequence[ScanRecord], detector: str | None = None) -> Table:
     """Ranked table; a fused scan adds one column per component's score. ``detector``
     (the run's) names it when no record does: an empty folder was still scanned by one."""
-    detectors = sorted({r.detector for r in records if r.detector} or ([detector] if detector
-                                                                        else []))
-    title = f"aigdetect scan, detector {', '.join(detectors) or '-'} (most suspicious first)"
+    detectors = sorted({r.detector for r in records if r.detector}) or [detector or "-"]
+    title = f"aigdetect scan, detector {', '.join(detectors)} (most suspicious first)"
     table = Table(title=title, title_justify="left")
     components = sorted({name for r in records if len(r.components) > 1 for name in r.components})
     table.add_column("path", overflow="fold")
