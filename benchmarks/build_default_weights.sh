@@ -17,7 +17,7 @@ if [[ ! -f runs/extractor.pt ]]; then
 fi
 
 # 2. one-class: density of its features on the training side's real photos (camera + processed)
-aigdetect fit-gmm "$SPLITS/train_real" --extractor runs/extractor.pt -o runs/shipped \
+aigdetect fit-gmm "$SPLITS/train_real" --extractor runs/extractor.pt -o runs/shipped --overwrite \
   --patches 16 --fpr 0.05 --seed 0 --workers 1 --no-cache
 
 # 3. binary detector (alpha 0.05) and its alpha = 0 ablation, side by side, 45 min each
@@ -33,7 +33,7 @@ wait
 
 # 4. the residual detector on the same files and validation split (about 1 min; its
 #    statistics were chosen by benchmarks/residual_selection.py)
-aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2
+aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2 --overwrite
 
 # 5. thresholds at 5 % FPR on held-out ship_ok cameras (whole camera models) and processed
 #    photos (whole source repositories), each, as they are and after the matched and web
@@ -59,7 +59,7 @@ for row in csv.DictReader(open(shared / "manifest.csv")):
 PY
 aigdetect train --faces runs/facetrain -o runs/faces/faces.pt --epochs 12 --max-minutes 22 \
   --batch-size 16 --patches 8 --lr 5e-4 --workers 1 --debug-dir runs/faces/debug
-aigdetect fit-gmm runs/facetrain --faces --extractor runs/faces/faces.best.pt -o runs/faces/det \
+aigdetect fit-gmm runs/facetrain --faces --extractor runs/faces/faces.best.pt -o runs/faces/det --overwrite \
   --fpr 0.05 --workers 1 --no-cache
 mkdir -p weights/faces && cp runs/faces/det/{extractor.pt,density.npz} weights/faces/
 

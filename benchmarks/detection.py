@@ -284,7 +284,7 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
                       "--workers", str(args.workers), *args.train_args.split())
             binary = ["--binary", str(folder / "train.best.pt")]
         if "residual" in retrain:
-            aigdetect("fit-residual", str(folder), "--csv", str(train_csv),
+            aigdetect("fit-residual", str(folder), "--csv", str(train_csv), "--overwrite",
                       "--workers", str(max(args.workers, 1)), *args.residual_args.split())
         # fusion weights from the AI images both trainings held out (one split function),
         # as for the shipped model

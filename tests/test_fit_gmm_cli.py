@@ -252,7 +252,7 @@ def test_truncated_cache_is_recomputed(runner: CliRunner, photos: Path, tmp_path
     assert invoke(runner, args).exit_code == EXIT_CLEAN
     (entry,) = cache.glob("features-*.npz")
     entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
-    result = runner.invoke(app, [str(a) for a in args])
+    result = runner.invoke(app, [str(a) for a in [*args, "--overwrite"]])
     assert not isinstance(result.exception, Exception), repr(result.exception)
     assert result.exit_code == EXIT_CLEAN
 
@@ -291,3 +291,20 @@ def test_output_that_is_a_file_is_usage_error(runner: CliRunner, photos: Path,
     assert result.exit_code == EXIT_USAGE
     assert "error" in result.stderr
     assert output.read_text() == "not a folder"
+
+
+def test_existing_density_replaced_only_with_overwrite(runner: CliRunner, fitted: dict[str, Any],
+                                                      photos: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "detector"
+    shutil.copytree(fitted["output"], folder)
+    before = (folder / DENSITY_FILE).read_bytes()
+    args = ["fit-gmm", photos, "-o", folder, "--extractor", folder / EXTRACTOR_FILE,
+            "--patches", "4", "--components", "2", "--pca-dim", "3", "--covariance", "diag",
+            "--workers", "0", "--cache-dir", fitted["cache"]]
+    refused = invoke(runner, args)
+    assert refused.exit_code == EXIT_USAGE
+    assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
+    assert (folder / DENSITY_FILE).read_bytes() == before
+    replaced = invoke(runner, [*args, "--overwrite"])
+    assert replaced.exit_code == EXIT_CLEAN, replaced.stderr
+    assert RealPhotoDensity.load(folder / DENSITY_FILE).info["components"] == 2

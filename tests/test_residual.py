@@ -329,9 +329,12 @@ def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
     copy = tmp_path / "copy"
     shutil.copytree(folder["folder"], copy)
     before = json.loads((copy / "calibration.json").read_text())["weights"]["residual_sha256"]
-    refit = invoke(runner, ["fit-residual", copy, "--real", folder["real"], "--fake",
-                            folder["fake"], "--val-fraction", "0", "--c", "1", "--coding-costs",
-                            "--workers", "0"])
+    args = ["fit-residual", copy, "--real", folder["real"], "--fake", folder["fake"],
+            "--val-fraction", "0", "--c", "1", "--coding-costs", "--workers", "0"]
+    refused = invoke(runner, args)  # an existing model is never replaced by accident
+    assert refused.exit_code == EXIT_USAGE and "--overwrite" in refused.stderr
+    assert file_sha256(copy / RESIDUAL_FILE) == before
+    refit = invoke(runner, [*args, "--overwrite"])
     assert refit.exit_code == 0, refit.stderr
     assert ResidualClassifier.load(copy / RESIDUAL_FILE).inputs.coding_costs
     stale = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q"])

@@ -268,6 +268,20 @@ def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> 
              "write it outside the folders of images")
 
 
+def refuse_replacing(model_files: Iterable[Path], overwrite: bool) -> None:
+    """A fitted model is replaced only knowingly (``--overwrite``), as ``train`` does:
+    a second fit into the same folder must not silently lose the first."""
+    existing = [path for path in model_files if path.exists()]
+    if existing and not overwrite:
+        fail(f"{existing[0]} already exists; it is never replaced without --overwrite",
+             "write another detector folder, or give --overwrite to replace it")
+
+
+OVERWRITE_MODEL_OPTION = typer.Option(
+    False, "--overwrite", metavar="", help="Replace the model files the folder already "
+    "holds (without it, an existing one stops the command before any work).")
+
+
 def check_new_file(path: Path, option: str, folders: Iterable[Path],
                    output_dir: Path | None = None) -> None:
     """A report file must be new, outside the evidence, and in an existing folder or

@@ -13,6 +13,7 @@ from ..calibrating import calibrate_folder
 from ..checkpoint import CheckpointError
 from ..density import DensityError
 from ..detectors import (
+    DENSITY_FILE,
     DETECTOR_NAMES,
     EXTRACTOR_FILE,
     FACES_DIR,
@@ -39,6 +40,7 @@ from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
     DEVICE_OPTION,
+    OVERWRITE_MODEL_OPTION,
     WORKERS_OPTION,
     check_face_options,
     err,
@@ -49,6 +51,7 @@ from .common import (
     progress_bar,
     real_folders_option,
     refuse_inside_inputs,
+    refuse_replacing,
     warn,
 )
 
@@ -89,6 +92,7 @@ def fit_gmm_command(
                        "(a face detector folder). Default extractor: the shipped "
                        "face extractor."),
     aligned: bool = ALIGNED_OPTION,
+    overwrite: bool = OVERWRITE_MODEL_OPTION,
 ) -> None:
     """Fit the one-class density model of real-photo features, and calibrate its threshold.
 
@@ -113,6 +117,7 @@ def fit_gmm_command(
     if output.exists() and not output.is_dir():
         fail(f"--output {output} is a file; fit-gmm writes a detector folder")
     refuse_inside_inputs(output, "--output", [real])
+    refuse_replacing(written_by_fit_gmm(output, extractor), overwrite)
     paths = list(walk_folder(real, parse_extensions(include)))
     if not paths:
         fail(f"no images found under {real}")
@@ -150,6 +155,14 @@ def fit_gmm_command(
                   f"{math.ceil(FEW_ABOVE_THRESHOLD / fpr / calibration_fraction)} photos, or "
                   "calibrate the folder on held-out photos ('aigdetect calibrate')",
                   highlight=False)
+
+
+def written_by_fit_gmm(output: Path, extractor: Path) -> list[Path]:
+    """The files fit-gmm writes into ``output``: the density, and a copy of the extractor
+    unless the extractor already is the folder's own."""
+    copy = output / EXTRACTOR_FILE
+    same = copy.exists() and extractor.exists() and copy.samefile(extractor)
+    return [output / DENSITY_FILE] + ([] if same else [copy])
 
 
 def calibrate_command(
@@ -274,6 +287,7 @@ def fit_residual_command(
         "/ +0.01 as-is / matched / web), no different for the shipped model's few training "
         "generators (paired difference -0.004 / -0.004 / -0.001): off there."),
     workers: int = WORKERS_OPTION,
+    overwrite: bool = OVERWRITE_MODEL_OPTION,
 ) -> None:
     """Fit the residual detector: a linear classifier on hand-crafted residual statistics.
 
@@ -286,6 +300,7 @@ def fit_residual_command(
     then `aigdetect calibrate my-detector/ --real held-out/ --fake held-out-ai/`
     """
     refuse_inside_inputs(output, "the detector folder", [*real, *fake])
+    refuse_replacing([output / RESIDUAL_FILE], overwrite)
     try:
         files = labelled_files(real, fake, labels, on_copies=warn)
     except OSError as error:
