@@ -110,7 +110,7 @@ def test_results_beside_the_files_named_need_force(runner, tmp_path) -> None:
     listed = "\0".join(str(p) for p in photos)
     refused = invoke(runner, ["scan", "-0", "-", "-f", "jsonl", "-o", out, *FAST], input=listed)
     assert refused.exit_code == EXIT_USAGE
-    assert "lies beside the files it scans" in refused.stderr and not out.exists()
+    assert "lies beside the files it reads" in refused.stderr and not out.exists()
     forced = invoke(runner, ["scan", *photos, "-f", "jsonl", "-o", out, "--force", *FAST])
     assert forced.exit_code in (0, 1) and len(read_jsonl(out)) == len(photos)
 

@@ -252,11 +252,13 @@ def folders_holding(files: Iterable[Path]) -> set[str]:
     return folders
 
 
-def refuse_beside_inputs(output: Path, option: str, holding: set[str]) -> None:
-    """An output directly in a folder of named evidence files is refused (exit 2)."""
+def refuse_beside_inputs(output: Path, option: str, holding: set[str],
+                        hint: str = "write it outside the evidence folder") -> None:
+    """An output directly in a folder of named evidence files (``holding``, from
+    :func:`folders_holding`) is refused (exit 2)."""
     if os.path.realpath(os.path.dirname(os.path.abspath(output))) in holding:
-        fail(f"{option} {output} lies beside the files it reads (a folder of evidence)",
-             "write it outside the evidence folder")
+        fail(f"{option} {output} lies beside the files it reads (a folder of evidence, "
+             "e.g. files from a list or a shell glob)", hint)
 
 
 def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> None:

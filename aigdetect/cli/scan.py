@@ -58,6 +58,7 @@ from .common import (
     input_folder_holding,
     load_detector,
     progress_bar,
+    refuse_beside_inputs,
     survive_any_text,
     with_faces,
 )
@@ -134,9 +135,8 @@ def check_output(output: Path, searched: list[Path], files: list[Path], beside: 
         if inside is not None:
             fail(f"--output {output} is inside the input folder {inside}",
                  "write results outside the evidence (or --force)")
-        if os.path.realpath(target.parent) in beside:
-            fail(f"--output {output} lies beside the files it scans (e.g. from a list on "
-                 "stdin, or a shell glob)", "write results outside the evidence (or --force)")
+        refuse_beside_inputs(output, "--output", beside,
+                             "write results outside the evidence (or --force)")
     try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
         holds_results = target.is_file()
     except OSError as error:  # e.g. a name longer than the file system allows
