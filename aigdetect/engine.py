@@ -151,21 +151,24 @@ def run_training(task: TrainingTask, config: EngineConfig,
         dist.stop()
 
 
-def _start_model(task: TrainingTask, config: EngineConfig, console: Console,
-                 quiet: bool) -> tuple[nn.Module, ModelMeta, dict[str, Any]]:
-    """A new model, or the checkpoint at ``config.output`` with its optimiser state."""
-    if config.resume and config.output.exists():
-        model, meta = load_model(config.output, task=task.kind)
-        _, payload = read_checkpoint(config.output)
+def _resumed_model(task: TrainingTask, config: EngineConfig, console: Console,
+                   quiet: bool) -> tuple[nn.Module, ModelMeta, dict[str, Any]] | None:
+    """With ``--resume``, the checkpoint at ``config.output`` with its optimiser state;
+    None for a new run. Read before the data, so that a checkpoint of another kind is
+    refused before anything (a label cache) is written beside it."""
+    if not config.resume:
+        return None
+    if not config.output.exists():
         if not quiet:
-            console.print(f"Resuming from {config.output} (epochs done: {meta.epoch}, "
-                          f"step {meta.step})")
-        return model, meta, payload.get("training_state", {})
-    if config.resume and not quiet:
-        console.print(f"[yellow]warning:[/] --resume: {config.output} does not exist yet; "
-                      "starting a new run")
-    model, meta = task.new_model()
-    return model, meta, {}
+            console.print(f"[yellow]warning:[/] --resume: {config.output} does not exist "
+                          "yet; starting a new run")
+        return None
+    model, meta = load_model(config.output, task=task.kind)
+    _, payload = read_checkpoint(config.output)
+    if not quiet:
+        console.print(f"Resuming from {config.output} (epochs done: {meta.epoch}, "
+                      f"step {meta.step})")
+    return model, meta, payload.get("training_state", {})
 
 
 @dataclass
@@ -218,8 +221,9 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
          device: torch.device) -> dict[str, Any]:
     seed_everything(config.seed)
     quiet = not dist.is_main
+    resumed = _resumed_model(task, config, console, quiet)
     task.prepare(console, dist)
-    model, meta, resume_state = _start_model(task, config, console, quiet)
+    model, meta, resume_state = resumed or (*task.new_model(), {})
     meta.training = config.to_dict() | task.training_info()
     task.configure(model, device)
     model.to(device).train()

@@ -36,6 +36,7 @@ from .manipulations import save_debug
 from .patches import ImageReadError, load_image
 from .runtime import Distributed
 from .training import (
+    InitialExtractor,
     PhotoTrainingConfig,
     initial_extractor,
     main_first,
@@ -117,6 +118,8 @@ class FaceTask:
         self.config = config
         self.train_samples: list[FaceSample] = []
         self.val_samples: list[FaceSample] = []
+        #: the new model's extractor: read first, so a bad --init stops before the data
+        self.initial: InitialExtractor = initial_extractor(config)
 
     def prepare(self, console: Console, dist: Distributed) -> None:
         c = self.config
@@ -146,7 +149,7 @@ class FaceTask:
         self.val_samples = [s for s in samples if s.photo.path not in train_paths]
 
     def new_model(self) -> tuple[nn.Module, ModelMeta]:
-        config, weights = initial_extractor(self.config)
+        config, weights = self.initial
         meta = ModelMeta(config=config, task=FACES, ordinal_tags=list(FACE_HEADS))
         return new_photo_model(meta, weights), meta
 

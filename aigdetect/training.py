@@ -61,7 +61,11 @@ class TrainConfig(PhotoTrainingConfig):
     min_class_count: int = 3
 
 
-def initial_extractor(config: PhotoTrainingConfig) -> tuple[ExtractorConfig, dict | None]:
+#: a new model's extractor settings and starting weights (None: random)
+InitialExtractor = tuple[ExtractorConfig, dict | None]
+
+
+def initial_extractor(config: PhotoTrainingConfig) -> InitialExtractor:
     """The new model's extractor settings and starting weights: random at the configured
     patch size, or ``config.init``'s extractor (a checkpoint of any task; its heads are
     not taken). The faces paper starts from a network trained on camera photos; a camera-
@@ -227,6 +231,8 @@ class PretextTask:
         self.train_photos: list[Photo] = []
         self.val_photos: list[Photo] = []
         self.majority: dict[str, int] = {}
+        #: the new model's extractor: read first, so a bad --init stops before the data
+        self.initial: InitialExtractor = initial_extractor(config)
 
     def prepare(self, console: Console, dist: Distributed) -> None:
         photos = gather_photos(self.config, console, dist)
@@ -234,7 +240,7 @@ class PretextTask:
             photos, self.config.val_fraction, self.config.seed)
 
     def new_model(self) -> tuple[nn.Module, ModelMeta]:
-        config, weights = initial_extractor(self.config)
+        config, weights = self.initial
         meta = ModelMeta(
             config=config,
             vocabularies=build_vocabularies((p.labels for p in self.train_photos),

@@ -574,7 +574,7 @@ def test_refit_after_calibrate_asks_to_recalibrate(runner: CliRunner, calibrated
     shutil.copytree(calibrated["folder"], folder)
     refit = invoke(runner, ["fit-gmm", binary_run["real"], "-o", folder, "--extractor", TEACHER,
                             "--patches", "4", "--components", "2", "--pca-dim", "3",
-                            "--workers", "0", "--no-cache"])
+                            "--workers", "0", "--no-cache", "--overwrite"])
     assert refit.exit_code == 0, refit.stderr
     result = invoke(runner, ["scan", binary_run["fake"] / "f0.png", "--model", folder, "-q"])
     assert result.exit_code == EXIT_USAGE

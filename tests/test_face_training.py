@@ -313,6 +313,7 @@ def test_init_through_the_command_line(runner: CliRunner, face_folder: Path,
                               "--init", shipped, "--patch-size", "32"])
     assert smaller.exit_code == EXIT_USAGE
     assert "give --patch-size 64" in " ".join(smaller.stderr.split())
+    assert list(tmp_path.glob("s.pt*")) == []  # refused before the data: no cache beside -o
     binary = invoke(runner, ["train", "--binary", "--real", face_folder, "--fake", face_folder,
                              "-o", tmp_path / "b.pt", "--init", shipped])
     assert binary.exit_code == EXIT_USAGE and "--binary starts fresh" in binary.stderr
