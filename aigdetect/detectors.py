@@ -110,9 +110,6 @@ class Detector(Protocol):
     #: the detectors a fusion combines; empty for a single detector
     parts: list[SingleDetector]
 
-    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
-        """Raw statistic of an image's tiles (higher = more AI-like) and details."""
-
     def judge(self, tiles: np.ndarray, threshold: float | None = None) -> Judgement:
         """Raw statistic, calibrated score, verdict and components."""
 
@@ -128,6 +125,7 @@ class SingleDetector:
         return []
 
     def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
+        """Raw statistic of an image's tiles (higher = more AI-like) and details."""
         raise NotImplementedError
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
@@ -211,10 +209,6 @@ class FusedDetector:
     calibration: Calibration
     weights: dict[str, float] | None = None
     name: str = "fused"
-
-    def raw(self, tiles: np.ndarray) -> tuple[float, dict[str, float]]:
-        raw, _ = self._opinions(tiles)
-        return raw, {}
 
     def _opinions(self, tiles: np.ndarray) -> tuple[float, dict[str, Judgement]]:
         opinions = {part.name: part.judge(tiles) for part in self.parts}

@@ -75,18 +75,33 @@ def score_prepared(prepared: PreparedImage, detector: Detector, identity: dict[s
         provenance=prepared.provenance,
     )
     if prepared.tiles is not None:
-        try:
-            judgement = detector.judge(prepared.tiles, threshold)
-        except RuntimeError as error:  # e.g. out of memory on a huge "all tiles" scan
-            record.error = f"network failed: {error}"
+        judgement, error = judge_or_error(detector, prepared.tiles, threshold)
+        if judgement is None:
+            record.error = error
         else:
             _fill_scores(record, judgement, detector.name)
-            record.patches = len(prepared.tiles) if record.error is None else 0
+            record.patches = len(prepared.tiles)
     if face_detector is not None and record.error is None:
         _judge_by_faces(record, prepared.faces or [], face_detector)
     record.detector = decider_name(detector, face_detector)  # unreadable files too
     record.elapsed_ms = round(prepared.decode_ms + (time.perf_counter() - started) * 1000, 1)
     return record
+
+
+def judge_or_error(detector: Detector, tiles: Any,
+                   threshold: float | None = None) -> tuple[Judgement | None, str | None]:
+    """The detector's judgement of ``tiles``, or why there is none: the network failed
+    (e.g. out of memory on a huge "all tiles" scan), or it gave NaN or infinity, which
+    is no evidence (a damaged model or a degenerate feature) and would make the JSON
+    output invalid. Such a file or face becomes an error, never a verdict."""
+    try:
+        judgement = detector.judge(tiles, threshold)
+    except RuntimeError as error:
+        return None, f"network failed: {error}"
+    values = (judgement.raw, judgement.score, judgement.threshold, judgement.percentile)
+    if not all(math.isfinite(value) for value in values):
+        return None, NON_FINITE
+    return judgement, None
 
 
 def decider_name(detector: Detector, face_detector: Detector | None = None) -> str:
@@ -110,9 +125,9 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
     record.faces = [judge_face(face, detector) for face in faces]
     record.score = record.raw_score = record.threshold = record.percentile = None
     record.log_likelihood, record.components, record.patches = None, {}, 0
+    record.verdict = face_verdict(record.faces, record.notes)
     worst = most_suspicious_face(record.faces)
     if worst is None:
-        record.verdict = NO_FACE if not faces else "error"
         record.notes.append("no face found: nothing for the face detector to judge (the "
                             "general detector's opinion is in 'image')" if not faces else
                             "no face could be scored")
@@ -120,7 +135,6 @@ def _judge_by_faces(record: ScanRecord, faces: list[PreparedFace], detector: Det
     record.score, record.raw_score = worst["score"], worst["raw_score"]
     record.threshold, record.percentile = worst["threshold"], worst["percentile"]
     record.patches = worst["patches"]
-    record.verdict = capped(worst["verdict"], record.notes)
     record.components = worst["components"]
     record.log_likelihood = _log_likelihood(record.components)
 
@@ -134,30 +148,29 @@ def most_suspicious_face(entries: list[dict[str, Any]]) -> dict[str, Any] | None
                default=None)
 
 
+def face_verdict(entries: list[dict[str, Any]], notes: list[str]) -> str:
+    """An image's face-mode verdict (``scan`` and ``explain`` alike): its most suspicious
+    face's, capped for a damaged file; ``no-face`` when no face was found, ``error``
+    when faces were found but none could be scored."""
+    worst = most_suspicious_face(entries)
+    if worst is None:
+        return NO_FACE if not entries else "error"
+    return capped(worst["verdict"], notes)
+
+
 def judge_face(face: PreparedFace, detector: Detector) -> dict[str, Any]:
     """One face's entry: where it is, and the face detector's opinion (or an error)."""
     entry: dict[str, Any] = {"box": list(face.box), "crop": list(face.crop),
                              "patches": len(face.tiles), "notes": face.notes}
-    try:
-        judgement = detector.judge(face.tiles)
-    except RuntimeError as error:
-        return {**entry, "error": f"network failed: {error}"}
+    judgement, error = judge_or_error(detector, face.tiles)
+    if judgement is None:
+        return {**entry, "error": error}
     summary = judgement.summary()
-    if not all(math.isfinite(summary[k]) for k in ("score", "raw_score", "threshold")):
-        return {**entry, "error": NON_FINITE}
     return {**entry, **summary, "components": judgement.components or {detector.name: summary}}
 
 
 def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
-    """Fill the score fields, or an error when any of them is not a finite number.
-
-    NaN or infinity is no evidence (a damaged model or a degenerate feature can give
-    one), and it would make the JSON output invalid: such a file is an error record.
-    """
-    values = (judgement.raw, judgement.score, judgement.threshold, judgement.percentile)
-    if not all(math.isfinite(v) for v in values):
-        record.error = NON_FINITE
-        return
+    """Fill the score fields from a finite judgement (:func:`judge_or_error`)."""
     record.raw_score = round(judgement.raw, 4)
     record.score = round(judgement.score, 6)
     record.threshold = round(judgement.threshold, 4)

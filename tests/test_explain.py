@@ -349,3 +349,30 @@ def test_saturated_face_scores_are_told_apart_by_raw_score() -> None:
              {"error": "network failed"}]
     assert most_suspicious_face(faces)["raw_score"] == 90.0
     assert most_suspicious_face([{"error": "x"}]) is None
+
+
+def test_face_verdict_is_scans_rule() -> None:
+    """``scan --faces`` and ``explain --faces`` share one rule: the most suspicious
+    face decides, a damaged file's face never says ``ai``, faces that were found but
+    could not be scored make an error, and no face is ``no-face``."""
+    from aigdetect.scanning import NO_FACE, face_verdict
+    flagged = [{"score": 0.9, "raw_score": 3.0, "verdict": "ai"}, {"error": "network failed"}]
+    assert face_verdict(flagged, []) == "ai"
+    assert face_verdict(flagged, ["damaged: truncated after 80 % of the rows"]) == "uncertain"
+    assert face_verdict([{"error": "network failed"}], []) == "error"
+    assert face_verdict([], []) == NO_FACE
+
+
+def test_non_finite_score_is_an_error_case(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN from a damaged model is no evidence: the case is an error (exit 3), never
+    'real', and the JSON stays valid, as in scan."""
+    from aigdetect.residual_model import ResidualClassifier
+    photo = write_image(tmp_path / "evidence" / "a.jpg")
+    monkeypatch.setattr(ResidualClassifier, "decision_function",
+                        lambda self, features: np.full(len(features), np.nan))
+    result = invoke(CliRunner(), ["explain", photo, "-o", tmp_path / "out", "-f", "json",
+                                  "-q", "--detector", "residual"])
+    assert result.exit_code == 3, result.stderr
+    (image,) = json.loads(result.stdout)["images"]
+    assert "non-finite" in image["error"] and image["verdict"] is None

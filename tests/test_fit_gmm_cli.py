@@ -170,7 +170,7 @@ def test_mismatched_extractor_refused_by_scan(runner: CliRunner, fitted: dict[st
     assert result.stdout == ""
     message = " ".join(result.stderr.split())
     assert "error" in message
-    assert "another extractor" in message or "fit-gmm" in message
+    assert "fitted on another extractor" in message
 
 
 def test_detector_folder_missing_density(runner: CliRunner, fitted: dict[str, Any],
@@ -229,6 +229,11 @@ def test_folder_problems(runner: CliRunner, tmp_path: Path) -> None:
     assert too_few.exit_code == EXIT_USAGE
     assert "readable" in too_few.stderr
     assert not (tmp_path / "det" / DENSITY_FILE).exists()
+
+    cache_inside = invoke(runner, ["fit-gmm", few, "-o", tmp_path / "det", "--cache-dir",
+                                   few / "cache", *FIT_FAST])
+    assert cache_inside.exit_code == EXIT_USAGE and "inside the input folder" in cache_inside.stderr
+    assert sorted(p.name for p in few.iterdir()) == ["0.jpg", "1.jpg"]
 
 
 def test_unreadable_photo_skipped(runner: CliRunner, photos: Path, tmp_path: Path) -> None:

@@ -366,6 +366,30 @@ def test_fit_residual_usage_errors(runner: CliRunner, folder: dict[str, Any], tm
     assert not (tmp_path / "out" / RESIDUAL_FILE).exists()
 
 
+def test_model_files_stay_out_of_the_folders_of_their_images(
+        runner: CliRunner, folder: dict[str, Any], tmp_path: Path) -> None:
+    """A detector folder is never written among the images it was fitted or calibrated
+    on: inside a --real/--fake folder, or the folder of a file a --csv lists."""
+    listed = tmp_path / "listed"
+    shutil.copytree(folder["real"], listed / "real")
+    shutil.copytree(folder["fake"], listed / "ai")
+    rows = [f"{p.relative_to(listed)},{p.relative_to(listed).parts[0]}"
+            for p in sorted(listed.rglob("*.*"))]
+    (listed / "train.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    among_images = next((listed / "real").rglob("*.jpg")).parent / "det"
+    by_csv = invoke(runner, ["fit-residual", among_images, "--csv", listed / "train.csv",
+                             "--workers", "0"])
+    assert by_csv.exit_code == EXIT_USAGE and "inside the input folder" in by_csv.stderr
+    assert not among_images.exists()
+    copy = tmp_path / "copy"
+    shutil.copytree(folder["folder"], copy)
+    calibration = (copy / "calibration.json").read_bytes()
+    inside = invoke(runner, ["calibrate", copy, "--real", tmp_path, "--workers", "0",
+                             "--processing", "asis"])
+    assert inside.exit_code == EXIT_USAGE and "inside the input folder" in inside.stderr
+    assert (copy / "calibration.json").read_bytes() == calibration
+
+
 def test_fit_residual_skips_an_unreadable_file_and_names_it(
     runner: CliRunner, folder: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -121,8 +121,9 @@ def fake_folders_option(prefix: str = "") -> Any:
 
 def labels_csv_option(prefix: str = "") -> Any:
     return typer.Option(None, "--csv", exists=True, dir_okay=False, help=f"{prefix}CSV of "
-                        "path,label[,group] (label real/ai) instead of, or besides, folders; "
-                        "relative paths are read from the CSV's own folder.")
+                        "path,label[,group] (label real or ai; 0/1 and fake/generated are "
+                        "read too) instead of, or besides, folders; relative paths are read "
+                        "from the CSV's own folder.")
 
 
 def parse_patches(text: str | None) -> int | None:

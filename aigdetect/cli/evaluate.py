@@ -42,6 +42,7 @@ from .common import (
     err,
     fail,
     flag,
+    labels_csv_option,
     load_detector,
     progress_bar,
     warn,
@@ -50,12 +51,13 @@ from .common import (
 
 
 def evaluate_command(
-    real: list[Path] = typer.Option([], "--real", help="Folder of real photos; repeatable "
-                                    "(each is reported on its own)."),
-    fake: list[Path] = typer.Option([], "--fake", help="Folder of AI-generated images; "
-                                    "repeatable (each is reported on its own)."),
-    labels: Path | None = typer.Option(None, "--csv", help="CSV of path,label[,group] (label "
-                                       "real/ai or 0/1) instead of, or besides, folders."),
+    real: list[Path] = typer.Option([], "--real", exists=True, file_okay=False,
+                                    help="Folder of real photos; repeatable (each is "
+                                    "reported on its own)."),
+    fake: list[Path] = typer.Option([], "--fake", exists=True, file_okay=False,
+                                    help="Folder of AI-generated images; repeatable (each "
+                                    "is reported on its own)."),
+    labels: Path | None = labels_csv_option(),
     output_format: str = typer.Option("table", "--format", "-f", help="table or json."),
     plot: Path | None = typer.Option(None, help="Draw ROC curves to this new image (PNG, "
                                      "SVG...): never an existing file, nor one among the "
@@ -95,8 +97,8 @@ def evaluate_command(
     Accuracy, FPR and TPR use the detector's calibrated threshold. With --faces each
     image is its most suspicious face (the condition's processing is applied to each
     face crop); images without a face are counted as errors and listed in 'no_face'.
-    Exit codes: 0 measured (files that could not be scored are counted and one is
-    named on stderr), 2 usage error, 3 no real or no AI image could be scored.
+    Exit codes: 0 measured (files that could not be scored are counted, and one is
+    named on stderr unless --quiet), 2 usage error, 3 no real or no AI image could be scored.
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
@@ -177,9 +179,8 @@ def report_unreadable(results: dict[str, tuple[str, list[ScanRecord]]],
                   f"{printable(failed[0].path)}: {printable(failed[0].error or '')}",
                   markup=False, highlight=False)
     if not overall.n_real or not overall.n_ai:
-        err.print("error: no real or no AI image could be scored: nothing was measured",
-                  markup=False, highlight=False)
-        raise typer.Exit(EXIT_UNREADABLE)
+        fail("no real or no AI image could be scored: nothing was measured",
+             code=EXIT_UNREADABLE)
 
 
 def score_groups(groups: list[LabelledSet], loaded: LoadedDetector, workers: int,

@@ -66,7 +66,8 @@ def explain_command(
     detector_name: str | None = DETECTOR_OPTION,
     model: Path | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
-    quiet: bool = flag("--quiet", "-q", help="No progress bar on stderr."),
+    quiet: bool = flag("--quiet", "-q", help="No progress bar, and no closing line "
+                       "naming the heat-map folder, on stderr."),
     faces: bool = flag("--faces", help="Also judge every face alone and draw "
                        "the boxes, coloured by verdict, in a .faces.png beside the "
                        "heat map; the exit code then follows the faces, as scan "

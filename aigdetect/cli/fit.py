@@ -118,6 +118,8 @@ def fit_gmm_command(
         fail(f"--output {output} is a file; fit-gmm writes a detector folder")
     refuse_inside_inputs(output, "--output", [real])
     refuse_replacing(written_by_fit_gmm(output, extractor), overwrite)
+    if not no_cache:
+        refuse_inside_inputs(cache_dir, "--cache-dir", [real])
     paths = list(walk_folder(real, parse_extensions(include)))
     if not paths:
         fail(f"no images found under {real}")
@@ -212,6 +214,7 @@ def calibrate_command(
         fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.05 for 5 %")
     if default is not None and default not in DETECTOR_NAMES:
         fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
+    refuse_inside_inputs(folder, "the detector folder", [*real, *fake])
     processings = [name.strip() for name in processing.split(",") if name.strip()]
     unknown = [name for name in processings if name not in CONDITIONS]
     if unknown or not processings:
@@ -310,6 +313,7 @@ def fit_residual_command(
     if not files:
         fail("no training images: give --real and --fake folders, or --csv",
              "aigdetect fit-residual my-detector/ --real photos/ --fake generated/")
+    refuse_inside_inputs(output, "the detector folder", {Path(f.path).parent for f in files})
     config = ResidualFitConfig(regularisation=regularisation, variants=variants,
                                val_fraction=val_fraction, seed=seed, workers=workers,
                                recompress_quality=recompress_quality or None,

@@ -16,7 +16,14 @@ from ..detectors import Detector, Judgement
 from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
 from ..provenance import read_provenance
-from ..scanning import NO_FACE, capped, face_decider_name, judge_face, most_suspicious_face
+from ..scanning import (
+    capped,
+    face_decider_name,
+    face_verdict,
+    judge_face,
+    judge_or_error,
+    most_suspicious_face,
+)
 from .consistency import PretextReader
 from .heatmap import draw_faces, draw_heatmap, tile_evidence
 
@@ -53,7 +60,9 @@ class Explainer:
                  "notes": [unicode_safe(n) for n in prepared.notes]}
         if prepared.tiles is None:
             return case
-        judgement = self.detector.judge(prepared.tiles)
+        judgement, error = judge_or_error(self.detector, prepared.tiles)
+        if judgement is None:
+            return case | {"error": error}
         case["verdict"] = {**self.verdict(judgement, prepared.notes),
                            "patches": len(prepared.tiles)}
         pixels = prepared.pixels  # the pixels judged, for every drawing
@@ -62,10 +71,8 @@ class Explainer:
         if self.face_detector is not None:
             faces_png = heatmap.with_name(heatmap.name.replace(".heatmap.png", ".faces.png"))
             case["faces"] = faces_case(self.face_detector, pixels, path.name,
-                                       prepared.faces or [], faces_png)
+                                       prepared.faces or [], faces_png, prepared.notes)
         return case
-
-
 
     def verdict(self, judgement: Judgement, notes: list[str]) -> dict[str, Any]:
         """The detector's opinion and each component's, with threshold, uncertain
@@ -101,12 +108,12 @@ class Explainer:
 
 
 def faces_case(detector: Detector, pixels: np.ndarray, name: str, faces: list[PreparedFace],
-               drawing: Path) -> dict[str, Any]:
-    """Each face's box and opinion, the image's face verdict (its most suspicious
-    face, as ``scan --faces``) and a PNG of ``pixels`` with the boxes drawn."""
+               drawing: Path, notes: list[str]) -> dict[str, Any]:
+    """Each face's box and opinion, the image's face verdict (as ``scan --faces``: its
+    most suspicious face's, capped by the file's ``notes``) and a PNG of ``pixels`` with
+    the boxes drawn."""
     entries = [judge_face(face, detector) for face in faces]
-    worst = most_suspicious_face(entries)
-    verdict = worst["verdict"] if worst else NO_FACE
+    verdict = face_verdict(entries, notes)
     draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(name)}")
     return {"file": str(drawing), "detector": face_decider_name(detector), "verdict": verdict,
             "faces": entries}
