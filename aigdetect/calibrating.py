@@ -69,8 +69,9 @@ def require_real(count: int, readable: str = "") -> None:
 
 
 def require_fake(count: int, readable: str = "") -> None:
-    """Fusion weights need dozens of AI images (none: the components weigh the same)."""
-    if 0 < count < MIN_FAKE:
+    """Fusion weights need dozens of AI images (call it only when --fake was given:
+    without it the components weigh the same)."""
+    if count < MIN_FAKE:
         raise DetectorError(f"only {count} {readable}--fake images: weighting the fusion needs "
                             f"at least {MIN_FAKE} (dozens are better); leave --fake out for "
                             "equal weights")
@@ -100,7 +101,8 @@ def calibrate_folder(
     ``fake_paths`` (held-out AI images, scored under the same processings) set the
     fused detector's weights. Returns what was written, for a summary."""
     require_real(len(real_paths))  # before minutes of scoring
-    require_fake(len(fake_paths))
+    if fake_paths:
+        require_fake(len(fake_paths))
     folder = DetectorFolder.open(folder_path, recalibrating=True)
     folder.require_oneclass()  # before anything is written into it
     # a failed run leaves the folder as it was, the binary weights it brought included

@@ -15,6 +15,7 @@ which is the AUC of original against manipulated faces.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,9 @@ def check_config(config: FaceTrainConfig) -> None:
         raise TrainingError(f"enlarge {config.enlarge} would cut into the face: use 1 or more "
                             f"(the paper's {ENLARGE})")
     debug = config.debug_dir
-    if debug is not None and debug.resolve().is_relative_to(config.photos.resolve()):
+    # realpath: unlike Path.resolve, never raises on a link loop
+    if debug is not None and Path(os.path.realpath(debug)).is_relative_to(
+            os.path.realpath(config.photos)):
         raise TrainingError(f"--debug-dir {debug} lies inside the photos folder "
                             f"{config.photos}: aigdetect never writes into an input folder; "
                             "choose a folder elsewhere")

@@ -271,6 +271,20 @@ def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> 
              "write it outside the folders of images")
 
 
+def check_fpr(fpr: float | None, example: float) -> None:
+    """A false-positive rate strictly between 0 and 1 (which also refuses NaN)."""
+    if fpr is not None and not 0 < fpr < 1:
+        fail(f"--fpr {fpr} must be between 0 and 1",
+             f"e.g. --fpr {example:g} for {example * 100:g} %")
+
+
+def report_skipped(errors: dict[str, str], shown: int = 5) -> None:
+    """Name the first few files a fit left out, and why, on stderr."""
+    for path, error in list(errors.items())[:shown]:
+        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(error)}",
+                  highlight=False)
+
+
 def refuse_replacing(model_files: Iterable[Path], overwrite: bool) -> None:
     """A fitted model is replaced only knowingly (``--overwrite``), as ``train`` does:
     a second fit into the same folder must not silently lose the first."""

@@ -27,7 +27,6 @@ from ..files import parse_extensions, walk_folder
 from ..labelled import AI, REAL, each_once, files_from_folders, labelled_files
 from ..oneclass import fit_detector
 from ..patches import CONDITIONS
-from ..report import printable
 from ..residual_model import (
     DEFAULT_RECOMPRESS_QUALITY,
     DEFAULT_REGULARISATION,
@@ -43,6 +42,7 @@ from .common import (
     OVERWRITE_MODEL_OPTION,
     WORKERS_OPTION,
     check_face_options,
+    check_fpr,
     err,
     fail,
     fake_folders_option,
@@ -52,6 +52,7 @@ from .common import (
     real_folders_option,
     refuse_inside_inputs,
     refuse_replacing,
+    report_skipped,
     warn,
 )
 
@@ -112,8 +113,7 @@ def fit_gmm_command(
         fail(f"--components {components!r} is neither a number nor 'auto'")
     if covariance not in ("full", "diag", "tied", "spherical"):
         fail(f"--covariance {covariance!r} is not one of full, diag, tied, spherical")
-    if not 0 < fpr < 1:
-        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.02 for 2 %")
+    check_fpr(fpr, 0.02)
     if output.exists() and not output.is_dir():
         fail(f"--output {output} is a file; fit-gmm writes a detector folder")
     refuse_inside_inputs(output, "--output", [real])
@@ -135,8 +135,7 @@ def fit_gmm_command(
             )
         except (DensityError, CheckpointError, ValueError, OSError) as error:
             fail(str(error))
-    for path, error in list(folder.errors.items())[:5]:
-        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(error)}")
+    report_skipped(folder.errors)
     info = density.info
     unit = f"faces of {len(set(folder.paths))} photos" if faces else "photos"
     err.print(
@@ -210,8 +209,7 @@ def calibrate_command(
     `aigdetect calibrate my-detector/ --binary binary.pt --real held-out/ --real web/
     --fake held-out-ai/`
     """
-    if not 0 < fpr < 1:
-        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.05 for 5 %")
+    check_fpr(fpr, 0.05)
     if default is not None and default not in DETECTOR_NAMES:
         fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
     refuse_inside_inputs(folder, "the detector folder", [*real, *fake])
@@ -323,9 +321,7 @@ def fit_residual_command(
             model = fit_residual(files, config, on_image=advance)
         except (ResidualModelError, ValueError) as error:
             fail(str(error))
-    for path, error in list(model.provenance["unreadable_files"].items())[:5]:
-        err.print(f"[yellow]skipped[/] {escape(printable(path))}: {escape(error)}",
-                  highlight=False)
+    report_skipped(model.provenance["unreadable_files"])
     output.mkdir(parents=True, exist_ok=True)
     model.save(output / RESIDUAL_FILE)
     validation = model.provenance["validation"]

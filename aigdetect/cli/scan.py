@@ -49,6 +49,7 @@ from .common import (
     TIMEOUT_OPTION,
     WORKERS_OPTION,
     check_face_options,
+    check_fpr,
     err,
     exit_code,
     fail,
@@ -86,8 +87,7 @@ def check_scan_options(output_format: str, output: Path | None, threshold: float
     if threshold is not None and not math.isfinite(threshold):
         fail(f"--threshold {threshold} is not a finite number",
              "a raw score such as --threshold 1.5 (see raw_score in the records), or --fpr 0.01")
-    if fpr is not None and not 0 < fpr < 1:  # also refuses nan
-        fail(f"--fpr {fpr} must be between 0 and 1", "e.g. --fpr 0.01 for 1 %")
+    check_fpr(fpr, 0.01)
     if resume and (output_format != "jsonl" or output is None):
         fail("--resume continues a JSONL results file", "use -f jsonl -o results.jsonl --resume")
     if verify_hash and not resume:
