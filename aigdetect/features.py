@@ -116,6 +116,15 @@ class TileSettings:
     provenance: bool = False
 
 
+def link_target(path: str | Path) -> str:
+    """Where a symlink leads: its final target, or in a loop of links (where there is
+    none) the target the link itself names."""
+    final = os.path.realpath(path)
+    if os.path.islink(final):  # realpath stops on a loop, at one of its links
+        return f"{os.readlink(path)} (a loop of symlinks)"
+    return final
+
+
 def prepare_image(path: str | Path, settings: TileSettings,
                   keep_pixels: bool = False) -> PreparedImage:
     """Hash, decode and tile one file; never raises (errors go in the record).
@@ -153,7 +162,7 @@ def prepare_image(path: str | Path, settings: TileSettings,
         record.error = f"unexpected {type(error).__name__}: {error}"
     if os.path.islink(path):  # the record names the link; what was read is its target
         read = "" if record.error else ": that file was read"
-        record.notes.insert(0, f"a symlink to {os.path.realpath(path)}{read}")
+        record.notes.insert(0, f"a symlink to {link_target(path)}{read}")
     if settings.provenance:
         record.provenance = read_provenance(path, settings.limits.max_decode_mb * 1_000_000)
     record.decode_ms = (time.perf_counter() - started) * 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from dataclasses import asdict
 from pathlib import Path
@@ -519,3 +520,27 @@ def test_benchmark_counts_each_unreadable_file_once(monkeypatch: pytest.MonkeyPa
     groups = [asdict(row) for row in evaluate_groups(results)]
     summary = detection.summarise({"groups": groups, "mean_pair_auc": None, "pairs": []})
     assert summary["errors"] == 1
+
+
+def test_quiet_still_names_a_file_it_could_not_score(runner: CliRunner,
+                                                     sets: dict[str, Path]) -> None:
+    """-q hides progress, not the one line that says which input the metrics lack."""
+    result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
+                             "-f", "json", "-q", *FAST])
+    assert result.exit_code == EXIT_CLEAN, result.stderr
+    assert "broken.jpg" in result.stderr
+
+
+def test_decoding_limits_are_options_as_in_scan(runner: CliRunner, sets: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    """The error of an image over a limit names the option that raises it, and evaluate
+    has that option (a panorama over the default 250 MP can be measured)."""
+    real = tmp_path / "real"
+    shutil.copytree(sets["real"], real)
+    noise_jpeg(real / "big.jpg", size=(1600, 1000), seed=7)  # 1.6 MP
+    args = ["evaluate", "--real", real, "--fake", sets["fake"], "-f", "json", *FAST]
+    capped = invoke(runner, [*args, "--max-pixels", "1"])
+    assert capped.exit_code == EXIT_CLEAN, capped.stderr
+    assert json.loads(capped.stdout)["groups"][0]["errors"] == 2  # broken.jpg and big.jpg
+    raised = invoke(runner, [*args, "--max-pixels", "2"])
+    assert json.loads(raised.stdout)["groups"][0]["errors"] == 1  # broken.jpg only

@@ -376,3 +376,19 @@ def test_non_finite_score_is_an_error_case(tmp_path: Path,
     assert result.exit_code == 3, result.stderr
     (image,) = json.loads(result.stdout)["images"]
     assert "non-finite" in image["error"] and image["verdict"] is None
+
+
+def test_decoding_limits_are_options_as_in_scan(tmp_path: Path) -> None:
+    """An image over --max-pixels is an error case naming the option, and explain has
+    the option, so a large panorama can still be explained."""
+    from helpers_images import noise_jpeg
+    photo = noise_jpeg(tmp_path / "evidence" / "panorama.jpg", size=(1600, 1000), seed=3)
+    args = ["explain", photo, "-f", "json", "-q", "--tiles", "4"]
+    capped = invoke(CliRunner(), [*args, "-o", tmp_path / "a", "--max-pixels", "1"])
+    assert capped.exit_code == 3, capped.stderr
+    (image,) = json.loads(capped.stdout)["images"]
+    assert "--max-pixels" in image["error"]
+    raised = invoke(CliRunner(), [*args, "-o", tmp_path / "b", "--max-pixels", "2"])
+    assert raised.exit_code in (0, 1), raised.stderr
+    assert json.loads(raised.stdout)["images"][0]["verdict"]["verdict"] in ("ai", "uncertain",
+                                                                            "real")

@@ -598,3 +598,16 @@ def test_switches_show_no_value_label(runner: CliRunner, command: str, switch: s
     assert result.exit_code == 0 and any(switch in line for line in lines)
     labelled = [line for line in lines if "<bool>" in line]
     assert all("--help" in line for line in labelled), labelled
+
+
+def test_a_loop_of_file_links_names_the_next_link(runner, tmp_path) -> None:
+    """a.jpg -> b.jpg -> a.jpg: there is no final target, so the note names the one the
+    link gives (realpath would name a.jpg itself)."""
+    folder = tmp_path / "case"
+    folder.mkdir()
+    os.symlink("b.jpg", folder / "a.jpg")
+    os.symlink("a.jpg", folder / "b.jpg")
+    result = invoke(runner, ["scan", folder / "a.jpg", "-f", "json", *FAST])
+    (record,) = parse_json_stdout(result.stdout)["results"]
+    assert record["verdict"] == "error"
+    assert record["notes"][0] == "a symlink to b.jpg (a loop of symlinks)"

@@ -122,6 +122,14 @@ def test_an_output_name_too_long_is_a_usage_error(runner, good, tmp_path) -> Non
     assert "File name too long" in result.stderr
 
 
+def test_output_dash_is_stdout(runner, good, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", "-", *FAST])
+    assert result.exit_code in (0, 1), result.stderr
+    assert json.loads(result.stdout)["path"] == str(good[0])
+    assert not (tmp_path / "-").exists()
+
+
 def test_existing_output_is_not_truncated_without_overwrite(runner, good, tmp_path) -> None:
     for fmt, name in (("json", "out.json"), ("csv", "out.csv"), ("jsonl", "out.jsonl")):
         out = tmp_path / name

@@ -31,7 +31,13 @@ from ..detectors import (
     default_model_dir,
 )
 from ..features import MAX_TILES
-from ..patches import CONDITIONS, DecodeLimits
+from ..patches import (
+    CONDITIONS,
+    DEFAULT_MAX_DECODE_MB,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SCANS,
+    DecodeLimits,
+)
 from ..report import printable
 from ..runtime import pick_device
 from ..scanning import LoadedDetector
@@ -124,6 +130,24 @@ def labels_csv_option(prefix: str = "") -> Any:
                         "path,label[,group] (label real or ai; 0/1 and fake/generated are "
                         "read too) instead of, or besides, folders; relative paths are read "
                         "from the CSV's own folder.")
+
+
+# Decoding limits (scan, explain, evaluate): what an evidence file may cost to decode.
+MAX_PIXELS_OPTION = typer.Option(
+    DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
+    help="Refuse images larger than this many megapixels (decompression-bomb guard).")
+MAX_DECODE_OPTION = typer.Option(
+    DEFAULT_MAX_DECODE_MB, "--max-decode-mb", min=1,
+    help="Refuse an image whose decoding would need more memory than this (MB), judged "
+    "from its header: size, channels and bit depth.")
+MAX_SCANS_OPTION = typer.Option(
+    DEFAULT_MAX_SCANS, "--max-scans", min=1,
+    help="Refuse a progressive JPEG with more scans than this (each re-decodes the image).")
+
+
+def decode_limits(max_pixels_mp: int, max_decode_mb: int, max_scans: int) -> DecodeLimits:
+    """The limits the three options above set."""
+    return DecodeLimits(max_pixels_mp * 1_000_000, max_decode_mb, max_scans)
 
 
 def parse_patches(text: str | None) -> int | None:

@@ -33,12 +33,16 @@ from .common import (
     DEVICE_OPTION,
     EXIT_UNREADABLE,
     FACE_MODEL_OPTION,
+    MAX_DECODE_OPTION,
+    MAX_PIXELS_OPTION,
+    MAX_SCANS_OPTION,
     MODEL_OPTION,
     PATCHES_OPTION,
     TIMEOUT_OPTION,
     WORKERS_OPTION,
     check_face_options,
     check_new_file,
+    decode_limits,
     err,
     fail,
     flag,
@@ -80,6 +84,9 @@ def evaluate_command(
     batch_size: int = BATCH_OPTION,
     workers: int = WORKERS_OPTION,
     timeout: float = TIMEOUT_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    max_decode_mb: int = MAX_DECODE_OPTION,
+    max_scans: int = MAX_SCANS_OPTION,
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
     quiet: bool = flag("--quiet", "-q", help="No progress bar on stderr."),
     faces: bool = flag(
@@ -98,7 +105,7 @@ def evaluate_command(
     image is its most suspicious face (the condition's processing is applied to each
     face crop); images without a face are counted as errors and listed in 'no_face'.
     Exit codes: 0 measured (files that could not be scored are counted, and one is
-    named on stderr unless --quiet), 2 usage error, 3 no real or no AI image could be scored.
+    named on stderr), 2 usage error, 3 no real or no AI image could be scored.
     """
     if output_format not in ("table", "json"):
         fail(f"--format {output_format!r} is not table or json")
@@ -131,14 +138,15 @@ def evaluate_command(
     if faces and baseline is not None:
         fail("--baseline compares general detectors; with --faces the face detector judges",
              "leave out --faces, or compare face detectors with --face-model one at a time")
-    loaded = load_detector(model, detector_name, device, patches, batch_size,
+    limits = decode_limits(max_pixels, max_decode_mb, max_scans)
+    loaded = load_detector(model, detector_name, device, patches, batch_size, limits,
                            condition=condition)
     if faces:
         loaded = with_faces(loaded, face_model, device, batch_size, aligned)
     judge = loaded.face_detector or loaded.detector
     compared = None if baseline is None else load_detector(
         None if is_shipped(baseline) else baseline, detector_name, device, patches,
-        batch_size, condition=condition)
+        batch_size, limits, condition=condition)
     runs = 1 if compared is None else 2
     with progress_bar(runs * sum(len(g.paths) for g in groups), "evaluating",
                       disable=quiet) as advance:
@@ -166,15 +174,16 @@ def evaluate_command(
         except (RuntimeError, OSError, ValueError) as error:
             fail(f"--plot {plot}: {error}")
         err.print(f"ROC curves written to {printable(str(plot))}", markup=False)
-    report_unreadable(results, rows[-1], quiet)
+    report_unreadable(results, rows[-1])
 
 
 def report_unreadable(results: dict[str, tuple[str, list[ScanRecord]]],
-                      overall: GroupMetrics, quiet: bool) -> None:
-    """Say which files could not be scored (not with --quiet); exit 3 when a class has
-    none left, so a pipeline never takes an evaluation of nothing for a result."""
+                      overall: GroupMetrics) -> None:
+    """Say which files could not be scored (a warning, so also under --quiet: the
+    output only counts them); exit 3 when a class has none left, so a pipeline never
+    takes an evaluation of nothing for a result."""
     failed = [r for _, records in results.values() for r in records if r.verdict == "error"]
-    if failed and not quiet:
+    if failed:
         err.print(f"warning: {len(failed)} file(s) could not be scored, e.g. "
                   f"{printable(failed[0].path)}: {printable(failed[0].error or '')}",
                   markup=False, highlight=False)

@@ -34,9 +34,13 @@ from .common import (
     DETECTOR_OPTION,
     DEVICE_OPTION,
     FACE_MODEL_OPTION,
+    MAX_DECODE_OPTION,
+    MAX_PIXELS_OPTION,
+    MAX_SCANS_OPTION,
     MODEL_OPTION,
     check_face_options,
     check_new_file,
+    decode_limits,
     directly_in,
     err,
     exit_code,
@@ -66,6 +70,9 @@ def explain_command(
     detector_name: str | None = DETECTOR_OPTION,
     model: Path | None = MODEL_OPTION,
     device: str = DEVICE_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    max_decode_mb: int = MAX_DECODE_OPTION,
+    max_scans: int = MAX_SCANS_OPTION,
     quiet: bool = flag("--quiet", "-q", help="No progress bar, and no closing line "
                        "naming the heat-map folder, on stderr."),
     faces: bool = flag("--faces", help="Also judge every face alone and draw "
@@ -101,14 +108,15 @@ def explain_command(
         refuse_beside_inputs(html_report, "--html", beside)
     check_face_options(faces, aligned, face_model, None)
     folder = explain_folder(output_dir, started, searched, beside)
-    loaded = load_detector(model, detector_name, device, None, 256)
+    limits = decode_limits(max_pixels, max_decode_mb, max_scans)
+    loaded = load_detector(model, detector_name, device, None, 256, limits)
     if faces:
         loaded = with_faces(loaded, face_model, device, 256, aligned)
     created = make_folder(folder, output_dir is not None)
     explainer = Explainer(loaded.detector, loaded.tiles,
                           load_pretext(model, device, loaded.detector), map_tiles,
                           loaded.face_detector)
-    cases = [unexplained_case(path, message) for path, message in found]
+    cases = [unexplained_case(path, message, limits) for path, message in found]
     with progress_bar(len(files), "explaining", disable=quiet) as advance:
         for index, path in enumerate(files, start=1):
             cases.append(explainer.explain(path, new_file(folder, index, path)))

@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from ..custody import ScanTally, deciders, run_header
 from ..files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe
-from ..patches import DEFAULT_MAX_DECODE_MB, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SCANS, DecodeLimits
 from ..report import (
     FORMATS,
     printable,
@@ -44,12 +43,16 @@ from .common import (
     EXIT_INTERRUPTED,
     FACE_MODEL_OPTION,
     FACES_OPTION,
+    MAX_DECODE_OPTION,
+    MAX_PIXELS_OPTION,
+    MAX_SCANS_OPTION,
     MODEL_OPTION,
     PATCHES_OPTION,
     TIMEOUT_OPTION,
     WORKERS_OPTION,
     check_face_options,
     check_fpr,
+    decode_limits,
     err,
     exit_code,
     fail,
@@ -63,17 +66,6 @@ from .common import (
     survive_any_text,
     with_faces,
 )
-
-MAX_PIXELS_OPTION = typer.Option(
-    DEFAULT_MAX_PIXELS // 1_000_000, "--max-pixels", min=1,
-    help="Refuse images larger than this many megapixels (decompression-bomb guard).")
-MAX_DECODE_OPTION = typer.Option(
-    DEFAULT_MAX_DECODE_MB, "--max-decode-mb", min=1,
-    help="Refuse an image whose decoding would need more memory than this (MB), judged "
-    "from its header: size, channels and bit depth.")
-MAX_SCANS_OPTION = typer.Option(
-    DEFAULT_MAX_SCANS, "--max-scans", min=1,
-    help="Refuse a progressive JPEG with more scans than this (each re-decodes the image).")
 
 
 def check_scan_options(output_format: str, output: Path | None, threshold: float | None,
@@ -210,8 +202,9 @@ def scan_command(
     output_format: str = typer.Option("table", "--format", "-f",
                                       help="table (for people), json, jsonl (streamed), csv."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write results to this file instead of stdout. An "
-        "existing file is never replaced without --overwrite (or continued: --resume)."),
+        None, "--output", "-o", help="Write results to this file instead of stdout ('-': "
+        "stdout). An existing file is never replaced without --overwrite (or continued: "
+        "--resume)."),
     overwrite: bool = flag("--overwrite", help="Replace an existing --output "
                            "file."),
     resume: bool = flag(
@@ -278,6 +271,8 @@ def scan_command(
     `aigdetect scan shots/ --detector oneclass` · `aigdetect scan portraits/ --faces`
     """
     started = datetime.now(timezone.utc)
+    if output is not None and str(output) == "-":  # the shell's usual name for stdout
+        output = None
     check_scan_options(output_format, output, threshold, fpr, resume, verify_hash, null, paths)
     check_face_options(faces, aligned, face_model, threshold)
     tally = ScanTally()
@@ -293,7 +288,7 @@ def scan_command(
         tally.total = len(files)
         if not files and not found:  # not an error (a watched folder may be empty), but said
             err.print("[yellow]warning:[/] no image files among the inputs", highlight=False)
-        limits = DecodeLimits(max_pixels * 1_000_000, max_decode_mb, max_scans)
+        limits = decode_limits(max_pixels, max_decode_mb, max_scans)
         loaded = load_detector(model, detector_name, device, patches, batch_size, limits)
         if faces:
             loaded = with_faces(loaded, face_model, device, batch_size, aligned)

@@ -15,6 +15,7 @@ from ..calibration import Calibration
 from ..detectors import Detector, Judgement
 from ..features import PreparedFace, TileSettings, prepare_image
 from ..files import unicode_safe
+from ..patches import DecodeLimits
 from ..provenance import read_provenance
 from ..scanning import (
     capped,
@@ -31,13 +32,16 @@ from .heatmap import draw_faces, draw_heatmap, tile_evidence
 EXPLAIN_SCHEMA_VERSION = 1
 
 
-def unexplained_case(path: str | Path, error: str | None) -> dict[str, Any]:
+def unexplained_case(path: str | Path, error: str | None,
+                     limits: DecodeLimits) -> dict[str, Any]:
     """A case with nothing read yet: what an input that is not a readable image (a
-    missing file, an empty folder) gets, so that it is reported and counted."""
+    missing file, an empty folder) gets, so that it is reported and counted. Its
+    metadata is read within ``limits`` (``--max-decode-mb``)."""
     return {"path": unicode_safe(path), "sha256": None, "size": None, "format": None,
             "width": None, "height": None, "notes": [],
             "error": error and unicode_safe(error), "verdict": None, "heatmap": None,
-            "camera_traces": None, "faces": None, "provenance": read_provenance(path)}
+            "camera_traces": None, "faces": None,
+            "provenance": read_provenance(path, limits.max_decode_mb * 1_000_000)}
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Explainer:
     def explain(self, path: Path, heatmap: Path) -> dict[str, Any]:
         """The case of one file; an unreadable file gives a case with ``error``."""
         prepared = prepare_image(path, self.tiles, keep_pixels=True)
-        case = unexplained_case(path, prepared.error)
+        case = unexplained_case(path, prepared.error, self.tiles.limits)
         case |= {"sha256": prepared.sha256, "size": prepared.size, "format": prepared.format,
                  "width": prepared.width, "height": prepared.height,
                  "notes": [unicode_safe(n) for n in prepared.notes]}
