@@ -120,7 +120,9 @@ def test_table(runner: CliRunner, sets: dict[str, Path]) -> None:
         assert column in result.stdout
     assert "AI = positive" in result.stdout
     assert "95 % bootstrap interval" in result.stdout
-    assert result.stderr == ""
+    # --quiet: no progress, only the warning naming the empty file it could not score
+    assert result.stderr.startswith("warning: 1 file(s) could not be scored")
+    assert result.stderr.count("warning:") == 1 and "broken.jpg" in result.stderr
 
 
 def test_table_shows_group_names_in_full(runner: CliRunner, sets: dict[str, Path],

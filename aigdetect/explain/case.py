@@ -66,7 +66,7 @@ class Explainer:
             return case
         judgement, error = judge_or_error(self.detector, prepared.tiles)
         if judgement is None:
-            return case | {"error": error}
+            return case | {"error": unicode_safe(error)}
         case["verdict"] = {**self.verdict(judgement, prepared.notes),
                            "patches": len(prepared.tiles)}
         pixels = prepared.pixels  # the pixels judged, for every drawing
