@@ -324,9 +324,14 @@ def test_train_binary_csv_says_which_listed_files_are_missing(
         runner: CliRunner, binary_run: dict[str, Any], tmp_path: Path) -> None:
     rows = [f"{p},real" for p in sorted(binary_run["real"].rglob("*.jpg"))]
     rows += [f"{p},ai" for p in sorted(binary_run["fake"].rglob("*.png"))]
-    rows.append(f"{tmp_path / 'moved.png'},ai")
+    rows.append(f"{tmp_path / 'gone' / 'moved.png'},ai")
     labels = tmp_path / "labels.csv"
     labels.write_text("\n".join(rows) + "\n")
+    among_images = next(binary_run["real"].rglob("*.jpg")).parent / "b.pt"
+    refused = invoke(runner, ["train", "--binary", "--csv", labels, "-o", among_images,
+                              "--max-steps", "1", *TRAIN_FAST])
+    assert refused.exit_code == 2 and "inside the input folder" in refused.stderr
+    assert not among_images.exists()
     result = invoke(runner, ["train", "--binary", "--csv", labels, "-o", tmp_path / "b.pt",
                              "--max-steps", "1", *TRAIN_FAST])
     assert result.exit_code == 0, result.stderr

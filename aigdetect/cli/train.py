@@ -11,6 +11,7 @@ from ..checkpoint import FACE_HEADS, CheckpointError
 from ..detectors import EXTRACTOR_FILE, default_model_dir
 from ..engine import EngineConfig
 from ..face_training import FaceTrainConfig, train_faces
+from ..labelled import files_from_csv
 from ..training import PRETEXT_HEADS, TrainConfig, TrainingError, train
 from .common import (
     EXIT_INTERRUPTED,
@@ -145,7 +146,8 @@ def train_command(
         fail("--binary takes its teacher's patch size; --patch-size applies to the pretext "
              "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
     check_output(output, resume, overwrite)
-    refuse_inside_inputs(output, "-o", [*real, *fake, *([photos] if photos else [])])
+    refuse_inside_inputs(output, "-o", [*real, *fake, *([photos] if photos else []),
+                                        *folders_listed_in(labels)])
     try:
         if binary:
             if photos is not None:
@@ -190,6 +192,18 @@ def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
         fail(f"{', '.join(given)} apply to the EXIF pretext only, not to "
              f"{'--binary' if binary else '--faces'}",
              "aigdetect train photos/ -o extractor.pt --ranking-loss bce")
+
+
+def folders_listed_in(labels: Path | None) -> set[Path]:
+    """The folders of the images a --csv lists (the checkpoint stays out of them, as out
+    of --real/--fake); none for no CSV or one that cannot be read, which training then
+    reports in full."""
+    if labels is None:
+        return set()
+    try:
+        return {Path(f.path).parent for f in files_from_csv(labels)}
+    except (OSError, ValueError):
+        return set()
 
 
 def check_output(output: Path, resume: bool, overwrite: bool) -> None:
