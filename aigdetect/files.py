@@ -185,6 +185,16 @@ def _skip(folder: Path) -> None:
     """Default folder handler: callers who keep outputs apart pass their own."""
 
 
+def file_identity(path: str | Path) -> tuple[int, int] | None:
+    """The file itself, however it is reached (device and inode: a hard or symbolic link
+    gives the same); None when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def file_sha256(path: str | Path, limit: int | None = None) -> str:
     """Hex SHA-256 of a file (of its first ``limit`` bytes), read in chunks: identifies
     evidence and weights."""

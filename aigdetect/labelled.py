@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .files import IMAGE_EXTENSIONS, file_sha256, walk_folder
+from .files import IMAGE_EXTENSIONS, file_identity, file_sha256, walk_folder
 
 REAL, AI = 0, 1
 LABEL_NAMES = {REAL: "real", AI: "ai"}
@@ -115,11 +115,8 @@ def _first_of_each(files: Sequence[LabelledFile], key: Callable[[str], Hashable]
 def _inode_or_path(path: str) -> Hashable:
     """The file itself, however it is reached (a link); its resolved name if it cannot
     be read (it becomes an error later, once)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return os.path.realpath(path)  # unlike Path.resolve, never raises on a link loop
-    return stat.st_dev, stat.st_ino
+    # realpath: unlike Path.resolve, never raises on a link loop
+    return file_identity(path) or os.path.realpath(path)
 
 
 def _regular_size(path: str) -> int:

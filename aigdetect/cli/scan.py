@@ -15,7 +15,13 @@ import typer
 from rich.markup import escape
 
 from ..custody import ScanTally, deciders, run_header
-from ..files import IMAGE_EXTENSIONS, iter_inputs, parse_extensions, unicode_safe
+from ..files import (
+    IMAGE_EXTENSIONS,
+    file_identity,
+    iter_inputs,
+    parse_extensions,
+    unicode_safe,
+)
 from ..report import (
     FORMATS,
     printable,
@@ -119,8 +125,8 @@ def check_output(output: Path, searched: list[Path], files: list[Path], beside: 
     """One output file: see :func:`check_outputs`; ``beside``: the scanned files' folders."""
     target = Path(os.path.abspath(output))
     if not force:
-        identity = _inode(target)
-        if identity is not None and any(_inode(file) == identity for file in files):
+        identity = file_identity(target)
+        if identity is not None and any(file_identity(file) == identity for file in files):
             fail(f"--output {output} is one of the input files: writing it would destroy "
                  "evidence", "choose a results path outside the inputs (or --force)")
         inside = input_folder_holding(target, searched)
@@ -136,14 +142,6 @@ def check_output(output: Path, searched: list[Path], files: list[Path], beside: 
     if holds_results and not (overwrite or resume):
         fail(f"--output {output} already exists; its results would be lost",
              "give --overwrite to replace it, or --resume (with -f jsonl) to continue it")
-
-
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
 
 
 def open_results(output: Path, append: bool = False) -> TextIO:
