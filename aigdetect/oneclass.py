@@ -154,7 +154,7 @@ def fit_detector(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     shipped_extractor = output_dir / EXTRACTOR_FILE
-    if shipped_extractor.resolve() != extractor_path.resolve():
+    if not (shipped_extractor.exists() and shipped_extractor.samefile(extractor_path)):
         save_checkpoint(shipped_extractor, model, meta)  # weights only, no optimiser state
     density.provenance = {
         "extractor_sha256": file_sha256(shipped_extractor),

@@ -253,11 +253,12 @@ class PretextTask:
 
     def datasets(self, meta: ModelMeta) -> tuple[PretextDataset, PretextDataset]:
         c = self.config
+        patch_size = meta.config.patch_size  # the model's, also on --resume
         train_set = PretextDataset(self.train_photos, meta.vocabularies, c.patches,
-                                   c.patch_size, train=True, seed=c.seed)
+                                   patch_size, train=True, seed=c.seed)
         self.majority = majority_classes(train_set)
         val_set = PretextDataset(self.val_photos, meta.vocabularies, c.patches,
-                                 c.patch_size, train=False)
+                                 patch_size, train=False)
         return train_set, val_set
 
     def training_info(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,15 @@ def test_existing_density_replaced_only_with_overwrite(runner: CliRunner, fitted
     assert refused.exit_code == EXIT_USAGE
     assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
     assert (folder / DENSITY_FILE).read_bytes() == before
-    replaced = invoke(runner, [*args, "--overwrite"])
+    # the shipped extractor would replace the folder's own copy: the hint says how to keep it
+    shipped = invoke(runner, [*args[:5], EXTRACTOR, *args[6:]])
+    assert shipped.exit_code == EXIT_USAGE
+    assert f"--extractor {folder / EXTRACTOR_FILE}" in " ".join(shipped.stderr.split())
+    # a hard link to the folder's extractor is that extractor: kept, not rewritten
+    linked = tmp_path / "linked.pt"
+    os.link(folder / EXTRACTOR_FILE, linked)
+    inode = (folder / EXTRACTOR_FILE).stat().st_ino
+    replaced = invoke(runner, [*args[:5], linked, *args[6:], "--overwrite"])
     assert replaced.exit_code == EXIT_CLEAN, replaced.stderr
     assert RealPhotoDensity.load(folder / DENSITY_FILE).info["components"] == 2
+    assert (folder / EXTRACTOR_FILE).stat().st_ino == inode

@@ -4,6 +4,7 @@ scan / explain through the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from aigdetect.binary_data import split_for_validation
 from aigdetect.binary_training import present
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.coding_cost import COUNTS_SIZE
-from aigdetect.detectors import EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
+from aigdetect.detectors import DENSITY_FILE, EXTRACTOR_FILE, RESIDUAL_FILE, DetectorFolder
 from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL, LabelledFile
 from aigdetect.patches import recompressed_tiles
@@ -381,6 +382,16 @@ def test_model_files_stay_out_of_the_folders_of_their_images(
                              "--workers", "0"])
     assert by_csv.exit_code == EXIT_USAGE and "inside the input folder" in by_csv.stderr
     assert not among_images.exists()
+    linked = tmp_path / "linked"  # a listed link: its target's folder counts too
+    linked.mkdir()
+    os.symlink(next(folder["real"].rglob("*.jpg")), linked / "r.jpg")
+    (linked / "list.csv").write_text(
+        f"path,label\n{linked / 'r.jpg'},real\n{next(folder['fake'].glob('*.png'))},ai\n")
+    target_folder = next(folder["real"].rglob("*.jpg")).parent / "det"
+    via_link = invoke(runner, ["fit-residual", target_folder, "--csv", linked / "list.csv",
+                               "--workers", "0"])
+    assert via_link.exit_code == EXIT_USAGE and "inside the input folder" in via_link.stderr
+    assert not target_folder.exists()
     copy = tmp_path / "copy"
     shutil.copytree(folder["folder"], copy)
     calibration = (copy / "calibration.json").read_bytes()
@@ -508,3 +519,17 @@ def test_a_missing_file_does_not_shift_the_held_out_set(
     assert held == [[f.path for f in binary_held]]
     assert model.provenance["unreadable"] == 1
     assert model.provenance["train_images"] == 24 - len(binary_held)
+
+
+def test_next_step_is_a_command_that_works(tmp_path: Path) -> None:
+    """The suggested fit-gmm keeps an extractor the folder has (else it would be refused
+    for replacing it), and paths with spaces are quoted for the shell."""
+    from aigdetect.cli.fit import next_step
+    folder = tmp_path / "my detector"
+    folder.mkdir()
+    bare = next_step(folder)
+    assert f"-o '{folder}'" in bare and "--extractor" not in bare
+    (folder / EXTRACTOR_FILE).write_bytes(b"x")
+    assert f"--extractor '{folder / EXTRACTOR_FILE}'" in next_step(folder)
+    (folder / DENSITY_FILE).write_bytes(b"x")
+    assert next_step(folder).startswith(f"calibrate it with 'aigdetect calibrate '{folder}'")

@@ -309,6 +309,22 @@ def test_an_existing_checkpoint_is_continued_or_knowingly_replaced(trained, tmp_
     assert load_model(output)[1].step == 1  # a new run, not the old one's 2 steps
 
 
+def test_resume_continues_a_run_as_it_began(trained, tmp_path):
+    """Another --patch-size than the checkpoint's is refused (the checkpoint would say
+    64 px over 32 px training); --init does not apply, and a warning says so."""
+    _, first = trained
+    output = tmp_path / "model.pt"
+    shutil.copy(first, output)
+    photos = Path(load_model(first)[1].training["photos"])
+    before = output.read_bytes()
+    other_size = run(*train_args(photos, output, *FAST, "--resume", "--patch-size", "32"))
+    assert other_size.exit_code == 2 and "give --patch-size 64" in text(other_size)
+    assert output.read_bytes() == before
+    with_init = run(*train_args(photos, output, *FAST, "--resume", "--init", first))
+    assert with_init.exit_code == 0, with_init.output
+    assert "--init" in text(with_init) and "is not used" in text(with_init)
+
+
 def test_resume_refuses_a_checkpoint_of_another_training(session_photo_folder, tmp_path):
     """--resume of a binary detector's checkpoint as the EXIF pretext: a usage error
     naming both kinds, not a traceback from mismatched heads."""

@@ -257,7 +257,7 @@ def exit_code(verdicts: Counter) -> int:
     return EXIT_FLAGGED if flagged else EXIT_CLEAN
 
 
-def input_folder_holding(path: Path, folders: Iterable[Path]) -> Path | None:
+def input_folder_holding(path: Path, folders: Iterable[str | Path]) -> str | Path | None:
     """The searched input folder that ``path`` lies in (symlinks resolved), or None."""
     real = Path(os.path.realpath(path))  # unlike Path.resolve, never raises on a link loop
     for folder in folders:
@@ -286,13 +286,13 @@ def refuse_beside_inputs(output: Path, option: str, holding: set[str],
              "e.g. files from a list or a shell glob)", hint)
 
 
-def refuse_inside_inputs(output: Path, option: str, folders: Iterable[Path]) -> None:
+def refuse_inside_inputs(output: Path, option: str, folders: Iterable[str | Path],
+                         hint: str = "write it outside the folders of images") -> None:
     """What a command writes never goes into a folder it reads images from: the next
     walk of that folder would take it for data (or evidence)."""
     inside = input_folder_holding(output, folders)
     if inside is not None:
-        fail(f"{option} {output} is inside the input folder {inside}",
-             "write it outside the folders of images")
+        fail(f"{option} {output} is inside the input folder {inside}", hint)
 
 
 def check_fpr(fpr: float | None, example: float) -> None:
@@ -309,21 +309,23 @@ def report_skipped(errors: dict[str, str], shown: int = 5) -> None:
                   highlight=False)
 
 
-def refuse_replacing(model_files: Iterable[Path], overwrite: bool) -> None:
+def refuse_replacing(model_files: Iterable[Path], overwrite: bool,
+                     hint: str = "write another detector folder, or give --overwrite to "
+                     "replace it") -> None:
     """A fitted model is replaced only knowingly (``--overwrite``), as ``train`` does:
     a second fit into the same folder must not silently lose the first."""
     existing = [path for path in model_files if path.exists()]
     if existing and not overwrite:
-        fail(f"{existing[0]} already exists; it is never replaced without --overwrite",
-             "write another detector folder, or give --overwrite to replace it")
+        fail(f"{existing[0]} already exists; it is never replaced without --overwrite", hint)
 
 
 OVERWRITE_MODEL_OPTION = typer.Option(
     False, "--overwrite", metavar="", help="Replace the model files the folder already "
-    "holds (without it, an existing one stops the command before any work).")
+    "holds (without it, an existing one stops the command before any work; fit-gmm's "
+    "--extractor FOLDER/extractor.pt keeps the folder's extractor as it is).")
 
 
-def check_new_file(path: Path, option: str, folders: Iterable[Path],
+def check_new_file(path: Path, option: str, folders: Iterable[str | Path],
                    output_dir: Path | None = None) -> None:
     """A report file must be new, outside the evidence, and in an existing folder or
     in ``output_dir`` (a folder the command creates before the report is written)."""

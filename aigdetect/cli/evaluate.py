@@ -46,6 +46,7 @@ from .common import (
     err,
     fail,
     flag,
+    folders_holding,
     labels_csv_option,
     load_detector,
     progress_bar,
@@ -126,7 +127,8 @@ def evaluate_command(
         if not any(g.name == str(folder) for g in groups):
             fail(f"no images found in {folder} (or each is in an earlier folder already)")
     if plot is not None:  # a new file, never one of the images or beside them
-        check_new_file(plot, "--plot", [*real, *fake, *{Path(f.path).parent for f in files}])
+        check_new_file(plot, "--plot", [*real, *fake,
+                                        *folders_holding(Path(f.path) for f in files)])
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         fail("--plot needs matplotlib, which is not installed",
              "pip install 'aigdetect[plot]', or leave out --plot")

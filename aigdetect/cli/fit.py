@@ -4,6 +4,7 @@ folder."""
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import typer
@@ -47,6 +48,7 @@ from .common import (
     fail,
     fake_folders_option,
     flag,
+    folders_holding,
     labels_csv_option,
     progress_bar,
     real_folders_option,
@@ -85,7 +87,7 @@ def fit_gmm_command(
     workers: int = WORKERS_OPTION,
     cache_dir: Path = typer.Option(
         Path.home() / ".cache" / "aigdetect", help="Feature cache (plain .npz), so a refit "
-        "with other GMM settings skips the network."),
+        "with other GMM settings skips the network; never inside the photo folder."),
     no_cache: bool = flag("--no-cache", help="Neither read nor write the "
                           "feature cache."),
     include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
@@ -117,9 +119,11 @@ def fit_gmm_command(
     if output.exists() and not output.is_dir():
         fail(f"--output {output} is a file; fit-gmm writes a detector folder")
     refuse_inside_inputs(output, "--output", [real])
-    refuse_replacing(written_by_fit_gmm(output, extractor), overwrite)
+    model_files, hint = replaced_by_fit_gmm(output, extractor)
+    refuse_replacing(model_files, overwrite, hint)
     if not no_cache:
-        refuse_inside_inputs(cache_dir, "--cache-dir", [real])
+        refuse_inside_inputs(cache_dir, "--cache-dir", [real],
+                             "give a --cache-dir outside the photo folder, or --no-cache")
     paths = list(walk_folder(real, parse_extensions(include)))
     if not paths:
         fail(f"no images found under {real}")
@@ -158,17 +162,21 @@ def fit_gmm_command(
                   highlight=False)
 
 
-def written_by_fit_gmm(output: Path, extractor: Path) -> list[Path]:
-    """The files fit-gmm writes into ``output``: the density, and a copy of the extractor
-    unless the extractor already is the folder's own."""
+def replaced_by_fit_gmm(output: Path, extractor: Path) -> tuple[list[Path], str]:
+    """The files fit-gmm writes into ``output`` (the density, and a copy of the extractor
+    unless the extractor already is the folder's own), and what to do if one exists."""
     copy = output / EXTRACTOR_FILE
-    same = copy.exists() and extractor.exists() and copy.samefile(extractor)
-    return [output / DENSITY_FILE] + ([] if same else [copy])
+    if copy.exists() and not (extractor.exists() and copy.samefile(extractor)):
+        return [output / DENSITY_FILE, copy], (
+            f"to fit on the folder's own extractor, give --extractor "
+            f"{shlex.quote(str(copy))}; to replace its files, --overwrite")
+    return [output / DENSITY_FILE], "write another detector folder, or give --overwrite"
 
 
 def calibrate_command(
     folder: Path = typer.Argument(..., exists=True, file_okay=False,
-                                  help="Detector folder from 'aigdetect fit-gmm'."),
+                                  help="Detector folder from 'aigdetect fit-gmm' (not "
+                                  "inside a --real or --fake folder)."),
     real: list[Path] = typer.Option(..., "--real", exists=True, file_okay=False,
                                     help="Folder of held-out real photos (never trained or "
                                     "fitted on); repeatable. Give camera originals and "
@@ -176,7 +184,8 @@ def calibrate_command(
                                     "the --fpr then holds on each folder."),
     binary: Path | None = typer.Option(None, exists=True, dir_okay=False, help="Binary "
                                        "detector checkpoint from 'aigdetect train --binary' "
-                                       "to add to the folder."),
+                                       "to add to the folder (as its binary.pt, replacing "
+                                       "one it has: naming it is the request)."),
     fpr: float = typer.Option(0.05, help="Target false-positive rate on the real photos of "
                               "each --real folder under each --processing (the strictest "
                               "threshold is kept): at most this share of each is called "
@@ -212,7 +221,9 @@ def calibrate_command(
     check_fpr(fpr, 0.05)
     if default is not None and default not in DETECTOR_NAMES:
         fail(f"--default {default!r} is not one of {', '.join(DETECTOR_NAMES)}")
-    refuse_inside_inputs(folder, "the detector folder", [*real, *fake])
+    refuse_inside_inputs(folder, "the detector folder", [*real, *fake],
+                         "keep detector folders out of the photo folders: move it, or "
+                         "give held-out photos from elsewhere")
     processings = [name.strip() for name in processing.split(",") if name.strip()]
     unknown = [name for name in processings if name not in CONDITIONS]
     if unknown or not processings:
@@ -261,7 +272,9 @@ def calibrate_command(
 
 def fit_residual_command(
     output: Path = typer.Argument(..., file_okay=False, help="Detector folder to add "
-                                  "residual.npz to (made if missing)."),
+                                  "residual.npz to (made if missing); never among the "
+                                  "training images, nor in the folder of a file --csv "
+                                  "lists."),
     real: list[Path] = real_folders_option("Training data: "),
     fake: list[Path] = fake_folders_option("Training data: "),
     labels: Path | None = labels_csv_option("Training data: "),
@@ -311,7 +324,8 @@ def fit_residual_command(
     if not files:
         fail("no training images: give --real and --fake folders, or --csv",
              "aigdetect fit-residual my-detector/ --real photos/ --fake generated/")
-    refuse_inside_inputs(output, "the detector folder", {Path(f.path).parent for f in files})
+    refuse_inside_inputs(output, "the detector folder",
+                         folders_holding(Path(f.path) for f in files))
     config = ResidualFitConfig(regularisation=regularisation, variants=variants,
                                val_fraction=val_fraction, seed=seed, workers=workers,
                                recompress_quality=recompress_quality or None,
@@ -337,8 +351,12 @@ def fit_residual_command(
 def next_step(folder: Path) -> str:
     """What makes a folder with a fresh residual.npz usable: calibration, and before it
     the one-class detector every folder rests on, if it lacks one."""
-    calibrate = f"calibrate it with 'aigdetect calibrate {folder} --real HELD_OUT_PHOTOS'"
-    if not missing_oneclass_files(folder):
+    quoted = shlex.quote(str(folder))  # a command to paste into a shell
+    calibrate = f"calibrate it with 'aigdetect calibrate {quoted} --real HELD_OUT_PHOTOS'"
+    missing = missing_oneclass_files(folder)
+    if not missing:
         return calibrate
+    own = ("" if EXTRACTOR_FILE in missing  # keep the extractor the folder already has
+           else f" --extractor {shlex.quote(str(folder / EXTRACTOR_FILE))}")
     return (f"{folder} has no one-class detector yet, which every detector folder needs: "
-            f"add one with 'aigdetect fit-gmm PHOTOS -o {folder}', then {calibrate}")
+            f"add one with 'aigdetect fit-gmm PHOTOS -o {quoted}{own}', then {calibrate}")

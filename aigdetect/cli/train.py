@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..binary_training import BinaryConfig, train_binary
-from ..checkpoint import FACE_HEADS, CheckpointError
+from ..checkpoint import FACE_HEADS, CheckpointError, read_checkpoint
 from ..detectors import EXTRACTOR_FILE, default_model_dir
 from ..engine import EngineConfig
 from ..face_training import FaceTrainConfig, train_faces
@@ -19,9 +19,11 @@ from .common import (
     fail,
     fake_folders_option,
     flag,
+    folders_holding,
     labels_csv_option,
     real_folders_option,
     refuse_inside_inputs,
+    warn,
 )
 
 
@@ -146,6 +148,8 @@ def train_command(
         fail("--binary takes its teacher's patch size; --patch-size applies to the pretext "
              "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
     check_output(output, resume, overwrite)
+    if resume and output.is_file():
+        check_resume(output, binary, patch_size, init)
     refuse_inside_inputs(output, "-o", [*real, *fake, *([photos] if photos else []),
                                         *folders_listed_in(labels)])
     try:
@@ -194,16 +198,30 @@ def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
              "aigdetect train photos/ -o extractor.pt --ranking-loss bce")
 
 
-def folders_listed_in(labels: Path | None) -> set[Path]:
-    """The folders of the images a --csv lists (the checkpoint stays out of them, as out
-    of --real/--fake); none for no CSV or one that cannot be read, which training then
-    reports in full."""
+def folders_listed_in(labels: Path | None) -> set[str]:
+    """The folders of the images a --csv lists, and of their targets where they are links
+    (the checkpoint stays out of them, as out of --real/--fake); none for no CSV or one
+    that cannot be read, which training then reports in full."""
     if labels is None:
         return set()
     try:
-        return {Path(f.path).parent for f in files_from_csv(labels)}
+        return folders_holding(Path(f.path) for f in files_from_csv(labels))
     except (OSError, ValueError):
         return set()
+
+
+def check_resume(output: Path, binary: bool, patch_size: int, init: Path | None) -> None:
+    """--resume continues a run as it began: on its patch size (the binary detector's is
+    its teacher's) and from its own weights, so --init no longer applies."""
+    if init is not None:
+        warn(f"--init {init} is not used: --resume continues {output} from its own weights")
+    try:
+        meta, _ = read_checkpoint(output)
+    except CheckpointError:
+        return  # the training says what is wrong with it
+    if not binary and meta.config.patch_size != patch_size:
+        fail(f"--resume continues {output}, trained on {meta.config.patch_size} px patches, "
+             f"not {patch_size}", f"give --patch-size {meta.config.patch_size}")
 
 
 def check_output(output: Path, resume: bool, overwrite: bool) -> None:
