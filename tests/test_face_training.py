@@ -120,7 +120,9 @@ def test_faces_resume_refuses_a_pretext_checkpoint(runner: CliRunner, face_folde
     assert first.exit_code == 0, first.stderr
     result = invoke(runner, ["train", "--faces", face_folder, "-o", output, *FAST, "--resume"])
     assert result.exit_code == EXIT_USAGE
-    assert "a pretext checkpoint, where a faces one is needed" in " ".join(result.stderr.split())
+    said = " ".join(result.stderr.split())
+    assert "a pretext checkpoint, where a faces one is needed" in said
+    assert "continue it with neither --binary nor --faces" in said
 
 
 @pytest.mark.parametrize("args, message", [

@@ -334,6 +334,7 @@ def test_resume_refuses_a_checkpoint_of_another_training(session_photo_folder, t
     result = run(*train_args(session_photo_folder, output, *FAST, "--resume"))
     assert result.exit_code == 2, result.output
     assert "a binary checkpoint, where a pretext one is needed" in text(result)
+    assert "continue it with --binary, or give another -o" in text(result)
     assert sorted(tmp_path.iterdir()) == [output]  # refused before the data: no label cache
 
 

@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 
 from ..binary_training import BinaryConfig, train_binary
-from ..checkpoint import FACE_HEADS, CheckpointError, read_checkpoint
+from ..checkpoint import (
+    BINARY,
+    FACE_HEADS,
+    FACES,
+    PRETEXT,
+    CheckpointError,
+    read_checkpoint,
+)
 from ..detectors import EXTRACTOR_FILE, default_model_dir
 from ..engine import EngineConfig
 from ..face_training import FaceTrainConfig, train_faces
@@ -149,7 +156,8 @@ def train_command(
              "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
     check_output(output, resume, overwrite)
     if resume and output.is_file():
-        check_resume(output, binary, patch_size, init)
+        check_resume(output, BINARY if binary else FACES if faces else PRETEXT, patch_size,
+                     init)
     refuse_inside_inputs(output, "-o", [*real, *fake, *([photos] if photos else []),
                                         *folders_listed_in(labels)])
     try:
@@ -210,16 +218,25 @@ def folders_listed_in(labels: Path | None) -> set[str]:
         return set()
 
 
-def check_resume(output: Path, binary: bool, patch_size: int, init: Path | None) -> None:
-    """--resume continues a run as it began: on its patch size (the binary detector's is
-    its teacher's) and from its own weights, so --init no longer applies."""
+#: the option that trains each kind of checkpoint
+KIND_OPTIONS = {PRETEXT: "neither --binary nor --faces", BINARY: "--binary", FACES: "--faces"}
+
+
+def check_resume(output: Path, kind: str, patch_size: int, init: Path | None) -> None:
+    """--resume continues a run as it began: the same kind of training, on its patch
+    size (the binary detector's is its teacher's), from its own weights (so --init no
+    longer applies)."""
     if init is not None:
         warn(f"--init {init} is not used: --resume continues {output} from its own weights")
     try:
         meta, _ = read_checkpoint(output)
     except CheckpointError:
         return  # the training says what is wrong with it
-    if not binary and meta.config.patch_size != patch_size:
+    if meta.task != kind:
+        fail(f"--resume: {output} is a {meta.task} checkpoint, where a {kind} one is needed",
+             f"continue it with {KIND_OPTIONS.get(meta.task, 'the command that wrote it')}, "
+             "or give another -o")
+    if kind != BINARY and meta.config.patch_size != patch_size:
         fail(f"--resume continues {output}, trained on {meta.config.patch_size} px patches, "
              f"not {patch_size}", f"give --patch-size {meta.config.patch_size}")
 
