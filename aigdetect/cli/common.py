@@ -310,13 +310,13 @@ def report_skipped(errors: dict[str, str], shown: int = 5) -> None:
 
 
 def refuse_replacing(model_files: Iterable[Path], overwrite: bool,
-                     hint: str = "write another detector folder, or give --overwrite to "
-                     "replace it") -> None:
+                     hint: str | None = None) -> None:
     """A fitted model is replaced only knowingly (``--overwrite``), as ``train`` does:
     a second fit into the same folder must not silently lose the first."""
     existing = [path for path in model_files if path.exists()]
     if existing and not overwrite:
-        fail(f"{existing[0]} already exists; it is never replaced without --overwrite", hint)
+        fail(f"{existing[0]} already exists; it is never replaced without --overwrite",
+             hint or "write another detector folder, or give --overwrite to replace it")
 
 
 OVERWRITE_MODEL_OPTION = typer.Option(

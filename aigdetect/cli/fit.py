@@ -162,15 +162,16 @@ def fit_gmm_command(
                   highlight=False)
 
 
-def replaced_by_fit_gmm(output: Path, extractor: Path) -> tuple[list[Path], str]:
+def replaced_by_fit_gmm(output: Path, extractor: Path) -> tuple[list[Path], str | None]:
     """The files fit-gmm writes into ``output`` (the density, and a copy of the extractor
-    unless the extractor already is the folder's own), and what to do if one exists."""
+    unless the extractor already is the folder's own), and what to do if the extractor
+    copy exists (None: :func:`refuse_replacing`'s usual hint)."""
     copy = output / EXTRACTOR_FILE
     if copy.exists() and not (extractor.exists() and copy.samefile(extractor)):
         return [output / DENSITY_FILE, copy], (
             f"to fit on the folder's own extractor, give --extractor "
             f"{shlex.quote(str(copy))}; to replace its files, --overwrite")
-    return [output / DENSITY_FILE], "write another detector folder, or give --overwrite"
+    return [output / DENSITY_FILE], None
 
 
 def calibrate_command(

@@ -65,10 +65,10 @@ from .common import (
     first_line,
     flag,
     folders_holding,
-    input_folder_holding,
     load_detector,
     progress_bar,
     refuse_beside_inputs,
+    refuse_inside_inputs,
     survive_any_text,
     with_faces,
 )
@@ -120,6 +120,9 @@ def check_outputs(outputs: list[Path], searched: list[Path], files: list[Path], 
         check_output(output, searched, files, beside, force, overwrite, resume)
 
 
+OUTSIDE_THE_EVIDENCE = "write results outside the evidence (or --force)"
+
+
 def check_output(output: Path, searched: list[Path], files: list[Path], beside: set[str],
                  force: bool, overwrite: bool, resume: bool) -> None:
     """One output file: see :func:`check_outputs`; ``beside``: the scanned files' folders."""
@@ -129,12 +132,8 @@ def check_output(output: Path, searched: list[Path], files: list[Path], beside: 
         if identity is not None and any(file_identity(file) == identity for file in files):
             fail(f"--output {output} is one of the input files: writing it would destroy "
                  "evidence", "choose a results path outside the inputs (or --force)")
-        inside = input_folder_holding(target, searched)
-        if inside is not None:
-            fail(f"--output {output} is inside the input folder {inside}",
-                 "write results outside the evidence (or --force)")
-        refuse_beside_inputs(output, "--output", beside,
-                             "write results outside the evidence (or --force)")
+        refuse_inside_inputs(output, "--output", searched, OUTSIDE_THE_EVIDENCE)
+        refuse_beside_inputs(output, "--output", beside, OUTSIDE_THE_EVIDENCE)
     try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
         holds_results = target.is_file()
     except OSError as error:  # e.g. a name longer than the file system allows
