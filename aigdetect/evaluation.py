@@ -102,8 +102,9 @@ def evaluate_groups(
     ai = [r for label, records in results.values() if label == AI_LABEL for r in records]
     rows = []
     for name, (label, records) in results.items():
-        if label == AI_LABEL:
-            rows.append(group_metrics(name, AI_LABEL, real, records))
+        if label == AI_LABEL:  # scored against every real photo; its errors are its own
+            row = group_metrics(name, AI_LABEL, real, records)
+            rows.append(replace(row, errors=sum(r.raw_score is None for r in records)))
         else:
             rows.append(group_metrics(name, REAL_LABEL, records, []))
     rows.append(group_metrics("overall", "all", real, ai))

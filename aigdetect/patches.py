@@ -49,6 +49,10 @@ IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF")
 #: Read too when a plugin is registered (pillow-heif for HEIF; AVIF needs libavif).
 OPTIONAL_FORMATS = ("HEIF", "AVIF")
 
+#: Notes that cap a verdict at ``uncertain`` (see ``scanning.capped``): pixels partly
+#: filled in by the decoder, or too few to hold one tile, so interpolated ones decide.
+DAMAGED, TOO_SMALL = "damaged:", "too small:"
+
 #: Magic bytes of formats that are refused, to say which one a file is.
 _MAGIC = (
     (b"%!PS", "EPS/PostScript"), (b"\xc5\xd0\xd3\xc6", "EPS/PostScript"),
@@ -147,7 +151,7 @@ def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedI
                 # what Pillow warns of while reading the header is about metadata
                 # (a malformed MPF or EXIF segment), not the pixels: noted, never capping
                 header = len(caught)
-                notes = _frames_notes(image) + [
+                notes = _frames_notes(image) + _sample_depth_notes(image) + [
                     f"metadata: {message}"
                     for message in dict.fromkeys(_pillow_warnings(caught[:header]))]
                 with decoder_output() as printed:
@@ -247,6 +251,17 @@ def _frames_notes(image: Image.Image) -> list[str]:
     return [f"{count} frames: first frame used"] if count > 1 else []
 
 
+def _sample_depth_notes(image: Image.Image) -> list[str]:
+    """A note for 16-bit colour samples that Pillow decodes straight to 8-bit RGB (a
+    16-bit RGB PNG or TIFF opens as mode RGB; only its raw mode, known before loading,
+    tells). 16-bit grey opens as I;16 and is noted on conversion."""
+    raw_modes = [tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0]
+                 for tile in image.tile]
+    if image.mode.startswith("I;16") or not any(";16" in str(raw) for raw in raw_modes):
+        return []
+    return [f"16-bit {image.mode} samples reduced to 8 bits"]
+
+
 def _decode(handle: BinaryIO, image: Image.Image) -> tuple[np.ndarray | None, list[str]]:
     """Decode the pixels: JPEG's fast path returns them; else Pillow loads ``image``.
     Also returns the notes of a file cut short, whose pixels are recovered as far as
@@ -263,7 +278,7 @@ def _decode(handle: BinaryIO, image: Image.Image) -> tuple[np.ndarray | None, li
         if isinstance(error, ValueError) or "truncated" not in str(error).lower():
             raise
         _load_truncated(image)
-        return None, [f"damaged: the file ends early ({error}); what is missing is "
+        return None, [f"{DAMAGED} the file ends early ({error}); what is missing is "
                       "filled by the decoder"]
     return None, []
 
@@ -318,7 +333,7 @@ def damage_notes(warned: list[str], printed: list[str]) -> list[str]:
     is never judged ai or real); other decoder output is kept as ``decoder: ...``."""
     notes = []
     for message in dict.fromkeys(warned):
-        notes.append(f"damaged: {message}")
+        notes.append(f"{DAMAGED} {message}")
     for message in dict.fromkeys(printed):
         damaged = message.lower().startswith(_DAMAGE)
         notes.append(f"{'damaged' if damaged else 'decoder'}: {message}")
@@ -475,7 +490,8 @@ def ensure_min_size(pixels: np.ndarray, size: int, notes: list[str] | None = Non
         height, width = pixels.shape[:2]
     new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
     if notes is not None:
-        notes.append(f"smaller than one {size}px patch: upscaled from {width}x{height}")
+        notes.append(f"{TOO_SMALL} smaller than one {size}px patch, upscaled from "
+                     f"{width}x{height}")
     return np.asarray(Image.fromarray(pixels).resize(new_size, Image.Resampling.BICUBIC))
 
 

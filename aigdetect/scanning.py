@@ -16,6 +16,7 @@ from typing import Any
 
 from .detectors import Detector, Judgement
 from .features import PreparedFace, PreparedImage, TileSettings, prepare_stream
+from .patches import DAMAGED, TOO_SMALL
 
 #: Face mode's verdict for a readable image in which no face was found.
 NO_FACE = "no-face"
@@ -182,9 +183,12 @@ def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
 
 def capped(verdict: str, notes: list[str]) -> str:
     """``uncertain`` instead of ``ai`` or ``real`` for a damaged file (a ``damaged:``
-    note): its pixels are partly the decoder's filler or garbage, so the score is
-    kept for what it is worth but never decides. Components keep their own verdicts."""
-    if verdict in ("ai", "real") and any(note.startswith("damaged:") for note in notes):
+    note: its pixels are partly the decoder's filler or garbage) or one smaller than a
+    tile (``too small:``: upscaled, so interpolation, not the file's pixel grid, is
+    read). The score is kept for what it is worth but never decides. Components keep
+    their own verdicts."""
+    if verdict in ("ai", "real") and any(note.startswith((DAMAGED, TOO_SMALL))
+                                         for note in notes):
         return "uncertain"
     return verdict
 

@@ -392,3 +392,47 @@ def test_decoding_limits_are_options_as_in_scan(tmp_path: Path) -> None:
     assert raised.exit_code in (0, 1), raised.stderr
     assert json.loads(raised.stdout)["images"][0]["verdict"]["verdict"] in ("ai", "uncertain",
                                                                             "real")
+
+
+def test_table_heads_with_the_capped_verdict_and_prints_the_notes(tmp_path: Path) -> None:
+    """A single detector's table row is its image verdict, capped by the file's notes
+    as scan's is (not its uncapped component opinion), and the notes are printed."""
+    tiny = tmp_path / "evidence" / "tiny.png"
+    tiny.parent.mkdir()
+    Image.fromarray(noise_array((20, 30), 5)).save(tiny)
+    result = invoke(CliRunner(), ["explain", tiny, "-o", tmp_path / "out", "-q"])
+    assert result.exit_code == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines()  # "%": its calibrated FPR column
+            if line.startswith("│ residual") and "%" in line]
+    assert len(rows) == 1 and " uncertain " in rows[0], result.stdout
+    assert "note: too small: smaller than one 64px patch, upscaled from 20x30" in result.stdout
+    document = json.loads(invoke(CliRunner(), ["explain", tiny, "-o", tmp_path / "out2", "-q",
+                                               "-f", "json"]).stdout)
+    verdict = document["images"][0]["verdict"]
+    assert verdict["verdict"] == "uncertain" and verdict["components"]["residual"]["verdict"] \
+        in ("ai", "real")
+
+
+def test_heat_maps_never_go_into_the_folder_of_a_named_file(tmp_path: Path) -> None:
+    """``-o`` naming the evidence's own folder (or, for a link, its target's) is refused."""
+    photo = write_image(tmp_path / "case" / "a.jpg")
+    (tmp_path / "links").mkdir()
+    os.symlink(photo, tmp_path / "links" / "a.jpg")
+    for named in (photo, tmp_path / "links" / "a.jpg"):
+        result = invoke(CliRunner(), ["explain", named, "-o", photo.parent, "-q"])
+        assert result.exit_code == EXIT_USAGE and "folder of files it reads" in result.stderr
+    assert sorted(p.name for p in photo.parent.iterdir()) == ["a.jpg"]
+
+
+def test_output_must_be_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-o -`` is no folder named "-" (scan's ``-o -`` is stdout), and an existing
+    file is said to be one."""
+    photo = write_image(tmp_path / "case" / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    dash = invoke(CliRunner(), ["explain", photo, "-o", "-", "-q"])
+    assert dash.exit_code == EXIT_USAGE and "takes a folder" in dash.stderr
+    assert not os.path.lexists(tmp_path / "-")
+    (tmp_path / "report.json").write_text("{}")
+    file = invoke(CliRunner(), ["explain", photo, "-o", tmp_path / "report.json", "-q"])
+    assert file.exit_code == EXIT_USAGE and "is a file, not a folder" in file.stderr
+    assert (tmp_path / "report.json").read_text() == "{}"

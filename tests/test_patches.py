@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,27 @@ def test_16_bit_png_reduced_to_8_bits(tmp_path):
     np.testing.assert_array_equal(decoded.pixels[:, :, 2], expected)
     assert decoded.pixels.max() > 200  # the full 16-bit range maps to the full 8-bit range
     assert any("8 bits" in note for note in decoded.notes)
+
+
+def test_16_bit_rgb_png_is_noted(tmp_path):
+    """Pillow opens a 16-bit RGB PNG as plain RGB (its high bytes): only the raw mode
+    tells, and the reduction must still be noted."""
+    samples = np.full((8, 8, 3), 0xAB12, dtype=">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in samples)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0)  # 16 bits, truecolour
+    (tmp_path / "deep.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                                        + chunk(b"IDAT", zlib.compress(rows))
+                                        + chunk(b"IEND", b""))
+    decoded = load_image(tmp_path / "deep.png")
+    assert (decoded.pixels == 0xAB).all()
+    assert decoded.notes == ["16-bit RGB samples reduced to 8 bits"]
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "plain.png")
+    assert load_image(tmp_path / "plain.png").notes == []
 
 
 def test_sixteen_bit_rounding_is_exact_for_every_value(tmp_path):

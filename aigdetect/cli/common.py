@@ -280,7 +280,10 @@ def folders_holding(files: Iterable[Path]) -> set[str]:
 def refuse_beside_inputs(output: Path, option: str, holding: set[str],
                         hint: str = "write it outside the evidence folder") -> None:
     """An output directly in a folder of named evidence files (``holding``, from
-    :func:`folders_holding`) is refused (exit 2)."""
+    :func:`folders_holding`), or an output folder that is one, is refused (exit 2)."""
+    if os.path.realpath(output) in holding:
+        fail(f"{option} {output} is the folder of files it reads: what it writes would lie "
+             "beside the evidence", hint)
     if os.path.realpath(os.path.dirname(os.path.abspath(output))) in holding:
         fail(f"{option} {output} lies beside the files it reads (a folder of evidence, "
              "e.g. files from a list or a shell glob)", hint)

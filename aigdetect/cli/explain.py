@@ -152,6 +152,11 @@ def explain_folder(output_dir: Path | None, started: datetime, searched: list[Pa
     searched for images nor directly beside a file named alone (a later walk of that
     folder would take the heat maps for evidence); the default one (``explain-<UTC
     time>``, here) must not exist yet."""
+    if str(output_dir) == "-":
+        fail("-o takes a folder for the heat maps; the table or JSON always goes to stdout",
+             "give -o DIR")
+    if output_dir is not None and os.path.lexists(output_dir) and not output_dir.is_dir():
+        fail(f"{output_dir} is a file, not a folder", "give -o a new or an existing folder")
     folder = output_dir or Path(f"explain-{started.strftime('%Y%m%dT%H%M%SZ')}")
     if output_dir is None and os.path.realpath(os.getcwd()) in beside:
         fail(f"the heat maps would go into {folder}/ here, beside the evidence",

@@ -130,6 +130,15 @@ def opinion(summary: dict[str, Any], calibration: Calibration) -> dict[str, Any]
             "calibrated_fpr": calibration.fpr}
 
 
+def verdict_rows(verdict: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a verdict table: the detector's own opinion first (its verdict
+    capped by the file's notes, as scan's), then each component of another name (a
+    single detector's one component is itself, uncapped, so it is left out)."""
+    return [(verdict["detector"], verdict)] + [
+        (name, component) for name, component in verdict["components"].items()
+        if name != verdict["detector"]]
+
+
 def deciding_verdict(case: dict[str, Any]) -> dict[str, Any]:
     """The verdict that decides the case (and the exit code): with --faces the most
     suspicious face's (score and percentile too), else the whole image's."""

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from ..provenance import CAVEAT
 from ..report import printable
+from .case import verdict_rows
 from .consistency import describe_check, describe_claim, describe_prediction
 from .heatmap import region_value
 
@@ -31,6 +32,8 @@ def print_document(document: dict[str, Any], console: Console) -> None:
     for case in document["images"]:
         console.rule(Text(printable(case["path"])))
         console.print(cell(file_line(case)))
+        for note in case["notes"]:
+            console.print(Text(f"note: {printable(note)}", style="yellow"))
         if case["error"]:
             console.print(Text(f"error: {printable(case['error'])}", style="magenta"))
         if case["verdict"] is not None:
@@ -62,7 +65,7 @@ def verdict_table(verdict: dict[str, Any]) -> Table:
     for column in ("detector", "score", "verdict", "raw score", "threshold", "uncertain band",
                    "real pct", "calib. FPR"):
         table.add_column(column)
-    for name, c in {verdict["detector"]: verdict, **verdict["components"]}.items():
+    for name, c in verdict_rows(verdict):
         low, high = c["uncertain_band"]
         table.add_row(name, f"{c['score']:.3f}", c["verdict"], f"{c['raw_score']:.3f}",
                       f"{c['threshold']:.3f}", f"{low:.3f} .. {high:.3f}",

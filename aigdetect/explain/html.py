@@ -17,7 +17,7 @@ from typing import Any
 
 from ..provenance import CAVEAT
 from ..report import printable
-from .case import deciding_verdict
+from .case import deciding_verdict, verdict_rows
 from .consistency import describe_check, describe_claim, describe_prediction
 from .heatmap import region_value
 
@@ -135,7 +135,7 @@ def _verdict_section(verdict: dict[str, Any]) -> str:
              _number(c["threshold"]), f"{_number(c['uncertain_band'][0])} .. "
              f"{_number(c['uncertain_band'][1])}", _number(c["percentile"], 1),
              f"{c['calibrated_fpr']:.1%}")
-            for name, c in {verdict["detector"]: verdict, **verdict["components"]}.items()]
+            for name, c in verdict_rows(verdict)]
     return ("<h3>How unusual: the verdict</h3>"
             f"<p>Verdict of the <b>{text(verdict['detector'])}</b> detector on "
             f"{verdict['patches']} tiles: {_verdict(verdict['verdict'])}. Score 0..1, 0.5 at "
