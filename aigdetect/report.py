@@ -83,11 +83,13 @@ def dumps(data: Any, **options: Any) -> str:
 
 
 def ranked(records: Sequence[ScanRecord]) -> list[ScanRecord]:
-    """Most suspicious first (highest raw score); unreadable files last, by path."""
+    """Most suspicious first (highest raw score); then the unscored by path: images
+    without a face (``--faces``), and unreadable files last."""
     scored = sorted((r for r in records if r.raw_score is not None),
                     key=lambda r: (-r.raw_score, r.path))
-    failed = sorted((r for r in records if r.raw_score is None), key=lambda r: r.path)
-    return scored + failed
+    unscored = sorted((r for r in records if r.raw_score is None),
+                      key=lambda r: (r.verdict == "error", r.path))
+    return scored + unscored
 
 
 def summary(records: Sequence[ScanRecord]) -> dict[str, Any]:

@@ -279,6 +279,7 @@ def test_bad_plot_path_is_usage_error(runner: CliRunner, sets: dict[str, Path],
     assert not isinstance(result.exception, Exception), repr(result.exception)
     assert result.exit_code == EXIT_USAGE
     assert "error" in result.stderr
+    assert "(-o)" not in result.stderr and "-o folder" not in result.stderr  # it has no -o
 
 
 def test_matched_processing(runner: CliRunner, sets: dict[str, Path]) -> None:

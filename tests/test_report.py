@@ -56,6 +56,9 @@ def records() -> list[ScanRecord]:
 def test_ranked_highest_raw_score_first_errors_last(records: list[ScanRecord]) -> None:
     order = [r.path for r in ranked(records)]
     assert order == ["a.jpg", "d.png", "c.png", "b.jpg", "aa_missing.jpg", "zz_broken.jpg"]
+    no_face = ScanRecord(path="zz_no_face.jpg", verdict="no-face")  # --faces: read, unscored
+    order = [r.path for r in ranked([*records, no_face])]
+    assert order[-3:] == ["zz_no_face.jpg", "aa_missing.jpg", "zz_broken.jpg"]
     assert len(ranked(records)) == len(records)
     assert ranked([]) == []
 

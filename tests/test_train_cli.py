@@ -355,7 +355,7 @@ def test_options_that_would_be_ignored_are_refused(session_photo_folder, tmp_pat
 
 @pytest.mark.parametrize(("training", "extra", "message"), [
     (["--binary", "--real", ".", "--fake", "."], ["--ranking-loss", "bce"],
-     "--ranking-loss apply to the EXIF pretext only, not to --binary"),
+     "--ranking-loss applies to the EXIF pretext only, not to --binary"),
     (["--faces", "."], ["--ranking-loss", "bce", "--min-class-count", "7"],
      "--ranking-loss, --min-class-count apply to the EXIF pretext only, not to --faces"),
     (["--binary", "--real", ".", "--fake", "."], ["--patch-size", "32"],

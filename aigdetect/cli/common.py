@@ -343,7 +343,8 @@ def check_new_file(path: Path, option: str, folders: Iterable[str | Path],
              "give a new file name")
     if not Path(os.path.abspath(path)).parent.is_dir() and not directly_in(path, output_dir):
         fail(f"cannot write {option} {path}: its folder does not exist",
-             "create it first, or write the report into the -o folder")
+             "create it first" + ("" if output_dir is None else
+                                  f", or write it directly into {output_dir}/ (-o)"))
     refuse_inside_inputs(path, option, folders)
 
 

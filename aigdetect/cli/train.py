@@ -201,7 +201,8 @@ def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
         ("--ranking-loss", ranking_loss != TrainConfig.ranking_loss),
         ("--min-class-count", min_class_count != TrainConfig.min_class_count)) if changed]
     if given and (binary or faces):
-        fail(f"{', '.join(given)} apply to the EXIF pretext only, not to "
+        fail(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the EXIF "
+             f"pretext only, not to "
              f"{'--binary' if binary else '--faces'}",
              "aigdetect train photos/ -o extractor.pt --ranking-loss bce")
 
