@@ -304,8 +304,8 @@ def _optimisation(model: nn.Module, config: EngineConfig, total_steps: int,
                   device: torch.device) -> _Optimisation:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, config.warmup_fraction))
+    schedule = cosine_with_warmup(total_steps, config.warmup_fraction)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_amp = device.type == "cuda"
     # emulated bf16 (GPUs before Ampere) is slower than fp16 with loss scaling
     native_bf16 = use_amp and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -314,6 +314,10 @@ def _optimisation(model: nn.Module, config: EngineConfig, total_steps: int,
     if resume_state:
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
+        # the rate at this step on this run's schedule: a larger --epochs or --max-steps
+        # stretches it, and the saved rate is the old schedule's (0 at its end)
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * schedule(scheduler.last_epoch)
         if resume_state.get("scaler"):  # absent from checkpoints of earlier releases
             scaler.load_state_dict(resume_state["scaler"])
     device_ids = [device] if device.type == "cuda" else None

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from aigdetect.cli import app
+from aigdetect.detectors import DetectorFolder, fuse
 
 #: The benchmark scripts (not a package: tests load them by path).
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -66,7 +68,7 @@ def smooth_png(path: str | Path, size: tuple[int, int] = SIZE, seed: int = 0) ->
     return path
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(
         ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -80,8 +82,8 @@ def bomb_png(path: str | Path, side: int = 20_000) -> Path:
     chunks.append(compressor.compress(row * (side % 500)))
     chunks.append(compressor.flush())
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-            + _png_chunk(b"IDAT", b"".join(chunks)) + _png_chunk(b"IEND", b""))
+    data = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+            + png_chunk(b"IDAT", b"".join(chunks)) + png_chunk(b"IEND", b""))
     path = Path(path)
     path.write_bytes(data)
     return path
@@ -136,6 +138,13 @@ def snapshot(paths: list[Path]) -> dict[str, tuple[bytes, int]]:
     return {str(p): (p.read_bytes(), os.stat(p).st_mtime_ns) for p in paths}
 
 
+def tree_snapshot(root: Path) -> dict[str, int]:
+    """Every name under ``root`` (links, pipes and folders too, none followed or read)
+    with its mtime: a file added, removed or renamed anywhere changes a folder's."""
+    entries = [root, *root.rglob("*")]
+    return {str(p.relative_to(root)): os.lstat(p).st_mtime_ns for p in entries}
+
+
 def parse_json_stdout(text: str) -> dict[str, Any]:
     """The whole of stdout must be one JSON document (no progress, no log lines)."""
     return json.loads(text)
@@ -157,3 +166,27 @@ def load_benchmark(name: str) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_scored_by(record: dict[str, Any], folder: DetectorFolder) -> None:
+    """The record's numbers are its detector's: each threshold is that detector's
+    calibrated one, the fused raw score is the weighted mean of the components'
+    standardised ones, and a single detector's one component is the record itself."""
+    calibration = folder.calibrations[record["detector"]]
+    assert record["threshold"] == pytest.approx(calibration.threshold, abs=1e-4)
+    assert record["percentile"] == pytest.approx(
+        100 * np.mean(calibration.real_scores >= record["raw_score"]), abs=0.01)
+    for name, component in record["components"].items():
+        assert component["threshold"] == pytest.approx(folder.calibrations[name].threshold,
+                                                       abs=1e-4)
+    if record["detector"] == "fused":
+        names = list(record["components"])
+        weights = None if folder.fusion_weights is None else [folder.fusion_weights[n]
+                                                              for n in names]
+        expected = fuse([(folder.calibrations[n], record["components"][n]["raw_score"])
+                         for n in names], weights)
+        assert record["raw_score"] == pytest.approx(expected, abs=1e-3)
+    else:
+        (component,) = record["components"].values()
+        assert (component["raw_score"], component["score"]) == (record["raw_score"],
+                                                               record["score"])

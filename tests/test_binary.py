@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_image
-from helpers_images import invoke, noise_jpeg, smooth_png
+from helpers_images import assert_scored_by, invoke, noise_jpeg, smooth_png
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,7 +26,14 @@ from aigdetect.calibrating import best_detector, cross_validated_auc, fusion_wei
 from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import BINARY, load_model, save_checkpoint
 from aigdetect.cli import EXIT_USAGE
-from aigdetect.detectors import EXTRACTOR_FILE, DetectorError, FusedDetector, Judgement, fuse
+from aigdetect.detectors import (
+    EXTRACTOR_FILE,
+    DetectorError,
+    DetectorFolder,
+    FusedDetector,
+    Judgement,
+    fuse,
+)
 from aigdetect.labelled import AI, REAL, LabelledFile, files_from_csv
 from aigdetect.losses import feature_distillation_loss
 from aigdetect.network import BinaryClassifier, ExifExtractor, ExtractorConfig, stage_features
@@ -45,6 +52,10 @@ def test_distillation_is_zero_for_the_same_network_and_positive_otherwise() -> N
                                           stage_features(teacher, patches))
     assert same.item() == 0.0
     assert different.item() > 0.0
+    # every stage counts: the sum of each stage's mean squared difference
+    stages = [torch.zeros(2, 4), torch.zeros(2, 3), torch.zeros(5)]
+    shifted = [torch.full((2, 4), 1.0), torch.zeros(2, 3), torch.full((5,), 2.0)]
+    assert feature_distillation_loss(shifted, stages).item() == pytest.approx(1.0 + 4.0)
 
 
 def test_distillation_gradient_reaches_only_the_student() -> None:
@@ -317,7 +328,18 @@ def test_train_binary_resumes(runner: CliRunner, binary_run: dict[str, Any]) -> 
                              *TRAIN_FAST])
     assert result.exit_code == 0, result.stderr
     assert "Resuming" in result.stderr
-    assert load_model(output)[1].step == 3
+    _, meta = load_model(output)
+    assert meta.step == 3
+    payload = torch.load(output, weights_only=True)
+    optimizer_state = payload["training_state"]["optimizer"]["state"]
+    adam_steps = {float(s["step"]) for s in optimizer_state.values()}
+    assert adam_steps == {3.0}  # the optimiser state was restored, not restarted
+    # the one step taken continued from the checkpoint's weights: Adam moves each weight
+    # by about the learning rate at most (a fresh network would differ far more)
+    before = torch.load(binary_run["output"], weights_only=True)["model"]
+    moved = max((payload["model"][k].float() - v.float()).abs().max().item()
+                for k, v in before.items() if v.is_floating_point())
+    assert 0 < moved <= 3 * meta.training["lr"]
 
 
 def test_train_binary_csv_says_which_listed_files_are_missing(
@@ -563,6 +585,7 @@ def test_scan_with_each_detector(runner: CliRunner, calibrated: dict[str, Any],
         assert set(record["model"]) >= {"extractor_sha256", "density_sha256", "binary_sha256",
                                         "calibration_sha256"}
         assert (record["log_likelihood"] is None) == (detector == "binary")
+        assert_scored_by(record, DetectorFolder.open(calibrated["folder"]))
     # the default of this folder is the fused detector
     default = invoke(runner, ["scan", *images, "--model", calibrated["folder"], "-f", "json",
                               "-q", "--workers", "0"])
@@ -665,6 +688,23 @@ def test_detection_benchmark_runs_on_a_tiny_set(calibrated: dict[str, Any], tmp_
             assert summary["baseline_difference"] == 0.0
             assert summary["baseline_difference_ci95"] == [0.0, 0.0]
     assert "mean pair AUC" in done.stdout and "difference from the baseline" in done.stdout
+    # the numbers are the scan's: one pair's AUC and one set's FPR and TPR by hand
+    scanned = invoke(CliRunner(), ["scan", test_dir, "--model", calibrated["folder"],
+                                   "--detector", "oneclass", "-f", "json", "-q",
+                                   "--workers", "0"])
+    records = json.loads(scanned.stdout)["results"]
+    ai, cameras = ([r for r in records if Path(r["path"]).parent.name == name]
+                   for name in ("gen-a", "cameras"))
+    wins = [(a["raw_score"] > r["raw_score"]) + 0.5 * (a["raw_score"] == r["raw_score"])
+            for a in ai for r in cameras]
+    summary = results["oneclass"]["asis"]
+    assert summary["pairs_auc"]["gen-a vs cameras"] == pytest.approx(np.mean(wins), abs=1e-3)
+    assert summary["fpr"]["cameras"] == pytest.approx(
+        np.mean([r["verdict"] == "ai" for r in cameras]), abs=1e-3)
+    assert summary["tpr"]["gen-a"] == pytest.approx(
+        np.mean([r["verdict"] == "ai" for r in ai]), abs=1e-3)
+    assert summary["review_fpr"]["cameras"] == pytest.approx(
+        np.mean([r["verdict"] != "real" for r in cameras]), abs=1e-3)
 
 
 def test_a_damaged_manifest_says_how_to_recover(runner: CliRunner, tmp_path: Path) -> None:
@@ -679,5 +719,4 @@ def test_a_damaged_manifest_says_how_to_recover(runner: CliRunner, tmp_path: Pat
     assert result.exit_code == EXIT_USAGE and "detector.jsonisdamaged" in message
     assert "deleteitandrun'aigdetectcalibrate'onitsfolder" in message
     (folder / "detector.json").unlink()
-    from aigdetect.detectors import DetectorFolder
     assert "residual" in DetectorFolder.open(folder).available

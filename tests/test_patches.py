@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_images import png_chunk
 from PIL import Image
 
 from aigdetect.patches import (
@@ -121,14 +122,10 @@ def test_16_bit_rgb_png_is_noted(tmp_path):
     samples = np.full((8, 8, 3), 0xAB12, dtype=">u2")
     rows = b"".join(b"\x00" + row.tobytes() for row in samples)
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
     header = struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0)  # 16 bits, truecolour
-    (tmp_path / "deep.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                                        + chunk(b"IDAT", zlib.compress(rows))
-                                        + chunk(b"IEND", b""))
+    (tmp_path / "deep.png").write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+                                        + png_chunk(b"IDAT", zlib.compress(rows))
+                                        + png_chunk(b"IEND", b""))
     decoded = load_image(tmp_path / "deep.png")
     assert (decoded.pixels == 0xAB).all()
     assert decoded.notes == ["16-bit RGB samples reduced to 8 bits"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from helpers_images import (
     BENCHMARKS,
+    assert_scored_by,
     invoke,
     load_benchmark,
     noise_array,
@@ -274,6 +275,7 @@ def test_scan_with_the_residual_detector(runner: CliRunner, folder: dict[str, An
         assert record["detector"] == detector and set(record["components"]) == expected
         assert (record["raw_score"] > record["threshold"]) == (record["score"] > 0.5)
         assert "residual_sha256" in record["model"]
+        assert_scored_by(record, DetectorFolder.open(folder["folder"]))
     csv_out = invoke(runner, ["scan", *images, "--model", folder["folder"], "--detector",
                               detector, "-f", "csv", "-q", "--workers", "0"])
     header, *rows = csv_out.stdout.splitlines()

@@ -31,6 +31,7 @@ from helpers_images import (
     parse_json_stdout,
     smooth_png,
     snapshot,
+    tree_snapshot,
 )
 from PIL import Image
 from typer.testing import CliRunner
@@ -83,9 +84,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def zoo_scan(runner: CliRunner, images: dict[str, Any]) -> dict[str, Any]:
     """One JSON scan of the good images plus the bad-input zoo, with snapshots around it."""
-    before = snapshot(images["all"])
+    before = snapshot(images["all"]), tree_snapshot(images["root"])
     result = invoke(runner, ["scan", images["root"], "--format", "json", *FAST])
-    after = snapshot(images["all"])
+    after = snapshot(images["all"]), tree_snapshot(images["root"])
     document = parse_json_stdout(result.stdout)
     by_name = {Path(r["path"]).name: r for r in document["results"]}
     return {"result": result, "document": document, "by_name": by_name,

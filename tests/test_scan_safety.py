@@ -48,6 +48,37 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return make_good_folder(tmp_path_factory.mktemp("safety") / "good")
 
 
+def test_evidence_is_only_ever_opened_for_reading(runner, good, tmp_path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every open of an evidence file, by any code in the process (decoding, hashing,
+    metadata), asks for reading only: as root a write-protected file stops nothing, so
+    the modes themselves are checked."""
+    import builtins
+    evidence = {os.path.realpath(p) for p in good}
+    writes: list[str] = []
+    real_open, real_os_open = builtins.open, os.open
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+
+    def checked_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in evidence \
+                and set(mode) & set("wax+"):
+            writes.append(f"open({file}, {mode!r})")
+        return real_open(file, mode, *args, **kwargs)
+
+    def checked_os_open(path, flags, *args, **kwargs):
+        if os.path.realpath(path) in evidence and flags & write_flags:
+            writes.append(f"os.open({path}, {flags:#o})")
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", checked_open)
+    monkeypatch.setattr(os, "open", checked_os_open)
+    result = invoke(runner, ["scan", good[0].parent, "--provenance", "-f", "json", "-o",
+                             tmp_path / "r.json", *FAST])
+    assert result.exit_code in (0, 1), result.stderr
+    assert len(json.loads((tmp_path / "r.json").read_text())["results"]) == len(good)
+    assert writes == []
+
+
 # ---------------------------------------------------------------------------
 # 1. -o never destroys evidence or earlier results
 # ---------------------------------------------------------------------------
@@ -58,17 +89,19 @@ def test_output_equal_to_an_input_is_refused(runner, tmp_path, extra) -> None:
     before = snapshot([photo])
     result = invoke(runner, ["scan", photo, "-f", "json", "-o", photo, *extra, *FAST])
     assert result.exit_code == EXIT_USAGE
-    assert "input" in result.stderr and "--force" in result.stderr
+    assert "is one of the input files" in result.stderr and "--force" in result.stderr
     assert snapshot([photo]) == before
 
 
 def test_output_hard_linked_to_an_input_is_refused(runner, tmp_path) -> None:
-    photo = noise_jpeg(tmp_path / "evidence.jpg")
-    link = tmp_path / "results.json"
+    """Another name in another folder, the same file: still the evidence."""
+    photo = noise_jpeg(tmp_path / "case" / "evidence.jpg")
+    link = tmp_path / "reports" / "results.json"
+    link.parent.mkdir()
     os.link(photo, link)
     before = snapshot([photo])
     result = invoke(runner, ["scan", photo, "-f", "json", "-o", link, "--overwrite", *FAST])
-    assert result.exit_code == EXIT_USAGE
+    assert result.exit_code == EXIT_USAGE and "is one of the input files" in result.stderr
     assert snapshot([photo]) == before
 
 
