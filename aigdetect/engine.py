@@ -316,7 +316,7 @@ def _optimisation(model: nn.Module, config: EngineConfig, total_steps: int,
         scheduler.load_state_dict(resume_state["scheduler"])
         # the rate at this step on this run's schedule: a larger --epochs or --max-steps
         # stretches it, and the saved rate is the old schedule's (0 at its end)
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base_lr * schedule(scheduler.last_epoch)
         if resume_state.get("scaler"):  # absent from checkpoints of earlier releases
             scaler.load_state_dict(resume_state["scaler"])
