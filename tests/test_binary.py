@@ -435,18 +435,42 @@ def calibrated(runner: CliRunner, binary_run: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_calibrate_with_held_out_ai_weights_the_fusion(
-    runner: CliRunner, calibrated: dict[str, Any], binary_run: dict[str, Any], tmp_path: Path
+    runner: CliRunner, calibrated: dict[str, Any], binary_run: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import aigdetect.calibrating as calibrating
     folder = tmp_path / "weighted"
     shutil.copytree(calibrated["folder"], folder)
     held_out_ai = tmp_path / "held_out_ai"
     for i in range(12):
         smooth_png(held_out_ai / f"a{i}.png", seed=700 + i)
+    web = tmp_path / "web_photos"  # a second kind of real photo, its own group
+    for i in range(6):
+        noise_jpeg(web / f"w{i}.jpg", seed=900 + i, quality=75)
+    seen: dict[str, Any] = {}
+
+    def spy(name: str) -> Any:
+        real = getattr(calibrating, name)
+
+        def recorded(*args: Any) -> Any:
+            seen[name] = args
+            return real(*args)
+        return recorded
+
+    for name in ("fusion_weights", "best_detector"):
+        monkeypatch.setattr(calibrating, name, spy(name))
     result = invoke(runner, ["calibrate", folder, "--real", binary_run["work"] / "held_out",
-                             "--fake", held_out_ai, "--fpr", "0.1", "--workers", "0"])
+                             "--real", web, "--fake", held_out_ai, "--fpr", "0.1",
+                             "--workers", "0"])
     assert result.exit_code == 0, result.stderr
     assert "fusion weights" in result.stderr
+    # cross-validation folds by image (its three processed copies together), and the
+    # default is chosen on that validation
+    images = seen["fusion_weights"][3]
+    assert len(set(images)) == 24 + 6 + 12 and len(images) == 3 * (24 + 6 + 12)
+    assert seen["best_detector"][0] is not None
     stored = json.loads((folder / "calibration.json").read_text())
+    assert sorted(stored["group_sizes"].values()) == [6, 24]
     weights = stored["fusion_weights"]
     assert set(weights) == {"oneclass", "binary"} and sum(weights.values()) == pytest.approx(1)
     assert stored["fusion_validation"]["ai_images"] == 12

@@ -76,6 +76,8 @@ def test_percentile_counts_real_photos_at_least_as_suspicious(calibration: Calib
     assert calibration.percentile(calibration.centre) == pytest.approx(50.0, abs=0.5)
     grid = np.linspace(-5, 5, 51)
     assert np.all(np.diff([calibration.percentile(x) for x in grid]) <= 0)
+    # ties count as at least as suspicious
+    assert Calibration.fit(np.array([0.0, 1.0, 1.0, 2.0]), 0.25).percentile(1.0) == 75.0
 
 
 def test_standardise_is_zero_at_median_one_per_spread(calibration: Calibration) -> None:

@@ -27,10 +27,12 @@ from aigdetect.evaluation import (
     group_metrics,
     labelled_sets,
     mean_pair_auc,
+    pair_metrics,
     paired_difference,
     rank_auc,
 )
 from aigdetect.labelled import AI, REAL, LabelledFile, each_once, files_from_csv
+from aigdetect.patches import CONDITIONS
 from aigdetect.scanning import ScanRecord
 
 FAST = ["--workers", "0", "--patches", "4"]
@@ -282,10 +284,22 @@ def test_bad_plot_path_is_usage_error(runner: CliRunner, sets: dict[str, Path],
     assert "(-o)" not in result.stderr and "-o folder" not in result.stderr  # it has no -o
 
 
-def test_matched_processing(runner: CliRunner, sets: dict[str, Path]) -> None:
+def test_matched_processing(runner: CliRunner, sets: dict[str, Path],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from aigdetect.cli import evaluate as evaluate_cli
+    asked: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        loaded = load_detector(*args, **kwargs)
+        asked.append(loaded.tiles.processing)
+        return loaded
+
+    load_detector = evaluate_cli.load_detector
+    monkeypatch.setattr(evaluate_cli, "load_detector", spy)
     result = invoke(runner, ["evaluate", "--real", sets["real"], "--fake", sets["fake"],
                              "--matched-processing", "-f", "json", "-q", *FAST])
     assert result.exit_code == EXIT_CLEAN, result.stderr
+    assert asked == [CONDITIONS["matched"]]  # the images are scored after the processing
     document = json.loads(result.stdout)
     assert document["matched_processing"] is True
     overall = document["groups"][-1]
@@ -450,6 +464,56 @@ def test_mean_pair_auc_interval_holds_the_value_and_narrows_with_more_images() -
     assert large["ci95"][1] - large["ci95"][0] < small["ci95"][1] - small["ci95"][0]
     assert mean_pair_auc(results(30)) == small  # seeded: the same interval every run
     assert mean_pair_auc({"cams": (REAL_LABEL, [])}) is None
+
+
+def test_the_interval_resamples_every_group_at_the_stated_percentiles() -> None:
+    """Against one real image only the AI images can vary (and the reverse): each side
+    must be resampled. The interval is the 2.5th and 97.5th percentiles of the means."""
+    rng = np.random.default_rng(5)
+    many = list(rng.normal(0, 1, 30))
+    for one_side in (AI_LABEL, REAL_LABEL):
+        other = REAL_LABEL if one_side == AI_LABEL else AI_LABEL
+        results = {"one": (one_side, scored("o", [0.1])), "many": (other, scored("m", many))}
+        low, high = mean_pair_auc(results)["ci95"]
+        assert high - low > 0.1, one_side
+    results = {"cams": (REAL_LABEL, scored("c", many[:12])),
+               "web": (REAL_LABEL, scored("w", many[12:])),
+               "gen": (AI_LABEL, scored("g", list(rng.normal(0.7, 1, 9))))}
+    real = [np.array(many[:12]), np.array(many[12:])]
+    ai = [np.array([r.raw_score for r in results["gen"][1]])]
+    draws, draw = [], np.random.default_rng(0)  # mean_pair_auc's seed and order of draws
+    for _ in range(1000):
+        ais = [draw.choice(a, len(a)) for a in ai]
+        reals = [draw.choice(r, len(r)) for r in real]
+        draws.append(np.mean([rank_auc(a, r) for a in ais for r in reals]))
+    assert mean_pair_auc(results)["ci95"] == pytest.approx(list(np.percentile(draws, [2.5, 97.5])))
+
+
+def test_the_paired_interval_resamples_the_real_images_too() -> None:
+    """One AI image, thirty real ones scored differently by the two detectors: only
+    resampling the real images can move the difference."""
+    rng = np.random.default_rng(6)
+    real = list(rng.normal(0, 1, 30))
+    first = {"cams": (REAL_LABEL, scored("c", real)), "gen": (AI_LABEL, scored("g", [0.0]))}
+    second = {"cams": (REAL_LABEL, scored("c", list(np.array(real) + rng.normal(0, 1, 30)))),
+              "gen": (AI_LABEL, scored("g", [0.0]))}
+    low, high = paired_difference(first, second)["ci95"]
+    assert high - low > 0.05
+
+
+def test_review_rates_count_uncertain_and_pairs_use_their_own_real_group() -> None:
+    uncertain = ScanRecord(path="u.png", raw_score=1.0, threshold=2.0, verdict="uncertain")
+    row = group_metrics("gen", AI_LABEL, [rec(-1.0)], [uncertain])
+    assert (row.tpr, row.review_tpr) == (0.0, 1.0)
+    real_side = group_metrics("cams", REAL_LABEL, [uncertain], [])
+    assert (real_side.fpr, real_side.review_fpr) == (0.0, 1.0)
+    results = {"real-a": (REAL_LABEL, [rec(-1.0), rec(-2.0)]),
+               "real-b": (REAL_LABEL, [rec(-3.0)]),
+               "fake-y": (AI_LABEL, [rec(-2.5)])}
+    pairs = {(p["ai"], p["real"]): p for p in pair_metrics(results)}
+    # raw scores: real-a 1 and 2, real-b 3, fake-y 2.5
+    assert (pairs[("fake-y", "real-a")]["n_real"], pairs[("fake-y", "real-a")]["auc"]) == (2, 1.0)
+    assert (pairs[("fake-y", "real-b")]["n_real"], pairs[("fake-y", "real-b")]["auc"]) == (1, 0.0)
 
 
 def scored(prefix: str, scores: list[float | None]) -> list[ScanRecord]:

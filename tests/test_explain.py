@@ -179,6 +179,7 @@ def test_html_report_is_self_contained(run: dict[str, Any]) -> None:
                     "What the pixels say about the camera", "What the metadata says"):
         assert section in headings
     assert "spliced <b>&.png" in headings  # the name, escaped, shown as text
+    assert "spliced <b>" not in text  # nowhere raw (the summary table, the file table)
     assert "script" not in page.tags and "<script>" not in text
     assert "http://" not in text.lower() and "https://" not in text.lower()
     assert page.sources and all(s.startswith("data:image/png;base64,") for s in page.sources)
@@ -281,9 +282,25 @@ def test_flag_only_where_an_informative_head_strongly_disagrees() -> None:
     reader.meta.metrics["make"] = {"accuracy": 0.9, "chance": 0.2}
     assert reader._categorical("make", confident, "canon")["flag"]
     assert not reader._categorical("make", confident, "nikon")["flag"]
+    unsure = np.full(len(classes), 0.6 / (len(classes) - 1))  # top class below CONFIDENT
+    unsure[classes.index("nikon")] = 0.4
+    unsure[classes.index("canon")] = 0.0
+    assert not reader._categorical("make", unsure / unsure.sum(), "canon")["flag"]
     reader.meta.metrics["make"] = {"accuracy": 0.2, "chance": 0.21}  # at chance: no evidence
     row = reader._categorical("make", confident, "canon")
     assert not row["flag"] and row["status"] == "not informative" and row["agrees"] is False
+
+
+def test_a_head_at_chance_neither_agrees_nor_disagrees(tmp_path: Path) -> None:
+    """A photo whose EXIF claims a make, read by the shipped heads: the make head is at
+    chance, so its row says nothing either way, whatever the pixels suggest."""
+    photo = write_image(tmp_path / "a.jpg", exif={"Make": "Canon", "Model": "EOS 5D"})
+    reader = PretextReader.load(default_model_dir() / EXTRACTOR_FILE, torch.device("cpu"))
+    tiles = grid_tiles(np.asarray(Image.open(photo).convert("RGB")), 64, 16)
+    rows = {row["tag"]: row for row in reader.read(tiles, photo)}
+    assert rows["make"]["claimed"] is not None and rows["make"]["status"] == "not informative"
+    assert all(row["agrees"] is None for row in rows.values()
+               if row["status"] == "not informative")
 
 
 def test_rank_is_a_percentile_with_half_ties() -> None:
@@ -327,6 +344,8 @@ def test_html_text_shows_control_and_bidi_characters_escaped() -> None:
     assert "\x1b" not in shown and "\u202e" not in shown
     assert "\\x1b" in shown and "\\u202e" in shown
     assert "&lt;b&gt;" in shown and "hxxp[:]//" in shown
+    shouted = text("HTTPS://x.example")  # any case is a link to a browser
+    assert "://" not in shouted and "hxxp" in shouted.lower()
 
 
 def test_the_deciding_verdict_is_the_faces_with_faces() -> None:

@@ -172,5 +172,6 @@ def test_scan_faces_on_real_photos_with_zero_one_and_several_faces(
             assert x0 <= x and y0 <= y and x + w <= x1 and y + h <= y1  # enlarged box
             assert x1 <= record["width"] and y1 <= record["height"]
         if record["faces"]:
-            worst = max(record["faces"], key=lambda f: f["score"])
-            assert record["score"] == worst["score"]
+            # scores saturate at 1: the raw score tells which face decided
+            worst = max(record["faces"], key=lambda f: (f["score"], f["raw_score"]))
+            assert (record["score"], record["raw_score"]) == (worst["score"], worst["raw_score"])

@@ -120,6 +120,31 @@ def test_finds_the_face_in_a_real_portrait(name):
     assert np.array_equal(face_crop(pixels, face), pixels[y0:y1, x0:x1])
 
 
+@pytest.mark.skipif(not REAL_FACES.is_dir(), reason="../shared/data/faces/real is absent")
+def test_faces_come_most_supported_first_and_in_native_pixels_of_large_images():
+    """Several faces: ordered by the detector's support. An image over the detection
+    side (found on a reduced copy) gives its boxes in its own pixels: the portrait
+    enlarged 3x gives about 3x the box."""
+    from aigdetect.patches import load_image
+
+    several = REAL_FACES / ("ageitgey__face_recognition__examples__knn_examples__test__"
+                            "kit_with_rose.jpg")
+    portrait = REAL_FACES / PORTRAITS[0]
+    if not (several.is_file() and portrait.is_file()):
+        pytest.skip("the portraits are not in ../shared/data")
+    found = find_faces(load_image(several).pixels)
+    assert len(found) >= 2
+    assert [f.neighbors for f in found] == sorted((f.neighbors for f in found), reverse=True)
+    pixels = load_image(portrait).pixels
+    (small, *_), height, width = find_faces(pixels), *pixels.shape[:2]
+    large = np.asarray(Image.fromarray(pixels).resize((width * 3, height * 3)))
+    assert max(large.shape[:2]) > faces.MAX_DETECT_SIDE
+    big = find_faces(large)[0]
+    assert big.w == pytest.approx(3 * small.w, rel=0.2)
+    assert big.x == pytest.approx(3 * small.x, abs=0.1 * big.w)
+    assert big.x + big.w <= large.shape[1] and big.y + big.h <= large.shape[0]
+
+
 # --- crops -----------------------------------------------------------------------
 
 
