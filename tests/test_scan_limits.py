@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_images import _png_chunk, invoke, make_good_folder, noise_array, parse_json_stdout
+from helpers_images import png_chunk, invoke, make_good_folder, noise_array, parse_json_stdout
 from PIL import EpsImagePlugin, Image
 
 from aigdetect import features
@@ -155,9 +155,9 @@ def sixteen_bit_png_header(path: Path, side: int = 15_800) -> Path:
     about 3 GB on the way to 8-bit RGB) whose data is a stub: it must be refused
     from its header, before any decoding."""
     ihdr = struct.pack(">IIBBBBB", side, side, 16, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                     + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
-                     + _png_chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                     + png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+                     + png_chunk(b"IEND", b""))
     return path
 
 
