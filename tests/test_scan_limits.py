@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers_images import png_chunk, invoke, make_good_folder, noise_array, parse_json_stdout
+from helpers_images import invoke, make_good_folder, noise_array, parse_json_stdout, png_chunk
 from PIL import EpsImagePlugin, Image
 
 from aigdetect import features
