@@ -141,6 +141,30 @@ def test_dataset_epoch_is_class_balanced(tmp_path: Path) -> None:
     assert torch.equal(validation[0][0], validation[0][0])  # deterministic
 
 
+def test_dataset_augments_both_classes_and_keeps_labels(tmp_path: Path) -> None:
+    """Every training item goes through the one augmentation, whatever its class; an
+    undecodable file is replaced by another of its own class, never of the other."""
+    files = [LabelledFile(str(noise_jpeg(tmp_path / f"r{i}.jpg", seed=i)), REAL, "real")
+             for i in range(3)]
+    files += [LabelledFile(str(smooth_png(tmp_path / f"a{i}.png", seed=i)), AI, "gen")
+              for i in range(3)]
+    seen: list[tuple[int, int]] = []
+
+    def augmentation(pixels: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+        seen.append(pixels.shape[:2])
+        return pixels
+
+    dataset = BinaryDataset(files, patches=2, patch_size=32, train=True, seed=0,
+                            augmentation=augmentation)
+    labels = [dataset[i][1] for i in range(len(dataset))]
+    assert len(seen) == len(dataset) and set(labels) == {REAL, AI}
+    for ai_file in (f for f in files if f.label == AI):
+        Path(ai_file.path).write_bytes(b"")  # no AI image can be decoded any more
+    ai_index = next(i for i, f in enumerate(dataset.epoch_files) if f.label == AI)
+    with pytest.raises(RuntimeError, match="no ai image"):
+        dataset[ai_index]
+
+
 def test_csv_groups_and_validation_split(tmp_path: Path) -> None:
     labels = tmp_path / "train.csv"
     labels.write_text("path,label,group\na.jpg,real,camera\nb.png,ai,sdxl\nc.png,1,\n")

@@ -31,7 +31,14 @@ from aigdetect.evaluation import (
     paired_difference,
     rank_auc,
 )
-from aigdetect.labelled import AI, REAL, LabelledFile, each_once, files_from_csv
+from aigdetect.labelled import (
+    AI,
+    PREFIX_BYTES,
+    REAL,
+    LabelledFile,
+    each_once,
+    files_from_csv,
+)
 from aigdetect.patches import CONDITIONS
 from aigdetect.scanning import ScanRecord
 
@@ -187,6 +194,16 @@ def test_a_folder_given_twice_counts_once_and_overlapping_classes_are_refused(
     overlap = invoke(runner, ["evaluate", "--real", sets["root"], "--fake", sets["fake"], *FAST])
     assert overlap.exit_code == EXIT_USAGE
     assert "is the same image as" in overlap.stderr and overlap.stdout == ""
+
+
+def test_files_alike_only_in_their_first_bytes_are_two_images(tmp_path: Path) -> None:
+    """The dedupe compares a prefix first to save time; only whole files decide."""
+    head = bytes(PREFIX_BYTES)
+    files = []
+    for name, tail in (("a.png", b"A" * 100), ("b.png", b"B" * 100)):
+        (tmp_path / name).write_bytes(head + tail)
+        files.append(LabelledFile(str(tmp_path / name), REAL, "g"))
+    assert each_once(files) == files
 
 
 def test_links_and_copies_of_one_image_count_once(tmp_path: Path) -> None:
@@ -424,10 +441,12 @@ def test_evaluate_groups_rows() -> None:
 
 def test_read_label_csv(tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
-    labels.write_text("a.jpg,real\nsub/b.png,1\n/abs/c.jpg,FAKE\n\nd.jpg,0\n")
+    labels.write_text("a.jpg,real\nsub/b.png,1\n/abs/c.jpg,FAKE\n\nd.jpg,0\ne.png,Generated\n"
+                      "f.png,ai\n")
     groups = {g.label: g for g in labelled_sets(files_from_csv(labels))}
     assert groups[REAL_LABEL].paths == [tmp_path / "a.jpg", tmp_path / "d.jpg"]
-    assert groups[AI_LABEL].paths == [tmp_path / "sub" / "b.png", Path("/abs/c.jpg")]
+    assert groups[AI_LABEL].paths == [tmp_path / "sub" / "b.png", Path("/abs/c.jpg"),
+                                      tmp_path / "e.png", tmp_path / "f.png"]
     assert groups[REAL_LABEL].name == "labels.csv:real"
     bad = tmp_path / "bad.csv"
     bad.write_text("only-a-path\n")

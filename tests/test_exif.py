@@ -498,3 +498,12 @@ def test_plausible_exif_accepts_what_cameras_write() -> None:
     assert plausible_exif(piexif.dump({"0th": {piexif.ImageIFD.Make: b"Canon"},
                                        "Exif": {piexif.ExifIFD.ISOSpeedRatings: 100}}))
     assert not plausible_exif(b"Exif\x00\x00junk")
+
+
+def test_plausible_exif_follows_the_exif_sub_directory() -> None:
+    """The oversized tag may hide in the Exif sub-IFD, which IFD0 only points to."""
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, 26) + struct.pack("<I", 0)
+    sub = struct.pack("<H", 1) + struct.pack("<HHII", 0x8827, 3, 2**24, 8) + struct.pack("<I", 0)
+    blob = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd0 + sub
+    assert len(b"II*\x00") + 4 + len(ifd0) == 26  # where the pointer says the sub-IFD is
+    assert not plausible_exif(blob)

@@ -104,6 +104,23 @@ def test_camera_photo_has_no_finding(tmp_path: Path) -> None:
     assert short_summary(found) == "camera EXIF present"
 
 
+def test_camera_exif_beside_a_generator_or_without_exposure_is_inconsistent(
+        tmp_path: Path) -> None:
+    beside = read_provenance(write_image(tmp_path / "mj.jpg",
+                                         exif={**CAMERA, "Software": "Midjourney v6"}))
+    assert beside["camera_exif"]["reasons"] == ["camera EXIF beside a generator's metadata"]
+    make_only = read_provenance(write_image(tmp_path / "make.jpg", exif={"Make": "Canon"}))
+    assert make_only["camera_exif"]["status"] == "inconsistent"
+    assert make_only["camera_exif"]["reasons"] == ["a camera make but no exposure tags"]
+
+
+def test_a_generator_named_in_a_plain_png_text_chunk(tmp_path: Path) -> None:
+    found = read_provenance(png_with_text(tmp_path / "c.png", {"Software": "ComfyUI",
+                                                               "Title": "holiday"}))
+    assert [(c["chunk"], c["generator"]) for c in found["generator_text"]] == [
+        ("Software", "comfyui")]
+
+
 def test_camera_make_inside_a_png_is_inconsistent(tmp_path: Path) -> None:
     found = read_provenance(png_with_text(tmp_path / "cam.png", {}, exif=CAMERA))
     camera = found["camera_exif"]

@@ -56,6 +56,10 @@ def records() -> list[ScanRecord]:
 def test_ranked_highest_raw_score_first_errors_last(records: list[ScanRecord]) -> None:
     order = [r.path for r in ranked(records)]
     assert order == ["a.jpg", "d.png", "c.png", "b.jpg", "aa_missing.jpg", "zz_broken.jpg"]
+    # scores saturate far above the threshold; the raw score still ranks
+    saturated = [ScanRecord(path="a.jpg", score=0.999999, raw_score=5.0),
+                 ScanRecord(path="b.jpg", score=0.999999, raw_score=9.0)]
+    assert [r.path for r in ranked(saturated)] == ["b.jpg", "a.jpg"]
     no_face = ScanRecord(path="zz_no_face.jpg", verdict="no-face")  # --faces: read, unscored
     order = [r.path for r in ranked([*records, no_face])]
     assert order[-3:] == ["zz_no_face.jpg", "aa_missing.jpg", "zz_broken.jpg"]

@@ -36,6 +36,7 @@ from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL, LabelledFile
 from aigdetect.patches import recompressed_tiles
 from aigdetect.residual_model import (
+    FORMAT,
     LEGACY_INPUTS,
     ResidualClassifier,
     ResidualFitConfig,
@@ -46,6 +47,7 @@ from aigdetect.residual_model import (
 )
 from aigdetect.residuals import (
     block_energy_spread,
+    channel_correlations,
     coarse_cooccurrences,
     log_power_spectrum,
     pair_histogram,
@@ -206,6 +208,41 @@ def test_classifier_refuses_what_is_not_its_file(tmp_path: Path) -> None:
             ResidualClassifier.load(tmp_path / name)
     with pytest.raises(ResidualModelError, match="not fitted"):
         ResidualClassifier().decision_function(np.zeros((1, 3)))
+
+
+class _Planted:
+    """An object whose unpickling makes a folder: what a crafted model file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.mkdir, (str(self.marker),)
+
+
+def test_loading_a_model_file_never_unpickles(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    header = {"format": FORMAT, "format_version": 1}  # a header that lets it read on
+    np.savez(tmp_path / "planted.npz", header=np.array(json.dumps(header)),
+             mean=np.array([_Planted(marker)], dtype=object))
+    with pytest.raises(ResidualModelError):
+        ResidualClassifier.load(tmp_path / "planted.npz")
+    assert not marker.exists()
+
+
+def test_a_model_file_of_a_newer_format_is_refused(tmp_path: Path) -> None:
+    header = {"format": FORMAT, "format_version": 99}
+    np.savez(tmp_path / "newer.npz", header=np.array(json.dumps(header)))
+    with pytest.raises(ResidualModelError, match="newer aigdetect"):
+        ResidualClassifier.load(tmp_path / "newer.npz")
+
+
+def test_channel_correlations_name_their_pairs() -> None:
+    """R-G, G-B, R-B: with blue a copy of red and green independent, only R-B is 1."""
+    rng = np.random.default_rng(0)
+    red, green = rng.normal(128, 30, (2, 4, 64, 64))
+    pixels = np.stack([red, green, red], axis=1)
+    np.testing.assert_allclose(channel_correlations(pixels), [0, 0, 1], atol=0.1)
 
 
 # ---------------------------------------------------------------------------
