@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -230,11 +231,35 @@ def test_load_incomplete_file_raises_density_error(
         RealPhotoDensity.load(broken)
 
 
-def test_load_refuses_pickled_arrays(tmp_path: Path) -> None:
-    pickled = tmp_path / "pickled.npz"
-    np.savez(pickled, header=np.array([{"format": FORMAT}], dtype=object))
+class _Planted:
+    """An object whose unpickling makes a folder: what a crafted density file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.mkdir, (str(self.marker),)
+
+
+def test_load_never_unpickles(tmp_path: Path) -> None:
+    pickled, marker = tmp_path / "pickled.npz", tmp_path / "ran"
+    np.savez(pickled, header=np.array([_Planted(marker)], dtype=object))
     with pytest.raises(DensityError):
         RealPhotoDensity.load(pickled)
+    assert not marker.exists()  # refused before any object was built
+
+
+def test_a_density_file_of_a_newer_format_is_refused(fitted: RealPhotoDensity,
+                                                      tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    fitted.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    header = json.loads(str(arrays["header"]))
+    arrays["header"] = np.array(json.dumps({**header, "format_version": 99}))
+    np.savez(path, **arrays)
+    with pytest.raises(DensityError, match="newer"):
+        RealPhotoDensity.load(path)
 
 
 def test_misuse_raises_density_error(features: np.ndarray) -> None:

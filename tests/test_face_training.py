@@ -319,3 +319,35 @@ def test_init_through_the_command_line(runner: CliRunner, face_folder: Path,
     binary = invoke(runner, ["train", "--binary", "--real", face_folder, "--fake", face_folder,
                              "-o", tmp_path / "b.pt", "--init", shipped])
     assert binary.exit_code == EXIT_USAGE and "--binary starts fresh" in binary.stderr
+
+
+def test_about_half_the_training_faces_are_manipulated(photos) -> None:
+    """Originals and manipulated faces in equal shares over epochs, as in the paper."""
+    samples, _ = detect_faces(photos, None, aligned=True)
+    dataset = FaceDataset(samples, patches=1, patch_size=16, train=True, seed=0)
+    originals = []
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        originals += [dataset.item(i).manipulation is None for i in range(len(samples))]
+    assert 0.35 < np.mean(originals) < 0.65
+
+
+class _ScoresPerHead(nn.Module):
+    """A different score for each head, from the same pixels."""
+
+    def forward(self, patches: torch.Tensor) -> tuple[dict, dict[str, torch.Tensor]]:
+        base = patches[:, 0, 0, 0, 0].float()
+        return {}, {head: base * (k + 1) - k for k, head in enumerate(FACE_HEADS)}
+
+
+def test_each_face_head_learns_from_its_own_target(tmp_path: Path) -> None:
+    from aigdetect.losses import fidelity_ranking_loss
+    task = FaceTask(FaceTrainConfig(output=tmp_path / "m.pt", photos=tmp_path))
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.randint(0, 255, (6, 1, 3, 4, 4), dtype=torch.uint8, generator=generator)
+    targets = torch.randn(6, len(FACE_HEADS), generator=generator)
+    losses = task.losses(_ScoresPerHead(), (patches, targets, None), torch.device("cpu"),
+                         torch.autocast("cpu", enabled=False))
+    _, scores = _ScoresPerHead()(patches)
+    for i, head in enumerate(FACE_HEADS):
+        assert torch.allclose(losses[head], fidelity_ranking_loss(scores[head], targets[:, i]))

@@ -9,6 +9,7 @@ import torch
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS
 from aigdetect.features import FeatureExtractor
 from aigdetect.network import (
+    CLIP_STD,
     CovariancePooling,
     ExifExtractor,
     ExifPretextModel,
@@ -190,3 +191,13 @@ def test_feature_extractor_reads_the_same_tile_set_once() -> None:
     assert features(tiles) is first and len(passes) == 1
     again = features(tiles.copy())  # equal pixels, another array: computed again
     assert len(passes) == 2 and np.allclose(again, first)
+
+
+def test_srm_filters_see_clip_normalised_pixels() -> None:
+    """A ramp rising one grey level per column: the horizontal first-order filter (map 3
+    of each colour's 30) reads one level in CLIP units, 1 / 255 / std of that colour."""
+    ramp = torch.arange(64, dtype=torch.uint8).repeat(64, 1)
+    maps = SRMResiduals()(ramp.expand(1, 3, 64, 64).contiguous())
+    for colour in range(3):
+        assert maps[0, 30 * colour + 3, 10, 10].item() == pytest.approx(
+            1 / 255 / CLIP_STD[colour], rel=1e-4)

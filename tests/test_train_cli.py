@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,8 +27,15 @@ from aigdetect.checkpoint import (
 from aigdetect.cli import app
 from aigdetect.cli import train as cli_train
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, Vocabulary
+from aigdetect.losses import bce_ranking_loss, fidelity_ranking_loss, masked_cross_entropy
 from aigdetect.network import ExtractorConfig
-from aigdetect.training import PretextTask, validation_score
+from aigdetect.training import (
+    PretextTask,
+    majority_classes,
+    pretext_losses,
+    validate,
+    validation_score,
+)
 
 COMMANDS = ("train", "fit-gmm", "scan", "explain")
 
@@ -535,3 +543,87 @@ def test_outputs_never_land_in_the_folder_read(session_photo_folder, tmp_path, c
     assert result.exit_code == 2, result.output
     assert "is inside the input folder" in text(result)
     assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before
+
+
+def test_an_epoch_cut_short_is_not_counted_whole(session_photo_folder, tmp_path):
+    """--max-steps 1 on an epoch of two steps: the checkpoint says no epoch is done, so
+    --resume repeats the rest of it."""
+    output = tmp_path / "m.pt"
+    one_step = [*FAST]
+    one_step[one_step.index("--max-steps") + 1] = "1"
+    assert run(*train_args(session_photo_folder, output, *one_step)).exit_code == 0
+    _, meta = load_model(output)
+    assert (meta.epoch, meta.step) == (0, 1)
+
+
+def test_max_minutes_stops_on_the_clock(session_photo_folder, tmp_path, monkeypatch):
+    """A clock that reads 50 s later at every look: the limit of one minute is passed
+    after the second step, which is where training must stop."""
+    from aigdetect import engine
+    clock = iter(range(0, 100_000, 50))
+    monkeypatch.setattr(engine, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    output = tmp_path / "m.pt"
+    args = ["--epochs", "3", "--batch-size", "4", "--patches", "2", "--workers", "0",
+            "--val-fraction", "0.25", "--device", "cpu", "--max-minutes", "1"]
+    assert run(*train_args(session_photo_folder, output, *args)).exit_code == 0
+    assert load_model(output)[1].step == 2
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    """A full disk mid-write must not leave half a checkpoint where the last one was."""
+    import aigdetect.checkpoint as checkpoint
+    path = tmp_path / "m.pt"
+    path.write_bytes(b"previous epoch")
+
+    def half_written(payload, file):
+        Path(file).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", half_written)
+    with pytest.raises(OSError):
+        save_checkpoint(path, torch.nn.Linear(1, 1), ModelMeta(config=ExtractorConfig()))
+    assert path.read_bytes() == b"previous epoch"
+
+
+def test_pretext_losses_use_each_heads_own_column_and_the_chosen_ranker():
+    generator = torch.Generator().manual_seed(0)
+    logits = {tag: torch.randn(6, 3, generator=generator) for tag in CATEGORICAL_TAGS}
+    scores = {tag: torch.randn(6, generator=generator) for tag in ORDINAL_TAGS}
+    classes = torch.randint(-1, 3, (6, len(CATEGORICAL_TAGS)), generator=generator)
+    ordinal = torch.randn(6, len(ORDINAL_TAGS), generator=generator)
+    for name, rank in (("fidelity", fidelity_ranking_loss), ("bce", bce_ranking_loss)):
+        losses = pretext_losses((logits, scores), classes, ordinal, name)
+        for i, tag in enumerate(ORDINAL_TAGS):
+            assert torch.allclose(losses[tag], rank(scores[tag], ordinal[:, i])), (name, tag)
+        for i, tag in enumerate(CATEGORICAL_TAGS):
+            assert torch.allclose(losses[tag], masked_cross_entropy(logits[tag], classes[:, i]))
+
+
+class _AlwaysClassZero(torch.nn.Module):
+    """Categorical heads that always predict class 0 of two."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = SimpleNamespace(
+            categorical={tag: torch.nn.Linear(1, 2) for tag in CATEGORICAL_TAGS}, ranking={})
+
+    def forward(self, patches):
+        return {tag: patches.float() for tag in CATEGORICAL_TAGS}, {}
+
+
+def test_validation_accuracy_counts_only_known_labels():
+    patches = torch.tensor([[1.0, 0.0]] * 4)
+    classes = torch.tensor([[0], [1], [-1], [-1]]).repeat(1, len(CATEGORICAL_TAGS))
+    rows = [(patches[k], classes[k], torch.zeros(len(ORDINAL_TAGS)), 0) for k in range(4)]
+    loader = torch.utils.data.DataLoader(rows, batch_size=4)
+    metrics = validate(_AlwaysClassZero(), loader, torch.device("cpu"), {})
+    tag = CATEGORICAL_TAGS[0]
+    assert (metrics[tag]["accuracy"], metrics[tag]["n"]) == (0.5, 2)
+
+
+def test_the_chance_baseline_is_the_most_frequent_class():
+    photos = [SimpleNamespace(labels=SimpleNamespace(**dict.fromkeys(CATEGORICAL_TAGS, value)))
+              for value in (1, 1, 1, 0, 2, -1)]
+    dataset = SimpleNamespace(photos=photos, vocabularies={
+        tag: SimpleNamespace(index=lambda value: value) for tag in CATEGORICAL_TAGS})
+    assert majority_classes(dataset) == dict.fromkeys(CATEGORICAL_TAGS, 1)
