@@ -175,3 +175,13 @@ def test_scan_faces_on_real_photos_with_zero_one_and_several_faces(
             # scores saturate at 1: the raw score tells which face decided
             worst = max(record["faces"], key=lambda f: (f["score"], f["raw_score"]))
             assert (record["score"], record["raw_score"]) == (worst["score"], worst["raw_score"])
+
+
+def test_fpr_sets_the_face_detectors_threshold(runner: CliRunner, face_model: Path,
+                                               tmp_path: Path) -> None:
+    """--fpr with --faces re-derives the face detector's threshold: a larger false-alarm
+    rate gives a lower one."""
+    image = noise_jpeg(tmp_path / "crop.jpg", size=(200, 160), seed=5)
+    thresholds = [scan_json(runner, face_model, "--aligned", "--fpr", fpr, image)[1]
+                  ["results"][0]["faces"][0]["threshold"] for fpr in ("0.5", "0.01")]
+    assert thresholds[0] < thresholds[1]

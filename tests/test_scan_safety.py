@@ -24,6 +24,7 @@ import pytest
 import torch
 from helpers_images import invoke, make_good_folder, noise_jpeg, parse_json_stdout, snapshot
 
+from aigdetect.calibration import Calibration
 from aigdetect.cli import EXIT_INTERRUPTED, EXIT_USAGE
 from aigdetect.cli import scan as scan_cli
 from aigdetect.density import RealPhotoDensity
@@ -691,3 +692,85 @@ def test_ctrl_c_waits_for_the_deferred_block_to_end() -> None:
     with interrupt_deferred():  # no Ctrl-C: nothing raised
         finished.append("again")
     assert finished[-1] == "again"
+
+
+# ---------------------------------------------------------------------------
+# lists, streaming, run headers and resumed runs (a mutation audit's findings)
+# ---------------------------------------------------------------------------
+
+def test_a_windows_line_ending_in_a_stdin_list_is_not_part_of_the_name(runner, good) -> None:
+    result = invoke(runner, ["scan", "-", "-f", "jsonl", *FAST], input=f"{good[0]}\r\n")
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["path"] == str(good[0]) and record["error"] is None
+
+
+def test_a_file_named_alone_is_read_whatever_include_says(runner, good) -> None:
+    result = invoke(runner, ["scan", good[0], "--include", "png", "-f", "json", *FAST])
+    (record,) = parse_json_stdout(result.stdout)["results"]
+    assert record["path"] == str(good[0]) and record["error"] is None
+
+
+def test_jsonl_records_reach_the_file_as_they_are_scored(runner, good, tmp_path,
+                                                         monkeypatch) -> None:
+    """A kill must lose at most the record in hand: each is flushed before the next."""
+    out, on_disk = tmp_path / "r.jsonl", []
+    scan = scan_cli.scan
+
+    def watched(*args: Any, **kwargs: Any):
+        for number, record in enumerate(scan(*args, **kwargs)):
+            if number == 1:
+                on_disk.append(len(out.read_text().splitlines()))
+            yield record
+
+    monkeypatch.setattr(scan_cli, "scan", watched)
+    invoke(runner, ["scan", *good[:2], "-f", "jsonl", "-o", out, *FAST])
+    assert on_disk == [1]
+
+
+def test_the_run_file_keeps_every_earlier_run_of_a_resumed_file(runner, good, tmp_path) -> None:
+    out = tmp_path / "r.jsonl"
+    for count in (1, 2, 3):
+        invoke(runner, ["scan", *good[:count], "-f", "jsonl", "-o", out, "-q", *FAST,
+                        *(["--resume"] if count > 1 else [])])
+    runs = json.loads((tmp_path / "r.jsonl.run.json").read_text())["earlier_runs"]
+    assert [run["counts"]["files"] for run in runs] == [1, 2]
+    invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", out, "-q", "--overwrite", *FAST])
+    assert json.loads((tmp_path / "r.jsonl.run.json").read_text())["earlier_runs"] == []
+
+
+def test_a_resumed_run_keeps_the_exit_code_of_what_it_skipped(runner, good, tmp_path) -> None:
+    out = tmp_path / "r.jsonl"
+    args = ["scan", good[0], "-f", "jsonl", "-o", out, "--threshold", "-1e9", *FAST]
+    assert invoke(runner, args).exit_code == 1  # everything is flagged at this threshold
+    again = invoke(runner, [*args, "--resume"])
+    assert "1 already recorded" in again.stderr and again.exit_code == 1
+
+
+def test_an_interrupted_resume_counts_the_files_it_skipped(runner, good, tmp_path,
+                                                            monkeypatch) -> None:
+    out = tmp_path / "r.jsonl"
+    invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", out, *FAST])
+    interrupt_after(1, monkeypatch)
+    result = invoke(runner, ["scan", *good[:3], "-f", "jsonl", "-o", out, "--resume", *FAST])
+    assert "interrupted: 2/3 files done" in result.stderr
+
+
+def test_resume_after_a_last_record_without_its_newline(runner, good, tmp_path) -> None:
+    out = tmp_path / "r.jsonl"
+    invoke(runner, ["scan", good[0], "-f", "jsonl", "-o", out, *FAST])
+    out.write_bytes(out.read_bytes().rstrip(b"\n"))
+    invoke(runner, ["scan", *good[:2], "-f", "jsonl", "-o", out, "--resume", *FAST])
+    assert [record["path"] for record in read_jsonl(out)] == [str(good[0]), str(good[1])]
+
+
+def test_flagged_and_unreadable_together_exit_4(runner, good, tmp_path) -> None:
+    result = invoke(runner, ["scan", good[0], tmp_path / "gone.jpg", "-f", "json",
+                             "--threshold", "-1e9", *FAST])
+    assert result.exit_code == 4
+
+
+def test_a_non_finite_percentile_is_an_error_record(runner, good, monkeypatch) -> None:
+    monkeypatch.setattr(Calibration, "percentile", lambda self, raw: float("nan"))
+    result = invoke(runner, ["scan", good[0], "-f", "json", *FAST])
+    (record,) = parse_json_stdout(result.stdout)["results"]
+    assert record["verdict"] == "error" and "non-finite" in record["error"]
