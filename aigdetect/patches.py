@@ -336,7 +336,7 @@ def damage_notes(warned: list[str], printed: list[str]) -> list[str]:
         notes.append(f"{DAMAGED} {message}")
     for message in dict.fromkeys(printed):
         damaged = message.lower().startswith(_DAMAGE)
-        notes.append(f"{'damaged' if damaged else 'decoder'}: {message}")
+        notes.append(f"{DAMAGED if damaged else 'decoder:'} {message}")
     return notes[:MAX_DAMAGE_NOTES]
 
 
