@@ -100,17 +100,28 @@ def calibrate_folder(
     photos are scored: every threshold then holds on each kind under each processing.
     ``fake_paths`` (held-out AI images, scored under the same processings) set the
     fused detector's weights. Returns what was written, for a summary."""
+    folder = DetectorFolder.open(folder_path, recalibrating=True)
+    folder.require_oneclass()  # before anything is written into it
+    refuse_face_folder(folder)
     require_real(len(real_paths))  # before minutes of scoring
     if fake_paths:
         require_fake(len(fake_paths))
-    folder = DetectorFolder.open(folder_path, recalibrating=True)
-    folder.require_oneclass()  # before anything is written into it
     # a failed run leaves the folder as it was, the binary weights it brought included
     with kept_unless_done(folder_path / BINARY_FILE) if binary is not None else nullcontext():
         if binary is not None:
             add_binary(folder_path, binary)
         return _calibrate(folder, real_paths, fpr, device, default, workers, batch_size,
                           on_image, fake_paths, real_groups, processings)
+
+
+def refuse_face_folder(folder: DetectorFolder) -> None:
+    """A face detector folder judges face crops, which ``calibrate`` does not cut:
+    its threshold is set by ``fit-gmm --faces --fpr`` on real faces instead."""
+    if folder.judges_faces():
+        raise DetectorError(f"{folder.path} is a face detector folder: calibrate sets the "
+                            "thresholds of general detector folders. Set a face folder's "
+                            "threshold with 'aigdetect fit-gmm PHOTOS --faces --extractor "
+                            "FACES.pt -o FOLDER --fpr RATE' on real faces")
 
 
 @contextmanager
@@ -173,8 +184,6 @@ def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
                  for i in range(len(group_of_score))]
         calibrations["fused"] = calibrated(fused)
     default = default or best_detector(validation, list(calibrations))
-    if default not in calibrations:
-        raise DetectorError(f"--default {default}: this folder offers {', '.join(calibrations)}")
     group_sizes = ({str(kind): int(np.sum(kinds == kind)) for kind in sorted(set(kinds))}
                    if kinds is not None else {"all": count})
     info = {"fpr": fpr, "processings": list(processings), "real_photos": count,

@@ -1,10 +1,11 @@
 """Calibration: from a detector's raw statistic to a threshold, a score and a verdict.
 
 Every detector gives a raw statistic, higher = more AI-like (the one-class
-detector's atypicality, the binary detector's logit). Its scores on
-held-out real photos (never trained on) set the threshold at a stated
-false-positive rate, give any image a percentile among real photos, and give
-the spread that turns a distance from the threshold into a 0..1 score.
+detector's atypicality, the binary detector's logit, the residual detector's
+log-odds). Its scores on held-out real photos (never trained on) set the
+threshold at a stated false-positive rate, give any image a percentile among
+real photos, and give the spread that turns a distance from the threshold into
+a 0..1 score.
 
 The verdict keeps the promise the threshold makes: ``ai`` above the threshold (at
 most ``fpr`` of each kind of real photo scores that high), ``uncertain`` below it

@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__
 from .detectors import Detector
+from .features import MAX_TILES
 from .files import unicode_safe
 from .report import VERDICTS
 from .scanning import LoadedDetector, face_decider_name
@@ -40,6 +41,11 @@ def deciders(loaded: LoadedDetector, threshold: float | None) -> dict[str, float
     return {judge["detector"]: judge["threshold"] for judge in judges}
 
 
+def patches_setting(max_tiles: int) -> int | str:
+    """Tiles per image as the user would ask for them: ``all`` for every tile."""
+    return "all" if max_tiles >= MAX_TILES else max_tiles
+
+
 def run_header(started: datetime, loaded: LoadedDetector, threshold: float | None,
                tally: ScanTally, interrupted: bool, settings: dict[str, Any]) -> dict[str, Any]:
     """Who scanned what, how and when: the chain-of-custody record of one run. Its
@@ -58,7 +64,7 @@ def run_header(started: datetime, loaded: LoadedDetector, threshold: float | Non
         **({"interrupted": True} if interrupted else {}),
         **decider,
         "model": loaded.identity,
-        "settings": {"patches": loaded.tiles.max_tiles or "all", **settings},
+        "settings": {"patches": patches_setting(loaded.tiles.max_tiles), **settings},
         "counts": {"files": verdicts.total(), **{v: verdicts[v] for v in VERDICTS},
                    "skipped": tally.skipped},
     }

@@ -52,8 +52,9 @@ class DensityError(Exception):
 class RealPhotoDensity:
     """Whitening + Gaussian mixture over extractor features, scikit-learn style.
 
-    ``fit`` learns it, ``calibrate`` sets the threshold from held-out real
-    photos, ``score_samples`` gives log-likelihoods, ``save``/``load`` round-trip.
+    ``fit`` learns it, ``calibrate`` keeps the held-out real photos' scores (the
+    threshold follows from them), ``score_samples`` gives log-likelihoods,
+    ``save``/``load`` round-trip.
     """
 
     components: int | str = "auto"

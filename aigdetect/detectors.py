@@ -103,7 +103,10 @@ def judge(calibration: Calibration, raw: float, threshold: float | None,
 
 
 class Detector(Protocol):
-    """What ``scan``, ``evaluate``, ``calibrate`` and ``explain`` need of a detector."""
+    """What ``scan``, ``evaluate`` and ``explain`` need of any detector, a fusion included.
+
+    ``calibrate`` and the heat map work on each single detector (``parts``, or the
+    detector itself): its :meth:`SingleDetector.raw` and :meth:`SingleDetector.tile_raw`."""
 
     name: str
     calibration: Calibration
@@ -324,6 +327,10 @@ class DetectorFolder:
         if patches is None:
             patches = self.manifest.get("tiles") or self._density_tiles()
         return TileSettings(max_tiles=MAX_TILES if patches == 0 else patches, **settings)
+
+    def judges_faces(self) -> bool:
+        """Whether its density was fitted on face crops (``fit-gmm --faces``)."""
+        return "face_enlarge" in RealPhotoDensity.load(self.path / DENSITY_FILE).provenance
 
     def face_settings(self, aligned: bool = False) -> FaceSettings:
         """How faces are cut out for this folder: as for the faces its density was

@@ -1,4 +1,4 @@
-"""The training engine shared by every training task (EXIF pretext, binary detector).
+"""The training engine shared by every training task (EXIF pretext, binary detector, faces).
 
 A *task* knows its data, its model and its losses; the engine knows everything
 else: distributed data parallel under ``torchrun`` (only rank 0 validates, logs

@@ -105,7 +105,7 @@ class TileSettings:
     """How tiles are taken from an image; fit and scan must use the same."""
 
     patch_size: int = 64
-    max_tiles: int | None = 16  # None = every tile of the grid
+    max_tiles: int = 16  # MAX_TILES: every tile of the grid (--patches all)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     #: evaluation only: processing applied before tiling (see ``patches.CONDITIONS``);
     #: in face mode it is applied to each face crop, the unit that is judged
@@ -151,7 +151,7 @@ def prepare_image(path: str | Path, settings: TileSettings,
             record.notes.append(f"processed for evaluation: {settings.processing.describe()}")
         upscaled = min(pixels.shape[:2]) < settings.patch_size
         record.tiles = grid_tiles(pixels, settings.patch_size, settings.max_tiles, record.notes)
-        if (settings.max_tiles and settings.max_tiles < MAX_TILES and not upscaled
+        if (settings.max_tiles < MAX_TILES and not upscaled
                 and len(record.tiles) < settings.max_tiles):  # MAX_TILES: --patches all
             record.notes.append(f"only {len(record.tiles)} tiles (fewer than {settings.max_tiles})")
     except ImageReadError as error:
@@ -288,7 +288,8 @@ class DecodingPool:
 
 
 class FeatureExtractor:
-    """The EXIF-trained extractor in inference mode on one device.
+    """An extractor of the pretext architecture in inference mode on one device: the
+    EXIF-trained one (one-class detector, ``explain``) or the binary detector's own.
 
     Each image is a forward pass of its own tile set: the result then does not
     depend on which other images share a batch, so the same image always gets
@@ -341,5 +342,6 @@ class FeatureExtractor:
             count = len(part)
             if count < MIN_CHUNK:  # pad: tiny batches take other kernels, other roundings
                 part = torch.cat([part, part.new_zeros((MIN_CHUNK - count, *part.shape[1:]))])
-            vectors.append(self.model.patch_vectors(part.to(self.device)[None])[0][:, :count])
+            part_vectors, _encoder_maps = self.model.patch_vectors(part.to(self.device)[None])
+            vectors.append(part_vectors[:, :count])
         return torch.cat(vectors, dim=1)

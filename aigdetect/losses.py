@@ -1,4 +1,5 @@
-"""Pretext losses: pairwise ranking for ordinal tags, cross-entropy for categorical ones.
+"""Training losses: pairwise ranking for ordinal tags, cross-entropy for categorical ones
+(the pretext), and feature distillation to a frozen teacher (the binary detector).
 
 Ordinal tags (ISO, exposure time...) are ranked rather than regressed: the
 network only has to tell which of two photos was shot at the higher value,

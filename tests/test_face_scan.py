@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import SHARED_DATA
-from helpers_images import invoke, noise_jpeg, parse_json_stdout
+from helpers_images import invoke, noise_jpeg, parse_json_stdout, tree_snapshot
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -185,3 +185,16 @@ def test_fpr_sets_the_face_detectors_threshold(runner: CliRunner, face_model: Pa
     thresholds = [scan_json(runner, face_model, "--aligned", "--fpr", fpr, image)[1]
                   ["results"][0]["faces"][0]["threshold"] for fpr in ("0.5", "0.01")]
     assert thresholds[0] < thresholds[1]
+
+
+def test_calibrate_refuses_a_face_folder(runner: CliRunner, face_model: Path,
+                                         session_photo_folder: Path) -> None:
+    """calibrate scores whole images, a face folder judges face crops: it teaches the
+    face folder's own way (fit-gmm --faces --fpr) and leaves the folder as it was."""
+    before = tree_snapshot(face_model)
+    result = invoke(runner, ["calibrate", face_model, "--real", session_photo_folder,
+                             "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE
+    assert "face detector folder" in result.stderr and "--faces" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert tree_snapshot(face_model) == before

@@ -418,15 +418,18 @@ def test_patches_all_and_counts(runner, images) -> None:
     photo = images["good"][0]  # 256 x 192: a 4 x 3 grid of 64 px tiles
     meta, _ = read_checkpoint(default_model_dir() / EXTRACTOR_FILE)
     grid = tile_count(192, 256, meta.config.patch_size)
-    counts, short = {}, {}
+    counts, short, asked = {}, {}, {}
     for patches in ("all", "ALL", "4", "1", "500"):
         result = invoke(runner, ["scan", photo, "-f", "json", "--workers", "0",
                                  "--patches", patches])
-        record = parse_json_stdout(result.stdout)["results"][0]
+        output = parse_json_stdout(result.stdout)
+        record = output["results"][0]
         assert record["verdict"] in VERDICTS
         counts[patches] = record["patches"]
+        asked[patches] = output["run"]["settings"]["patches"]
         short[patches] = any(note.startswith("only ") for note in record["notes"])
     assert counts == {"all": grid, "ALL": grid, "4": min(4, grid), "1": 1, "500": grid}
+    assert asked == {"all": "all", "ALL": "all", "4": 4, "1": 1, "500": 500}  # the run header
     # "fewer tiles than asked" is said when a number was asked for, not for "all"
     assert short == {"all": False, "ALL": False, "4": False, "1": False, "500": True}
 

@@ -1,4 +1,5 @@
-"""The ``aigdetect`` command: a thin layer over the package's modules.
+"""The ``aigdetect`` command: options, checks of what the user asked, and rendering,
+over the package's modules, one module per command.
 
 Results go to stdout; progress, warnings and errors go to stderr.
 """
