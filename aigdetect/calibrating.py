@@ -175,7 +175,7 @@ def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
                                                               processings, workers, on_image)
         require_fake(len(fake_readable), "readable ")
         images = [f"real:{i}" for i in real_images] + [f"ai:{i}" for i in fake_images]
-        weights, aucs = fusion_weights(calibrations, raw, fake, images)
+        weights, aucs = learn_fusion_weights(calibrations, raw, fake, images)
         validation = {"ai_images": len(fake_readable), "real_photos": count, **aucs}
     if supervised:
         order = list(raw)
@@ -248,7 +248,7 @@ def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: Tile
     return raw, readable
 
 
-def fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],
+def learn_fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],
                    fake: dict[str, list[float]], images: Sequence[str] | None = None
                    ) -> tuple[dict[str, float], dict[str, Any]]:
     """The fused detector's component weights, and the validation AUCs they give.

@@ -285,7 +285,7 @@ class DetectorFolder:
                                 for n, c in stored.get("detectors", {}).items()}
                 reference = _pretext_reference(stored.get("pretext_reference"))
                 calibrated = dict(stored.get("weights", {}))
-                fusion = _fusion_weights(stored.get("fusion_weights"))
+                fusion = parse_fusion_weights(stored.get("fusion_weights"))
             except (KeyError, TypeError, ValueError, AttributeError) as error:
                 raise DetectorError(f"{path / CALIBRATION_FILE}: damaged ({error})") from None
             _check_calibrated_weights(path, calibrated)
@@ -480,7 +480,7 @@ def _check_oneclass_statistic(path: Path, calibrations: dict[str, Calibration],
                             f"score: run 'aigdetect calibrate {path} --real HELD_OUT_PHOTOS' again")
 
 
-def _fusion_weights(data: Any) -> dict[str, float] | None:
+def parse_fusion_weights(data: Any) -> dict[str, float] | None:
     """``{component: weight}`` with non-negative weights summing to 1, or None."""
     if data is None:
         return None

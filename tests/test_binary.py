@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from aigdetect import calibrating
 from aigdetect import weights as shipped_weights
 from aigdetect.binary_data import Augmentation, BinaryDataset, balanced_draw, split_for_validation
-from aigdetect.calibrating import best_detector, cross_validated_auc, fusion_weights
+from aigdetect.calibrating import best_detector, cross_validated_auc, learn_fusion_weights
 from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import BINARY, load_model, save_checkpoint
 from aigdetect.cli import EXIT_USAGE
@@ -228,18 +228,18 @@ def test_weighted_fusion_follows_the_component_that_separates() -> None:
     # on these AI images the binary score rises, the one-class score falls
     fake = {"oneclass": list(rng.normal(-1, 1, 60)), "binary": list(rng.normal(3, 1, 60))}
     calibrations = {name: Calibration.fit(np.array(values), 0.05) for name, values in real.items()}
-    weights, validation = fusion_weights(calibrations, real, fake)
+    weights, validation = learn_fusion_weights(calibrations, real, fake)
     assert weights == {"oneclass": 0.0, "binary": 1.0}  # switched off, never inverted
     assert validation["auc"]["binary"] > 0.9
     assert validation["auc"]["fused"] == pytest.approx(validation["auc"]["binary"])
     # two useful components share the weight; fuse() follows it
     fake["oneclass"] = list(rng.normal(2, 1, 60))
-    weights, _ = fusion_weights(calibrations, real, fake)
+    weights, _ = learn_fusion_weights(calibrations, real, fake)
     assert 0 < weights["oneclass"] < 1 and sum(weights.values()) == pytest.approx(1.0)
     parts = [(calibrations["oneclass"], 5.0), (calibrations["binary"], 0.0)]
     assert fuse(parts, [1.0, 0.0]) > fuse(parts, [0.0, 1.0])
     with pytest.raises(DetectorError, match="dozens"):
-        fusion_weights(calibrations, real, {"oneclass": [1.0], "binary": [1.0]})
+        learn_fusion_weights(calibrations, real, {"oneclass": [1.0], "binary": [1.0]})
 
 
 def test_a_dropped_fusion_component_does_not_skew_the_others() -> None:
@@ -290,7 +290,7 @@ def test_fusion_is_judged_out_of_sample_and_the_best_ranker_is_the_default() -> 
     real = {"oneclass": list(rng.normal(0, 1, 100)), "residual": list(rng.normal(0, 1, 100))}
     fake = {"oneclass": list(rng.normal(0.3, 1, 40)), "residual": list(rng.normal(1.5, 1, 40))}
     calibrations = {name: Calibration.fit(np.array(values), 0.05) for name, values in real.items()}
-    _, validation = fusion_weights(calibrations, real, fake)
+    _, validation = learn_fusion_weights(calibrations, real, fake)
     auc = validation["auc"]
     assert auc["fused_cross_validated"] < auc["fused"]  # in-sample weights flatter it
     offered = ["oneclass", "residual", "fused"]
@@ -481,7 +481,7 @@ def test_calibrate_with_held_out_ai_weights_the_fusion(
             return real(*args)
         return recorded
 
-    for name in ("fusion_weights", "best_detector"):
+    for name in ("learn_fusion_weights", "best_detector"):
         monkeypatch.setattr(calibrating, name, spy(name))
     result = invoke(runner, ["calibrate", folder, "--real", binary_run["work"] / "held_out",
                              "--real", web, "--fake", held_out_ai, "--fpr", "0.1",
@@ -490,7 +490,7 @@ def test_calibrate_with_held_out_ai_weights_the_fusion(
     assert "fusion weights" in result.stderr
     # cross-validation folds by image (its three processed copies together), and the
     # default is chosen on that validation
-    images = seen["fusion_weights"][3]
+    images = seen["learn_fusion_weights"][3]
     assert len(set(images)) == 24 + 6 + 12 and len(images) == 3 * (24 + 6 + 12)
     assert seen["best_detector"][0] is not None
     stored = json.loads((folder / "calibration.json").read_text())

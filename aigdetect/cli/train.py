@@ -154,7 +154,7 @@ def train_command(
     if binary and patch_size != EngineConfig.patch_size:
         fail("--binary takes its teacher's patch size; --patch-size applies to the pretext "
              "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
-    check_output(output, resume, overwrite)
+    check_checkpoint_target(output, resume, overwrite)
     if resume and output.is_file():
         check_resume(output, BINARY if binary else FACES if faces else PRETEXT, patch_size,
                      init)
@@ -242,7 +242,7 @@ def check_resume(output: Path, kind: str, patch_size: int, init: Path | None) ->
              f"not {patch_size}", f"give --patch-size {meta.config.patch_size}")
 
 
-def check_output(output: Path, resume: bool, overwrite: bool) -> None:
+def check_checkpoint_target(output: Path, resume: bool, overwrite: bool) -> None:
     """A checkpoint is hours of work: an existing one is continued (--resume) or
     knowingly replaced (--overwrite), never lost to a forgotten flag."""
     if resume and overwrite:
