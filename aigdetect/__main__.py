@@ -1,5 +1,5 @@
 """``python -m aigdetect`` runs the command-line tool."""
 
-from .cli import app
+from .cli import run
 
-app(prog_name="aigdetect")
+run()

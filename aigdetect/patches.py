@@ -453,9 +453,22 @@ def reencoded(image: Image.Image, format: str, quality: int) -> Image.Image:
     return Image.open(buffer).convert("RGB")
 
 
+#: The widest image libjpeg encodes, in pixels.
+JPEG_MAX_SIDE = 65_500
+
+
 def recompressed_tiles(tiles: np.ndarray, quality: int) -> np.ndarray:
-    """An (N, 3, P, P) uint8 tile set re-encoded as one JPEG strip at ``quality``: the
-    same last compression for every image, whatever its file's own storage was."""
+    """An (N, 3, P, P) uint8 tile set re-encoded as JPEG at ``quality``: the same last
+    compression for every image, whatever its file's own storage was.
+
+    The tiles go side by side in one strip, or in several when they are more than a
+    JPEG can hold in width (1,023 tiles of 64 px: ``--patches all`` on a large photo)."""
+    per_strip = JPEG_MAX_SIDE // tiles.shape[-1]
+    return np.concatenate([_recompressed_strip(tiles[start : start + per_strip], quality)
+                           for start in range(0, len(tiles), per_strip)])
+
+
+def _recompressed_strip(tiles: np.ndarray, quality: int) -> np.ndarray:
     count, _, size, _ = tiles.shape
     strip = np.ascontiguousarray(np.concatenate(list(tiles.transpose(0, 2, 3, 1)), axis=1))
     decoded = np.asarray(reencoded(Image.fromarray(strip), "JPEG", quality), dtype=np.uint8)

@@ -94,11 +94,14 @@ def judge_or_error(detector: Detector, tiles: Any,
     """The detector's judgement of ``tiles``, or why there is none: the network failed
     (e.g. out of memory on a huge "all tiles" scan), or it gave NaN or infinity, which
     is no evidence (a damaged model or a degenerate feature) and would make the JSON
-    output invalid. Such a file or face becomes an error, never a verdict."""
+    output invalid. Such a file or face becomes an error, never a verdict, and the
+    batch goes on."""
     try:
         judgement = detector.judge(tiles, threshold)
-    except RuntimeError as error:
-        return None, f"network failed: {error}"
+    except (RuntimeError, MemoryError) as error:
+        return None, f"network failed: {error or type(error).__name__}"
+    except OSError as error:  # an encoder's limit (the residual detector re-encodes)
+        return None, f"scoring failed: {error}"
     values = (judgement.raw, judgement.score, judgement.threshold, judgement.percentile)
     if not all(math.isfinite(value) for value in values):
         return None, NON_FINITE

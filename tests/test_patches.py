@@ -340,6 +340,21 @@ def test_recompressed_tiles_keep_each_tile_in_its_place():
     assert distances.diagonal().max() < 1.5
 
 
+def test_recompressed_tiles_beyond_one_jpeg_width():
+    """--patches all on a large photo gives more 64 px tiles than one JPEG strip can be
+    wide (65,500 px): they go in several strips, each tile still in its place, and a
+    set that fits in one strip is coded exactly as before."""
+    rng = np.random.default_rng(3)
+    tiles = rng.integers(0, 256, (1100, 3, 64, 64), dtype=np.uint8)
+    back = recompressed_tiles(tiles, 90)
+    assert back.shape == tiles.shape and back.dtype == np.uint8
+    assert np.array_equal(back[:1023], recompressed_tiles(tiles[:1023], 90))
+    assert np.array_equal(back[1023:], recompressed_tiles(tiles[1023:], 90))
+    error = np.abs(back.astype(int) - tiles.astype(int)).mean(axis=(1, 2, 3))
+    shifted = np.abs(back[1:].astype(int) - tiles[:-1].astype(int)).mean(axis=(1, 2, 3))
+    assert (error[1:] < shifted).all()  # each tile nearest its own original
+
+
 def test_evaluation_conditions_crop_resize_and_reencode_as_stated() -> None:
     """matched: the centre 256 px of the stored pixels, then JPEG q90; web: the short
     side to 512 (bicubic), then JPEG q75; asis: the pixels untouched."""

@@ -38,7 +38,15 @@ from typer.testing import CliRunner
 
 from aigdetect.calibration import Calibration
 from aigdetect.checkpoint import read_checkpoint
-from aigdetect.cli import EXIT_CLEAN, EXIT_FLAGGED, EXIT_UNREADABLE, EXIT_USAGE
+from aigdetect.cli import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CLEAN,
+    EXIT_FLAGGED,
+    EXIT_INTERNAL_ERROR,
+    EXIT_UNREADABLE,
+    EXIT_USAGE,
+    run,
+)
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
 from aigdetect.features import MAX_TILES
 from aigdetect.patches import tile_count
@@ -495,6 +503,43 @@ def test_subprocess_stdout_is_pure_json(images, subprocess_env) -> None:
     assert done.returncode in (3, 4)
     assert "files:" in done.stderr and f"exit code {done.returncode}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_closed_output_pipe_is_not_read_as_flagged(images, subprocess_env) -> None:
+    """`scan ... | head` closes stdout early: exit 141, as shells report SIGPIPE, never
+    1 ("an image was flagged"), and no traceback."""
+    args = [sys.executable, "-m", "aigdetect", "scan", *map(str, images["good"]),
+            "-f", "jsonl", *FAST]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=subprocess_env)
+    process.stdout.close()  # the reader is gone before the first record
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == EXIT_BROKEN_PIPE
+    assert b"Traceback" not in stderr
+
+
+def test_a_bug_exits_70_with_its_traceback(images, monkeypatch, capsys) -> None:
+    """An unexpected exception is a bug: exit 70 (EX_SOFTWARE) with the traceback and a
+    line saying so, never 1, which scan gives for a flagged image."""
+    def broken(*args, **kwargs):
+        raise ValueError("planted bug")
+
+    monkeypatch.setattr("aigdetect.cli.scan.run_header", broken)
+    with pytest.raises(SystemExit) as ended:
+        run(["scan", str(images["good"][0]), "-f", "json", *FAST])
+    assert ended.value.code == EXIT_INTERNAL_ERROR
+    stderr = capsys.readouterr().err
+    assert "ValueError: planted bug" in stderr and "internal error" in stderr
+
+
+def test_the_entry_point_keeps_every_other_exit_code(images, capsys) -> None:
+    with pytest.raises(SystemExit) as ended:
+        run(["scan", str(images["good"][0]), "-f", "json", *FAST])
+    records = json.loads(capsys.readouterr().out)["results"]
+    assert ended.value.code == expected_exit(records)  # 0 or 1: as scan decided
+    with pytest.raises(SystemExit) as ended:
+        run(["scan", str(images["good"][0]), "--format", "yaml"])
+    assert ended.value.code == EXIT_USAGE
 
 
 # ---------------------------------------------------------------------------

@@ -588,6 +588,32 @@ def test_non_finite_score_is_an_error_record(runner, good, monkeypatch, detector
     assert result.exit_code == 3
 
 
+@pytest.mark.parametrize("failure", [
+    OSError("broken data stream when writing image file"),  # an encoder's limit
+    MemoryError(), RuntimeError("CUDA out of memory"),
+])
+def test_a_scoring_failure_is_an_error_record_and_the_batch_goes_on(
+        runner, good, monkeypatch, failure) -> None:
+    calls = []
+    scored = ResidualClassifier.decision_function
+
+    def fail_first(self, features):
+        calls.append(1)
+        if len(calls) == 1:
+            raise failure
+        return scored(self, features)
+
+    monkeypatch.setattr(ResidualClassifier, "decision_function", fail_first)
+    result = invoke(runner, ["scan", *good[:2], "-f", "json", *FAST])
+    assert "Traceback" not in result.stderr
+    first, second = sorted(parse_json_stdout(result.stdout)["results"],
+                           key=lambda record: record["verdict"] != "error")
+    assert first["verdict"] == "error" and "failed" in first["error"]
+    assert first["score"] is None
+    assert second["verdict"] in ("real", "uncertain", "ai") and second["score"] is not None
+    assert result.exit_code in (3, 4)
+
+
 # ---------------------------------------------------------------------------
 # 7. bad model folders: one line, exit 2, never a traceback
 # ---------------------------------------------------------------------------

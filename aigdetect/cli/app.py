@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import sys
+import traceback
+from typing import NoReturn
+
 import typer
 
 from .. import __version__
-from .common import flag
+from .common import EXIT_BROKEN_PIPE, EXIT_INTERNAL_ERROR, flag
 from .evaluate import evaluate_command
 from .explain import explain_command
 from .fit import calibrate_command, fit_gmm_command, fit_residual_command
@@ -49,3 +54,24 @@ app.command("calibrate")(calibrate_command)
 app.command("scan")(scan_command)
 app.command("evaluate")(evaluate_command)
 app.command("explain")(explain_command)
+
+
+def run(args: list[str] | None = None) -> NoReturn:
+    """The console entry point: ``app``, with exit codes a pipeline can trust.
+
+    Click ends a run whose stdout reader went away, and Python one that hit a bug,
+    both with exit code 1, which ``scan`` gives for "an image was flagged". Here they
+    get codes of their own (README, *Exit codes*)."""
+    try:
+        app(args, prog_name="aigdetect")
+    except SystemExit as ended:
+        cause = ended.__context__  # click exits 1 while handling a broken pipe
+        if isinstance(cause, OSError) and cause.errno == errno.EPIPE:
+            sys.exit(EXIT_BROKEN_PIPE)
+        raise
+    except Exception:
+        traceback.print_exc()
+        print("internal error: this is a bug in aigdetect; please report it with the "
+              "traceback above", file=sys.stderr)
+        sys.exit(EXIT_INTERNAL_ERROR)
+    sys.exit(0)  # not reached: the app always exits

@@ -49,6 +49,10 @@ EXIT_UNREADABLE = 3
 EXIT_FLAGGED_AND_UNREADABLE = 4
 #: After Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
 EXIT_INTERRUPTED = 130
+#: A bug (sysexits' EX_SOFTWARE): the traceback is on stderr.
+EXIT_INTERNAL_ERROR = 70
+#: The reader of stdout went away (``| head``), as shells report SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 err = Console(stderr=True)
 

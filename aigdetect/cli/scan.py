@@ -261,7 +261,8 @@ def scan_command(
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable;
-    130 interrupted (Ctrl-C): what was scanned is written.
+    130 interrupted (Ctrl-C): what was scanned is written; 141 stdout closed (| head);
+    70 a bug (traceback on stderr).
 
     Examples: `aigdetect scan evidence/` ·
     `find /cases -name '*.jpg' -print0 | aigdetect scan -0 - -f jsonl -o out.jsonl` ·
