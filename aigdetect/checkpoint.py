@@ -117,8 +117,9 @@ def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except Exception as error:  # torch's own message runs to many lines of unsafe advice
-        raise CheckpointError(f"{path}: not a readable checkpoint "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        detail = str(error).splitlines()[0].split(". ")[0][:160] if str(error) else ""
+        raise CheckpointError(f"{path}: damaged or incomplete, not a readable checkpoint "
+                              f"({type(error).__name__}{': ' + detail if detail else ''})"
                               ) from None
     if not isinstance(payload, dict) or "meta" not in payload or "model" not in payload:
         raise CheckpointError(f"{path}: not an aigdetect checkpoint")

@@ -171,6 +171,34 @@ def _resumed_model(task: TrainingTask, config: EngineConfig, console: Console,
     return model, meta, payload.get("training_state", {})
 
 
+#: Settings a resumed run may change without changing what it learns: its budget and
+#: where it runs.
+RUN_BUDGET = frozenset({"output", "epochs", "max_steps", "max_minutes", "workers", "device",
+                        "resume"})
+#: Where the weights came from when the run began: a resumed run keeps that record (it
+#: starts from its checkpoint whatever --init says).
+STARTING_POINT = ("init",)
+
+
+def warn_changed_settings(before: dict[str, Any], now: dict[str, Any],
+                          console: Console) -> None:
+    """--resume continues a run as it began; a setting or data set that differs from
+    the checkpoint's (another --lr, --alpha, other folders) is said, with both values,
+    so that a mixed run is never a surprise. The run goes on with the new values."""
+    now = json.loads(json.dumps(now, default=str))  # as the checkpoint stores it
+    changed = [key for key in sorted(before.keys() & now.keys() - RUN_BUDGET)
+               if before[key] != now[key]]
+    for key in changed:
+        console.print(f"[yellow]warning:[/] --resume: {key} was {_shown(before[key])}, now "
+                      f"{_shown(now[key])}; the run goes on with the new value",
+                      highlight=False, soft_wrap=True)
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass
 class _Optimisation:
     """What one optimisation step needs: the network (wrapped for DDP under torchrun),
@@ -224,7 +252,12 @@ def _run(task: TrainingTask, config: EngineConfig, console: Console, dist: Distr
     resumed = _resumed_model(task, config, console, quiet)
     task.prepare(console, dist)
     model, meta, resume_state = resumed or (*task.new_model(), {})
-    meta.training = config.to_dict() | task.training_info()
+    training = config.to_dict() | task.training_info()
+    if resumed:
+        training |= {key: meta.training[key] for key in STARTING_POINT if key in meta.training}
+        if not quiet:
+            warn_changed_settings(meta.training, training, console)
+    meta.training = training
     task.configure(model, device)
     model.to(device).train()
 

@@ -331,6 +331,26 @@ def test_resume_continues_a_run_as_it_began(trained, tmp_path):
     with_init = run(*train_args(photos, output, *FAST, "--resume", "--init", first))
     assert with_init.exit_code == 0, with_init.output
     assert "--init" in text(with_init) and "is not used" in text(with_init)
+    assert "init was" not in text(with_init)  # it started from the same weights
+    assert load_model(output)[1].training["init"] is None  # as the run began
+
+
+def test_resume_says_each_setting_that_differs_from_the_checkpoint(trained, tmp_path):
+    """Another --lr or other photos than the checkpoint's are said with both values; a
+    larger budget (--epochs, --max-steps) or another --workers is what resuming is for."""
+    _, first = trained
+    output = tmp_path / "model.pt"
+    shutil.copy(first, output)
+    photos = Path(load_model(first)[1].training["photos"])
+    fast = [*FAST]
+    fast[fast.index("--max-steps") + 1] = "3"
+    result = run(*train_args(photos, output, *fast, "--resume", "--lr", "0.001",
+                             "--head-weight", "model=0.5"))
+    assert result.exit_code == 0, result.output
+    said = text(result)
+    assert "--resume: lr was 0.0003, now 0.001; the run goes on with the new value" in said
+    assert said.count("the run goes on with the new value") == 1
+    assert load_model(output)[1].training["lr"] == 0.001
 
 
 def test_resume_refuses_a_checkpoint_of_another_training(session_photo_folder, tmp_path):
@@ -348,8 +368,9 @@ def test_resume_refuses_a_checkpoint_of_another_training(session_photo_folder, t
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--head-weight", "colour=2"], "no head 'colour'"),
-    (["--real", "."], "--real apply to --binary only"),
-    (["--alpha", "0"], "--alpha apply to --binary only"),
+    (["--real", "."], "--real applies to --binary only"),
+    (["--alpha", "0"], "--alpha applies to --binary only"),
+    (["--real", ".", "--alpha", "0"], "--real, --alpha apply to --binary only"),
     (["--max-minutes", "-1"], "max-minutes"),
 ])
 def test_options_that_would_be_ignored_are_refused(session_photo_folder, tmp_path, extra,
@@ -381,13 +402,48 @@ def test_pretext_options_are_refused_in_other_trainings(tmp_path, training, extr
 @pytest.mark.parametrize("extra, message", [
     (["--patch-size", "30"], "multiple of 8"),
     (["--head-weight", "model"], "TAG=NUMBER"),
+    (["--head-weight", "make=nan"], "a weight is a number of 0 or more"),
+    (["--head-weight", "make=inf"], "a weight is a number of 0 or more"),
+    (["--head-weight", "make=-1"], "a weight is a number of 0 or more"),
+    (["--lr", "-1"], "--lr -1.0 must be a number above 0"),
+    (["--lr", "0"], "--lr 0.0 must be a number above 0"),
+    (["--lr", "nan"], "--lr nan must be a number above 0"),
+    (["--weight-decay", "-1"], "--weight-decay -1.0 must be a number of 0 or more"),
+    (["--weight-decay", "inf"], "--weight-decay inf must be a number of 0 or more"),
     (["--ranking-loss", "hinge"], "unknown ranking loss"),
 ])
 def test_bad_training_options_are_refused(session_photo_folder, tmp_path, extra, message):
+    """Refused before any photo is read: nothing is written (no label cache either)."""
     result = run(*train_args(session_photo_folder, tmp_path / "m.pt", *extra))
     assert result.exit_code == 2
     assert message in text(result)
+    if "--ranking-loss" not in extra:  # a loss name is checked once the photos are read
+        assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_training_never_writes_over_a_checkpoint_it_reads(trained, session_photo_folder,
+                                                          tmp_path):
+    """-o is rewritten every epoch: naming the --init or --teacher checkpoint would
+    destroy it, even with --overwrite (which replaces earlier outputs, not inputs)."""
+    _, first = trained
+    start = tmp_path / "start.pt"
+    shutil.copy(first, start)
+    before = start.read_bytes()
+    init = run(*train_args(session_photo_folder, start, *FAST, "--init", start, "--overwrite"))
+    assert init.exit_code == 2 and "is the --init checkpoint" in text(init)
+    teacher = run("train", "--binary", "--real", session_photo_folder, "--fake", tmp_path,
+                  "--teacher", start, "-o", start, "--overwrite", *FAST)
+    assert teacher.exit_code == 2 and "is the --teacher checkpoint" in text(teacher)
+    assert start.read_bytes() == before
+
+
+def test_freeze_extractor_refuses_a_distillation_weight(session_photo_folder, tmp_path):
+    """A frozen extractor is the teacher's: --alpha would weigh a loss that is always 0."""
+    result = run("train", "--binary", "--real", session_photo_folder, "--fake", tmp_path,
+                 "-o", tmp_path / "b.pt", "--freeze-extractor", "--alpha", "0.5", *FAST)
+    assert result.exit_code == 2 and "nothing to distil" in text(result)
+    assert not (tmp_path / "b.pt").exists()
 
 
 def test_missing_photo_folder_is_refused(tmp_path):
@@ -435,6 +491,19 @@ def test_garbage_checkpoint_raises(tmp_path):
         load_model(garbage)
     with pytest.raises(CheckpointError, match="no such file"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_a_cut_checkpoint_is_said_to_be_damaged_in_one_line(tmp_path):
+    """A copy cut short: one line that says so, not torch's paragraph of advice."""
+    whole = tmp_path / "m.pt"
+    save_checkpoint(whole, small_meta().build_model(), small_meta())
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as raised:
+        load_model(cut)
+    message = str(raised.value)
+    assert "damaged or incomplete" in message and "\n" not in message
+    assert "high likelihood" not in message and len(message) < len(str(cut)) + 200
 
 
 def test_foreign_torch_files_raise(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
@@ -74,8 +75,9 @@ def train_command(
     patch_size: int = typer.Option(64, min=16, help="Crop side in pixels (native resolution, "
                                    "never resized). A multiple of 8. --binary takes the "
                                    "teacher's."),
-    lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW, warm-up then cosine)."),
-    weight_decay: float = typer.Option(0.05, help="AdamW weight decay."),
+    lr: float = typer.Option(3e-4, help="Peak learning rate (AdamW, warm-up then cosine); "
+                             "above 0."),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay; 0 or more."),
     workers: int = typer.Option(2, min=0, help="Image-decoding worker processes."),
     seed: int = typer.Option(0, help="Random seed (crops, split, initialisation)."),
     device: str = typer.Option("auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, "
@@ -132,6 +134,7 @@ def train_command(
               "val_fraction": val_fraction, "max_steps": max_steps, "max_minutes": max_minutes}
     if patch_size % 8:
         fail(f"--patch-size {patch_size} is not a multiple of 8", "try 64 (the default)")
+    check_optimiser(lr, weight_decay)
     if faces and binary:
         fail("--faces and --binary are two different trainings: choose one",
              "aigdetect train --faces photos/ -o faces.pt")
@@ -143,18 +146,25 @@ def train_command(
         ("--alpha", alpha != BinaryConfig.alpha), ("--freeze-extractor", freeze_extractor))
         if given]
     if binary_only and not binary:
-        fail(f"{', '.join(binary_only)} apply to --binary only",
+        fail(f"{', '.join(binary_only)} {'apply' if len(binary_only) > 1 else 'applies'} "
+             "to --binary only",
              "aigdetect train --binary --real photos/ --fake generated/ -o binary.pt")
     if binary and init is not None:
         fail("--init applies to the pretext and --faces trainings; --binary starts fresh, "
              "as the paper's does", "use --freeze-extractor to build on the teacher")
     if binary and head_weight:
         fail("--head-weight weighs the pretext and --faces heads; --binary has one head")
+    if freeze_extractor and alpha != BinaryConfig.alpha:
+        fail("--alpha weighs the distillation towards the teacher; with --freeze-extractor the "
+             "extractor is the teacher's, frozen, so there is nothing to distil",
+             "leave --alpha out, or train the extractor (without --freeze-extractor)")
     check_pretext_only(binary, faces, ranking_loss, min_class_count)
     if binary and patch_size != EngineConfig.patch_size:
         fail("--binary takes its teacher's patch size; --patch-size applies to the pretext "
              "and --faces trainings", "leave --patch-size out (or train a teacher with it)")
     check_checkpoint_target(output, resume, overwrite)
+    teacher = teacher or default_model_dir() / EXTRACTOR_FILE
+    refuse_replacing_inputs(output, {"--teacher": teacher if binary else None, "--init": init})
     if resume and output.is_file():
         check_resume(output, BINARY if binary else FACES if faces else PRETEXT, patch_size,
                      init)
@@ -167,7 +177,7 @@ def train_command(
                      f"aigdetect train --binary --real {photos} --fake generated/")
             train_binary(BinaryConfig(real=real, fake=fake, labels_csv=labels, alpha=alpha,
                                       freeze_extractor=freeze_extractor,
-                                      teacher=teacher or default_model_dir() / EXTRACTOR_FILE,
+                                      teacher=teacher,
                                       **common), err)
         elif photos is None:
             fail("give a folder of camera photos to train on",
@@ -204,7 +214,26 @@ def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
         fail(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the EXIF "
              f"pretext only, not to "
              f"{'--binary' if binary else '--faces'}",
-             "aigdetect train photos/ -o extractor.pt --ranking-loss bce")
+             f"leave {' and '.join(given)} out, or train the EXIF pretext: "
+             "aigdetect train photos/ -o extractor.pt")
+
+
+def check_optimiser(lr: float, weight_decay: float) -> None:
+    """Refused before any photo is read: AdamW would only say so after the data."""
+    if not (math.isfinite(lr) and lr > 0):
+        fail(f"--lr {lr} must be a number above 0", "e.g. --lr 3e-4 (the default)")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        fail(f"--weight-decay {weight_decay} must be a number of 0 or more",
+             "e.g. --weight-decay 0.05 (the default), or 0 for none")
+
+
+def refuse_replacing_inputs(output: Path, inputs: dict[str, Path | None]) -> None:
+    """-o is rewritten every epoch: it must not be a checkpoint the run reads
+    (--overwrite replaces an earlier output, never an input)."""
+    for option, path in inputs.items():
+        if path is not None and output.exists() and path.exists() and output.samefile(path):
+            fail(f"-o {output} is the {option} checkpoint this training reads: training "
+                 "would replace it", "give another -o")
 
 
 def folders_listed_in(labels: Path | None) -> set[str]:
@@ -265,6 +294,9 @@ def parse_head_weights(items: list[str], heads: tuple[str, ...]) -> dict[str, fl
             weights[tag] = float(value)
         except ValueError:
             fail(f"--head-weight {item!r} is not TAG=NUMBER", "e.g. --head-weight model=0.5")
+        if not (math.isfinite(weights[tag]) and weights[tag] >= 0):
+            fail(f"--head-weight {item!r}: a weight is a number of 0 or more (0 turns the "
+                 "head off)", "e.g. --head-weight model=0.5")
         if tag not in heads:
             fail(f"--head-weight {item!r}: no head {tag!r} in this training",
                  f"heads: {', '.join(heads)}")
