@@ -7,6 +7,7 @@ reported on their own): one reader, one format.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -140,17 +141,36 @@ def files_from_csv(path: Path) -> list[LabelledFile]:
     """``path,label[,group]`` rows; relative paths are read from the CSV's folder.
     Without a group column each label is one group."""
     files = []
-    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would hide the header
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.reader(handle), 1):
-            if not row or row[0].strip().lower() == "path":
-                continue
-            if len(row) < 2 or row[1].strip().lower() not in _LABEL_WORDS:
-                raise ValueError(f"{path}:{number}: expected 'path,label[,group]' with label "
-                                 "real or ai (also 0 / 1, fake, generated)")
-            label = _LABEL_WORDS[row[1].strip().lower()]
-            file = Path(row[0].strip())
-            file = file if file.is_absolute() else path.parent / file
-            group = row[2].strip() if len(row) > 2 and row[2].strip() else LABEL_NAMES[label]
-            files.append(LabelledFile(str(file), label, f"{path.name}:{group}"))
+    for number, row in _csv_rows(path):
+        if not row or row[0].strip().lower() == "path":
+            continue
+        if len(row) < 2 or row[1].strip().lower() not in _LABEL_WORDS:
+            raise ValueError(f"{path}:{number}: expected 'path,label[,group]' with label "
+                             "real or ai (also 0 / 1, fake, generated)")
+        label = _LABEL_WORDS[row[1].strip().lower()]
+        file = Path(row[0].strip())
+        file = file if file.is_absolute() else path.parent / file
+        if file.is_dir():
+            raise ValueError(f"{path}:{number}: {row[0].strip()} is a folder; a CSV lists "
+                             "image files (give folders as --real / --fake)")
+        group = row[2].strip() if len(row) > 2 and row[2].strip() else LABEL_NAMES[label]
+        files.append(LabelledFile(str(file), label, f"{path.name}:{group}"))
     return files
+
+
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """Numbered rows of a UTF-8 CSV; another encoding is refused with its line, since
+    guessing one would misread file names."""
+    data = path.read_bytes()
+    try:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would hide
+        # the header
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x}); save "
+                         "the CSV as UTF-8") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ValueError(f"{path}:{line}: a NUL byte: not a text CSV")
+    return list(enumerate(csv.reader(io.StringIO(text, newline="")), 1))

@@ -145,6 +145,11 @@ def fit_detector(
     photos = [Photo(path, read_labels(path)) for path in rows]
     fit_photos, calibration_photos = split_by_camera(photos, calibration_fraction, seed)
     fit_rows = [row for p in fit_photos for row in rows[p.path]]
+    if len(fit_rows) < 2:
+        raise DensityError(f"--calibration-fraction {calibration_fraction} holds out "
+                           f"{len(calibration_photos)} of {len(photos)} photos (whole "
+                           f"cameras), leaving {len(fit_rows)} {unit} to fit the density: "
+                           "lower it, or add photos of more cameras")
     calibration_rows = [row for p in calibration_photos for row in rows[p.path]]
 
     density = RealPhotoDensity(components=components, covariance_type=covariance_type,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from dataclasses import asdict
@@ -455,6 +456,22 @@ def test_read_label_csv(tmp_path: Path) -> None:
     excel = tmp_path / "excel.csv"  # Excel's "CSV UTF-8": a byte-order mark, CRLF
     excel.write_bytes("path,label\r\nä.jpg,real\r\n".encode("utf-8-sig"))
     assert files_from_csv(excel) == [LabelledFile(str(tmp_path / "ä.jpg"), REAL, "excel.csv:real")]
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("path,label\na.jpg,real\ncaf\xe9.jpg,ai\n".encode("latin-1"),
+     "bad.csv:3: not UTF-8 (byte 0xe9); save the CSV as UTF-8"),
+    (b"path,label\na.jpg,real\n\x00\x00", "bad.csv:3: a NUL byte"),
+    (b"path,label\na.jpg,real\nsub,ai\n", "bad.csv:3: sub is a folder"),
+])
+def test_a_label_csv_that_cannot_be_read_says_where(tmp_path: Path, content: bytes,
+                                                    said: str) -> None:
+    """Named by file and line, in words that say what to do; not a codec's message."""
+    (tmp_path / "sub").mkdir()
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        files_from_csv(bad)
 
 
 def test_rank_auc_is_roc_auc() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers_images import invoke, noise_jpeg
+from helpers_images import invoke, noise_jpeg, tree_snapshot
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -189,18 +189,36 @@ def test_detector_folder_missing_density(runner: CliRunner, fitted: dict[str, An
     ["--fpr", "2"],
     ["--fpr", "0"],
     ["--components", "many"],
+    ["--components", "0"],
     ["--covariance", "bogus"],
     ["--patches", "0"],
+    ["--reg-covar", "-1"],
+    ["--reg-covar", "nan"],
 ])
 def test_bad_options_rejected(runner: CliRunner, photos: Path, tmp_path: Path,
                               bad: list[str]) -> None:
+    """Refused before the network reads a photo (which can take hours), by option name."""
     output = tmp_path / "det"
     args = ["fit-gmm", photos, "-o", output, "--extractor", EXTRACTOR, "--workers", "0",
             "--cache-dir", tmp_path / "cache", *bad]
     result = invoke(runner, args)
     assert result.exit_code == EXIT_USAGE, result.stderr
     assert result.stdout == ""
-    assert not (output / DENSITY_FILE).exists()
+    assert bad[0] in result.stderr and "GaussianMixture" not in result.stderr
+    assert not (output / DENSITY_FILE).exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_calibration_share_that_leaves_nothing_to_fit_says_so(runner: CliRunner,
+                                                                tmp_path: Path) -> None:
+    for seed in range(5):  # no EXIF: each photo is a camera of its own
+        noise_jpeg(tmp_path / "photos" / f"{seed}.jpg", seed=seed)
+    result = invoke(runner, ["fit-gmm", tmp_path / "photos", "-o", tmp_path / "det",
+                             "--extractor", EXTRACTOR, "--calibration-fraction", "0.9",
+                             "--no-cache", *FIT_FAST])
+    assert result.exit_code == EXIT_USAGE, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "--calibration-fraction 0.9 holds out 4 of 5 photos" in said
+    assert "lower it" in said
 
 
 def test_folder_problems(runner: CliRunner, tmp_path: Path) -> None:
@@ -323,3 +341,31 @@ def test_existing_density_replaced_only_with_overwrite(runner: CliRunner, fitted
     assert replaced.exit_code == EXIT_CLEAN, replaced.stderr
     assert RealPhotoDensity.load(folder / DENSITY_FILE).info["components"] == 2
     assert (folder / EXTRACTOR_FILE).stat().st_ino == inode
+
+
+@pytest.mark.parametrize(("command", "interrupted_call", "said"), [
+    ("fit-gmm", "fit_detector", "nothing was written to"),
+    ("fit-residual", "fit_residual", "nothing was written to"),
+    ("calibrate", "calibrate_folder", "is as it was before calibrate ran"),
+])
+def test_ctrl_c_says_what_was_left(runner: CliRunner, photos: Path, fitted: dict[str, Any],
+                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   command: str, interrupted_call: str, said: str) -> None:
+    """Ctrl-C exits 130 with one line saying what the run left, as scan and train do;
+    the detector folder is as it was."""
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    folder = tmp_path / "detector"
+    shutil.copytree(fitted["output"], folder)
+    before = tree_snapshot(folder)
+    monkeypatch.setattr(f"aigdetect.cli.fit.{interrupted_call}", stopped)
+    args = {"fit-gmm": ["fit-gmm", photos, "-o", tmp_path / "new", "--extractor", EXTRACTOR,
+                        "--no-cache", *FIT_FAST],
+            "fit-residual": ["fit-residual", folder, "--real", photos / "Canon_EOS_5D",
+                             "--fake", photos / "X-T2", "--workers", "0"],
+            "calibrate": ["calibrate", folder, "--real", photos, "--workers", "0"]}[command]
+    result = invoke(runner, args)
+    assert result.exit_code == 130, result.stderr
+    assert "interrupted: " in result.stderr and said in " ".join(result.stderr.split())
+    assert tree_snapshot(folder) == before and not (tmp_path / "new").exists()

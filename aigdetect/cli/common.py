@@ -71,6 +71,13 @@ def fail(message: str, hint: str | None = None, code: int = EXIT_USAGE) -> NoRet
     raise typer.Exit(code)
 
 
+def interrupted(what_was_kept: str) -> NoReturn:
+    """After Ctrl-C: say what the run leaves behind (so nobody has to guess whether a
+    half-written folder is usable), then exit 130."""
+    err.print(f"interrupted: {what_was_kept}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
 def flag(*names: str, **options: Any) -> Any:
     """A switch (off unless given), shown without a value label: Typer labels every
     boolean ``<bool>``, which reads as if it took a value, and ``--resume true`` would

@@ -49,6 +49,7 @@ from .common import (
     fake_folders_option,
     flag,
     folders_holding,
+    interrupted,
     labels_csv_option,
     progress_bar,
     real_folders_option,
@@ -75,7 +76,8 @@ def fit_gmm_command(
     pca_dim: int = typer.Option(32, min=1, help="Features are whitened to this many principal "
                                 "components first (a full covariance of 528 dimensions needs "
                                 "far more photos than most sets have)."),
-    reg_covar: float = typer.Option(1e-3, help="Added to covariance diagonals (regularisation)."),
+    reg_covar: float = typer.Option(1e-3, help="Added to covariance diagonals "
+                                    "(regularisation); 0 or more."),
     fpr: float = typer.Option(0.02, help="Target false-positive rate on held-out real photos; "
                               "sets the threshold."),
     calibration_fraction: float = typer.Option(
@@ -111,8 +113,12 @@ def fit_gmm_command(
     shipped = default_model_dir() / FACES_DIR if faces else default_model_dir()
     extractor = extractor or shipped / EXTRACTOR_FILE
     check_face_options(faces, aligned, None, None)
-    if components != "auto" and not components.isdigit():
-        fail(f"--components {components!r} is neither a number nor 'auto'")
+    if components != "auto" and not (components.isdigit() and int(components) >= 1):
+        fail(f"--components {components!r} is neither a number of 1 or more nor 'auto'",
+             "e.g. --components auto (BIC chooses), or --components 2")
+    if not (math.isfinite(reg_covar) and reg_covar >= 0):
+        fail(f"--reg-covar {reg_covar} must be a number of 0 or more",
+             "e.g. --reg-covar 1e-3 (the default)")
     if covariance not in ("full", "diag", "tied", "spherical"):
         fail(f"--covariance {covariance!r} is not one of full, diag, tied, spherical")
     check_fpr(fpr, 0.02)
@@ -139,6 +145,8 @@ def fit_gmm_command(
             )
         except (DensityError, CheckpointError, ValueError, OSError) as error:
             fail(str(error))
+        except KeyboardInterrupt:
+            interrupted(f"nothing was written to {output}; run the command again")
     report_skipped(folder.errors)
     info = density.info
     unit = f"faces of {len(set(folder.paths))} photos" if faces else "photos"
@@ -251,6 +259,8 @@ def calibrate_command(
                                        processings=processings)
         except (*LOAD_ERRORS, ValueError, OSError) as error:
             fail(str(error))
+        except KeyboardInterrupt:
+            interrupted(f"{folder} is as it was before calibrate ran")
     thresholds = ", ".join(f"{n} {t:.3f}" for n, t in written["thresholds"].items())
     weights = written["fusion_weights"]
     weighting = ("equal fusion weights" if weights is None else "fusion weights " + ", ".join(
@@ -336,6 +346,8 @@ def fit_residual_command(
             model = fit_residual(files, config, on_image=advance)
         except (ResidualModelError, ValueError) as error:
             fail(str(error))
+        except KeyboardInterrupt:
+            interrupted(f"nothing was written to {output}; run the command again")
     report_skipped(model.provenance["unreadable_files"])
     output.mkdir(parents=True, exist_ok=True)
     model.save(output / RESIDUAL_FILE)

@@ -22,12 +22,12 @@ from ..face_training import FaceTrainConfig, train_faces
 from ..labelled import files_from_csv
 from ..training import PRETEXT_HEADS, TrainConfig, TrainingError, train
 from .common import (
-    EXIT_INTERRUPTED,
     err,
     fail,
     fake_folders_option,
     flag,
     folders_holding,
+    interrupted,
     labels_csv_option,
     real_folders_option,
     refuse_inside_inputs,
@@ -197,10 +197,8 @@ def train_command(
     except (TrainingError, CheckpointError, ValueError) as error:
         fail(str(error))
     except KeyboardInterrupt:  # said, as scan says it: the run is not finished
-        saved = (f"{output} holds the last finished epoch: continue with --resume"
-                 if output.exists() else "no epoch finished, nothing was saved")
-        err.print(f"interrupted: {saved}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        interrupted(f"{output} holds the last finished epoch: continue with --resume"
+                    if output.exists() else "no epoch finished, nothing was saved")
 
 
 def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
