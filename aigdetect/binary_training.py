@@ -34,6 +34,10 @@ from .losses import feature_distillation_loss
 from .network import ExifExtractor, stage_features
 from .runtime import Distributed
 
+#: A best validation AUC at or below this is chance within what a few dozen held-out
+#: images can tell: the run is said to have learned nothing.
+CHANCE_AUC = 0.55
+
 
 @dataclass(kw_only=True)
 class BinaryConfig(EngineConfig):
@@ -201,10 +205,10 @@ class BinaryTask:
         return table
 
     def finish(self, console: Console, best_score: float | None) -> None:
-        if best_score is not None and best_score <= 0.55:
-            console.print("[yellow]warning:[/] validation AUC never passed 0.55: the binary "
-                          "detector has not learned to separate the held-out images. Train on "
-                          "more real photos and more generators.")
+        if best_score is not None and best_score <= CHANCE_AUC:
+            console.print(f"[yellow]warning:[/] validation AUC never passed {CHANCE_AUC}: "
+                          "the binary detector has not learned to separate the held-out "
+                          "images. Train on more real photos and more generators.")
 
 
 def train_binary(config: BinaryConfig, console: Console | None = None) -> dict[str, Any]:
