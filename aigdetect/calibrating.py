@@ -19,8 +19,10 @@ weights learned on other images than those it is scored on).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -155,36 +157,28 @@ def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
     parts = [folder.build(name, device, batch_size, uncalibrated_ok=True)
              for name in ("oneclass", *supervised)]
     reference = PretextReference(folder.path / EXTRACTOR_FILE, parts[0].features)
-    raw, score_groups, readable, real_images = score_processed(
-        parts, real_paths, folder, processings, workers, on_image, reference, real_groups)
-    count, unreadable = len(readable), len(real_paths) - len(readable)
+    real = score_processed(parts, real_paths, folder, processings, workers, on_image,
+                           reference, real_groups)
+    count, unreadable = len(real.readable), len(real_paths) - len(real.readable)
     require_real(count, "readable ")
-    kinds = np.array([real_groups[i] for i in readable]) if real_groups is not None else None
-    group_of_score = np.array(score_groups)
-
-    def calibrated(scores: Sequence[float]) -> Calibration:
-        scores = np.asarray(scores)
-        groups = ({group: scores[group_of_score == group] for group in sorted(set(score_groups))}
-                  if any(score_groups) else None)
-        return Calibration.fit(scores, fpr, groups)
-
-    calibrations = {name: calibrated(values) for name, values in raw.items()}
+    calibrations = {name: real.calibration(values, fpr) for name, values in real.raw.items()}
     weights, validation = None, None
     if supervised and fake_paths:
-        fake, _, fake_readable, fake_images = score_processed(parts, fake_paths, folder,
-                                                              processings, workers, on_image)
-        require_fake(len(fake_readable), "readable ")
-        images = [f"real:{i}" for i in real_images] + [f"ai:{i}" for i in fake_images]
-        weights, aucs = learn_fusion_weights(calibrations, raw, fake, images)
-        validation = {"ai_images": len(fake_readable), "real_photos": count, **aucs}
+        fake = score_processed(parts, fake_paths, folder, processings, workers, on_image)
+        require_fake(len(fake.readable), "readable ")
+        images = ([f"real:{i}" for i in real.file_of_score]
+                  + [f"ai:{i}" for i in fake.file_of_score])
+        weights, aucs = learn_fusion_weights(calibrations, real.raw, fake.raw, images)
+        validation = {"ai_images": len(fake.readable), "real_photos": count, **aucs}
     if supervised:
-        order = list(raw)
-        fused = [fuse([(calibrations[name], raw[name][i]) for name in order],
+        order = list(real.raw)
+        fused = [fuse([(calibrations[name], real.raw[name][i]) for name in order],
                       None if weights is None else [weights[name] for name in order])
-                 for i in range(len(group_of_score))]
-        calibrations["fused"] = calibrated(fused)
+                 for i in range(len(real.groups))]
+        calibrations["fused"] = real.calibration(fused, fpr)
     default = default or best_detector(validation, list(calibrations))
-    group_sizes = ({str(kind): int(np.sum(kinds == kind)) for kind in sorted(set(kinds))}
+    kinds = Counter(real_groups[i] for i in real.readable) if real_groups is not None else None
+    group_sizes = ({str(kind): kinds[kind] for kind in sorted(kinds)}
                    if kinds is not None else {"all": count})
     info = {"fpr": fpr, "processings": list(processings), "real_photos": count,
             "unreadable": unreadable,
@@ -196,23 +190,42 @@ def _calibrate(folder: DetectorFolder, real_paths: Sequence[Path], fpr: float,
             "fusion_weights": weights, **info}
 
 
+@dataclass
+class ScoredFiles:
+    """Every component's raw scores of a set of files, each readable file scored once
+    per processing, pooled."""
+
+    #: component name -> one raw score per (file, processing)
+    raw: dict[str, list[float]]
+    #: the group of each score: "kind, processing" (a part left out when there is one)
+    groups: list[str]
+    #: which of the files were readable as they are (their indices)
+    readable: list[int]
+    #: the file (index) each score is of
+    file_of_score: list[int]
+
+    def calibration(self, scores: Sequence[float], fpr: float) -> Calibration:
+        """A threshold at ``fpr`` that holds on each group of these scores."""
+        scores, groups = np.asarray(scores), np.array(self.groups)
+        by_group = ({group: scores[groups == group] for group in sorted(set(self.groups))}
+                    if any(self.groups) else None)
+        return Calibration.fit(scores, fpr, by_group)
+
+
 def score_processed(parts: Sequence[Detector], paths: Sequence[Path], folder: DetectorFolder,
                     processings: Sequence[str], workers: int,
                     on_image: Callable[[int], None] | None = None,
                     reference: PretextReference | None = None,
-                    kinds: Sequence[str] | None = None,
-                    ) -> tuple[dict[str, list[float]], list[str], list[int], list[int]]:
-    """Each component's raw scores of every readable file under each processing,
-    pooled; the group of each score ("kind, processing", parts left out when there
-    is only one); which of ``paths`` were readable as they are (their indices); and
-    the file (index) each score is of.
+                    kinds: Sequence[str] | None = None) -> ScoredFiles:
+    """``paths`` scored by every component under each processing; ``kinds`` names each
+    file's kind of real photo (its --real folder).
 
     Evidence rarely arrives as the camera wrote it: a threshold set on originals
     alone flags more of the same photos once they are cropped and recompressed."""
     raw: dict[str, list[float]] = {part.name: [] for part in parts}
     groups: list[str] = []
     first_readable: list[int] = []
-    image_of_score: list[int] = []
+    file_of_score: list[int] = []
     for step, name in enumerate(processings):
         settings = folder.tiles(processing=None if name == "asis" else CONDITIONS[name])
         scores, readable = score_parts(parts, paths, settings, workers, on_image,
@@ -222,10 +235,10 @@ def score_processed(parts: Sequence[Detector], paths: Sequence[Path], folder: De
         processing = name if len(processings) > 1 else ""
         groups += [", ".join(filter(None, (kinds[i] if kinds else "", processing)))
                    for i in readable]
-        image_of_score += readable
+        file_of_score += readable
         if step == 0:
             first_readable = readable
-    return raw, groups, first_readable, image_of_score
+    return ScoredFiles(raw, groups, first_readable, file_of_score)
 
 
 def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: TileSettings,
@@ -249,8 +262,8 @@ def score_parts(parts: Sequence[Detector], paths: Sequence[Path], settings: Tile
 
 
 def learn_fusion_weights(calibrations: dict[str, Calibration], real: dict[str, list[float]],
-                   fake: dict[str, list[float]], images: Sequence[str] | None = None
-                   ) -> tuple[dict[str, float], dict[str, Any]]:
+                         fake: dict[str, list[float]], images: Sequence[str] | None = None
+                         ) -> tuple[dict[str, float], dict[str, Any]]:
     """The fused detector's component weights, and the validation AUCs they give.
 
     A logistic regression (AI = 1) on the standardised raw scores of held-out real and
