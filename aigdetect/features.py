@@ -7,6 +7,7 @@ bounded whatever the number of files, and results come back in input order.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -133,11 +134,7 @@ def prepare_image(path: str | Path, settings: TileSettings,
     started = time.perf_counter()
     record = PreparedImage(path=str(path))
     try:
-        if Path(path).exists() and not Path(path).is_file():
-            raise ImageReadError("not a regular file (a folder, pipe or device)")
-        stat = os.stat(path)  # before hashing: a file changed since is rescanned on resume
-        record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
-        record.sha256 = file_sha256(path)
+        identify(record)
         image = load_image(path, settings.limits)
         record.format, record.width, record.height = image.format, image.width, image.height
         record.notes = list(image.notes)
@@ -167,6 +164,17 @@ def prepare_image(path: str | Path, settings: TileSettings,
         record.provenance = read_provenance(path, settings.limits.max_decode_mb * 1_000_000)
     record.decode_ms = (time.perf_counter() - started) * 1000
     return record
+
+
+def identify(record: PreparedImage) -> None:
+    """The file's size, modification time and SHA-256 into ``record``: what a record
+    keeps of any file that could be read, scored or not."""
+    path = record.path
+    if Path(path).exists() and not Path(path).is_file():
+        raise ImageReadError("not a regular file (a folder, pipe or device)")
+    stat = os.stat(path)  # before hashing: a file changed since is rescanned on resume
+    record.size, record.mtime_ns = stat.st_size, stat.st_mtime_ns
+    record.sha256 = file_sha256(path)
 
 
 def _processes(settings: TileSettings) -> bool:
@@ -263,17 +271,21 @@ class DecodingPool:
         """The first pending file's record. It has been running at least since the
         files before it finished, so it gets ``timeout`` seconds or more."""
         path, future = pending.popleft()
+        record = PreparedImage(path=str(path))
         try:
             return future.result(timeout=timeout)
         except TimeoutError:
-            error = f"over the --timeout of {timeout:g} s: decoding stopped"
+            record.error = f"over the --timeout of {timeout:g} s: decoding stopped"
+            record.decode_ms = timeout * 1000
         except BrokenProcessPool:
-            error = ("the decoding worker died (out of memory, or a crash in a decoder) "
-                     "while this file was in flight")
+            record.error = ("the decoding worker died (out of memory, or a crash in a "
+                            "decoder) while this file was in flight")
         self.restart()
         for index, (other, _) in enumerate(pending):
             pending[index] = (other, self.submit(other))
-        return PreparedImage(path=str(path), error=error)
+        with contextlib.suppress(ImageReadError, OSError):  # it was read once already
+            identify(record)  # the record keeps which file it was, for custody and --resume
+        return record
 
     def restart(self) -> None:
         """Kill every worker (one is stuck) and start fresh ones."""

@@ -391,12 +391,14 @@ def _to_rgb8(image: Image.Image, notes: list[str]) -> np.ndarray:
         notes.append(f"{mode} image reduced to 8 bits")
         grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode == "CMYK":
-        notes.append("CMYK converted to RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        notes.append("alpha channel dropped")
     elif mode == "P":  # few colours: the residual statistics see quantised pixels
         notes.append("palette image converted to RGB")
-    elif mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        notes.append("alpha channel dropped")
+    elif mode == "1":
+        notes.append("1-bit (black and white) image converted to RGB")
+    elif mode not in ("RGB", "L"):  # CMYK, LAB, YCbCr, HSV: colour spaces a camera's
+        notes.append(f"{mode} converted to RGB")  # noise reaches RGB through a conversion
     if mode != "RGB":
         image = image.convert("RGB")
     return np.asarray(image, dtype=np.uint8)

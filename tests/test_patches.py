@@ -74,6 +74,23 @@ def test_palette_png(tmp_path):
     assert decoded.notes == ["palette image converted to RGB"]
 
 
+@pytest.mark.parametrize(("mode", "suffix", "note"), [
+    ("LAB", "tif", "LAB converted to RGB"),
+    ("YCbCr", "tif", "YCbCr converted to RGB"),
+    ("CMYK", "jpg", "CMYK converted to RGB"),
+    ("1", "png", "1-bit (black and white) image converted to RGB"),
+    ("RGBA", "png", "alpha channel dropped"),
+    ("L", "png", None),  # grey to RGB copies the plane: nothing is lost
+])
+def test_colour_conversions_are_noted(tmp_path, mode, suffix, note):
+    """Every conversion that changes the pixels the detector reads is said."""
+    path = tmp_path / f"image.{suffix}"
+    Image.fromarray(random_rgb(40, 50)).convert(mode).save(path)
+    decoded = load_image(path)
+    assert decoded.pixels.shape == (40, 50, 3) and decoded.pixels.dtype == np.uint8
+    assert decoded.notes == ([note] if note else [])
+
+
 def test_greyscale_png(tmp_path):
     grey = random_rgb(40, 50)[:, :, 0]
     Image.fromarray(grey).save(tmp_path / "l.png")

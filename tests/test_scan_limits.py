@@ -9,6 +9,7 @@ past Python's ``sys.stderr``, so CliRunner alone would miss them.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -218,6 +219,11 @@ def test_timeout_kills_a_stuck_decode_and_the_scan_goes_on(runner, good, tmp_pat
     assert records[1]["verdict"] == "error"
     assert "over the --timeout of 1 s" in records[1]["error"]
     assert all(r["verdict"] != "error" for r in records[:1] + records[2:])
+    # which file it was stays on record (custody, --resume), and so does the time it took
+    assert records[1]["sha256"] == hashlib.sha256(stuck.read_bytes()).hexdigest()
+    assert (records[1]["size"], records[1]["mtime_ns"]) == (stuck.stat().st_size,
+                                                            stuck.stat().st_mtime_ns)
+    assert records[1]["elapsed_ms"] >= 1000
 
 
 def test_animated_gif_is_not_walked(runner, tmp_path) -> None:
