@@ -534,6 +534,14 @@ def fixed_grid_tiles(pixels: np.ndarray, size: int, count: int) -> np.ndarray:
     return np.resize(tiles, (count, *tiles.shape[1:]))
 
 
+def evenly_spread(count: int, keep: int) -> np.ndarray:
+    """Indices of ``keep`` of ``count`` items, evenly spread and always the same (all of
+    them when there are no more than ``keep``)."""
+    if count <= keep:
+        return np.arange(count)
+    return np.linspace(0, count - 1, keep).round().astype(int)
+
+
 def grid_tiles(
     pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None
 ) -> np.ndarray:
@@ -558,9 +566,7 @@ def grid_tiles_at(
     height, width = pixels.shape[:2]
     rows, cols = height // size, width // size
     top, left = (height - rows * size) // 2, (width - cols * size) // 2
-    keep = np.arange(rows * cols)
-    if max_tiles is not None and len(keep) > max_tiles:
-        keep = np.linspace(0, len(keep) - 1, max_tiles).round().astype(int)
+    keep = evenly_spread(rows * cols, rows * cols if max_tiles is None else max_tiles)
     positions = np.stack([left + (keep % cols) * size, top + (keep // cols) * size], axis=1)
     # copy only the kept tiles: a 12 MP grid holds ~3000, a scan typically keeps 16
     tiles = np.empty((len(keep), 3, size, size), dtype=np.uint8)

@@ -38,6 +38,7 @@ from aigdetect.patches import recompressed_tiles
 from aigdetect.residual_model import (
     FORMAT,
     LEGACY_INPUTS,
+    MAX_POOLED_TILES,
     ResidualClassifier,
     ResidualFitConfig,
     ResidualInputs,
@@ -235,6 +236,19 @@ def test_a_model_file_of_a_newer_format_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "newer.npz", header=np.array(json.dumps(header)))
     with pytest.raises(ResidualModelError, match="newer aigdetect"):
         ResidualClassifier.load(tmp_path / "newer.npz")
+
+
+def test_a_huge_tile_set_is_pooled_from_an_evenly_spread_share() -> None:
+    """'--patches all' on a large photo: the statistics pool MAX_POOLED_TILES tiles
+    spread over the whole set (first and last included), not all 20,000 (12 GB)."""
+    tiles = np.random.default_rng(5).integers(0, 256, (MAX_POOLED_TILES + 300, 3, 16, 16),
+                                                dtype=np.uint8)
+    spread = np.linspace(0, len(tiles) - 1, MAX_POOLED_TILES).round().astype(int)
+    assert spread[0] == 0 and spread[-1] == len(tiles) - 1
+    inputs = ResidualInputs(recompress_quality=None)
+    np.testing.assert_array_equal(inputs(tiles), residual_statistics(tiles[spread]))
+    few = tiles[:40]
+    np.testing.assert_array_equal(inputs(few), residual_statistics(few))  # all of them
 
 
 def test_channel_correlations_name_their_pairs() -> None:

@@ -39,6 +39,7 @@ from ..patches import (
     DecodeLimits,
 )
 from ..report import printable
+from ..residual_model import MAX_POOLED_TILES
 from ..runtime import pick_device
 from ..scanning import LoadedDetector
 
@@ -98,8 +99,10 @@ DETECTOR_OPTION = typer.Option(
     "model folder's default.")
 PATCHES_OPTION = typer.Option(
     None, "--patches", help="64px tiles per image: a number, or 'all' for the most careful "
-    f"(slowest) scan, up to {MAX_TILES}. Default: the count the detector was calibrated with; "
-    "other counts shift the scores a little (recalibrate to use them).")
+    f"(slowest) scan, up to {MAX_TILES}; the residual detector pools at most "
+    f"{MAX_POOLED_TILES} of them, evenly spread (its statistics are averages). Default: the "
+    "count the detector was calibrated with; other counts shift the scores a little "
+    "(recalibrate to use them).")
 FACES_OPTION = flag(
     "--faces", help="Judge faces: find every frontal face, cut it out without "
     "resampling and score it with the face detector. The image takes its most suspicious "
