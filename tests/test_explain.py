@@ -24,6 +24,14 @@ from aigdetect.cli import EXIT_USAGE, new_file
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
 from aigdetect.explain.consistency import PretextReader, rank, reliability
 from aigdetect.explain.console import print_document
+from aigdetect.explain.heatmap import (
+    MAX_LONG_SIDE,
+    MIN_SHORT_SIDE,
+    PANEL,
+    TileEvidence,
+    draw_heatmap,
+    drawing_scale,
+)
 from aigdetect.patches import grid_tiles, grid_tiles_at
 
 #: The spliced test image: left half a camera-like noisy JPEG, right half a smooth
@@ -102,6 +110,28 @@ def test_heatmap_png_is_drawn(run: dict[str, Any]) -> None:
     assert path.parent == run["root"] / "out" and path.name.endswith(".heatmap.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 3 * 400  # thumbnail + two overlays
+
+
+@pytest.mark.parametrize("shape", [(400, 20000), (20000, 400), (3000, 4000), (80, 100)])
+def test_heat_maps_of_any_shape_keep_tiles_visible_and_their_legend(tmp_path: Path,
+                                                                    shape) -> None:
+    """A panorama or a strip was drawn 8 px thin, its 64 px tiles a pixel wide and its
+    colour bar cut off: the drawn image keeps a short side of MIN_SHORT_SIDE where its
+    long side allows, and every panel is at least PANEL wide for the legend."""
+    pixels = np.zeros((*shape, 3), np.uint8)
+    positions = np.array([[0, 0], [64, 0]])
+    evidence = TileEvidence(positions, 64, {"residual": np.array([0.0, 1.0])}, 2)
+    draw_heatmap(pixels, evidence, tmp_path / "map.png", "title")
+    scale = drawing_scale(shape, PANEL)
+    drawn = (round(shape[0] * scale), round(shape[1] * scale))
+    assert min(drawn) >= min(MIN_SHORT_SIDE, round(min(shape) * MAX_LONG_SIDE / max(shape)))
+    assert max(drawn) <= MAX_LONG_SIDE
+    if max(shape) > 10 * min(shape):  # a panorama or strip: its tiles stay visible
+        assert 64 * scale >= 8
+    with Image.open(tmp_path / "map.png") as sheet:
+        assert sheet.width >= 2 * PANEL and sheet.height > drawn[0]
+    if max(shape) >= 3000 and min(shape) >= 3000:  # an ordinary photo: as before
+        assert max(drawn) == PANEL
 
 
 def test_json_schema(run: dict[str, Any]) -> None:

@@ -37,6 +37,10 @@ RAMP = np.array([(49, 54, 149), (116, 173, 209), (255, 255, 191), (244, 109, 67)
                  (165, 0, 38)], dtype=np.float64)
 OVERLAY_ALPHA = 120  # of 255: the image stays visible under the colours
 PANEL = 420  # longest side of each drawn panel, pixels
+#: Shortest side a drawn image aims for, and the longest it may reach: a panorama or a
+#: strip keeps tiles of several pixels instead of shrinking to a line.
+MIN_SHORT_SIDE = 120
+MAX_LONG_SIDE = 6 * PANEL
 TOP_REGIONS = 5
 
 
@@ -107,7 +111,7 @@ def draw_heatmap(pixels: np.ndarray, evidence: TileEvidence, path: Path, title: 
     """A PNG: the plain thumbnail, then one overlay per component with its colour
     bar and legend. Written with exclusive creation: an existing file is never
     replaced."""
-    scale = PANEL / max(pixels.shape[:2])
+    scale = drawing_scale(pixels.shape, PANEL)
     thumbnail = Image.fromarray(pixels).resize(
         (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale))),
         Image.Resampling.LANCZOS)
@@ -119,6 +123,14 @@ def draw_heatmap(pixels: np.ndarray, evidence: TileEvidence, path: Path, title: 
         sheet.save(handle, "PNG")
 
 
+def drawing_scale(shape: tuple[int, ...], longest: int) -> float:
+    """How much an image of ``shape`` is scaled to be drawn: its long side to
+    ``longest``, unless that leaves the short side under ``MIN_SHORT_SIDE`` (the long
+    side then grows, up to ``MAX_LONG_SIDE``)."""
+    long, short = max(shape[:2]), min(shape[:2])
+    return min(max(longest / long, MIN_SHORT_SIDE / short), MAX_LONG_SIDE / long)
+
+
 #: Face box colours by verdict (``explain --faces``).
 FACE_COLOURS = {"ai": (220, 30, 30), "uncertain": (240, 160, 0), "real": (30, 170, 60)}
 
@@ -126,7 +138,7 @@ FACE_COLOURS = {"ai": (220, 30, 30), "uncertain": (240, 160, 0), "real": (30, 17
 def draw_faces(pixels: np.ndarray, faces: list[dict[str, Any]], path: Path, title: str) -> None:
     """A PNG of the image with every face's box, numbered, coloured by its verdict
     and labelled with its score. Exclusive creation, as for the heat map."""
-    scale = PANEL * 2 / max(pixels.shape[:2])
+    scale = drawing_scale(pixels.shape, PANEL * 2)
     size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
     image = Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS)
     draw = ImageDraw.Draw(image)
@@ -138,7 +150,7 @@ def draw_faces(pixels: np.ndarray, faces: list[dict[str, Any]], path: Path, titl
         draw.text((x + 3, max(0, y - 16)), label, fill=colour, font=_font(14))
     caption = (f"{len(faces)} face(s); box colour = verdict (red ai, orange uncertain, green "
                "real), label = face number: score")
-    sheet = _sheet([_captioned(image, caption, None)], title, PANEL * 2, note="")
+    sheet = _sheet([_captioned(image, caption, None)], title, note="")
     with open(path, "xb") as handle:
         sheet.save(handle, "PNG")
 
@@ -163,37 +175,41 @@ def _overlay(thumbnail: Image.Image, evidence: TileEvidence, name: str,
 
 def _captioned(panel: Image.Image, caption: str,
                scale: tuple[float, float] | None) -> Image.Image:
-    """A panel with, below it, its colour bar (low..high) and the caption."""
+    """A panel with, below it, its colour bar (low..high) and the caption, at least
+    ``PANEL`` wide whatever the image's shape (a tall strip is narrow)."""
     font = _font(13)
-    lines = _wrap(caption, font, panel.width)
+    width = max(panel.width, PANEL)
+    lines = _wrap(caption, font, width)
     bar = 34 if scale else 0
-    out = Image.new("RGB", (panel.width, panel.height + bar + 8 + 17 * len(lines)), "white")
+    out = Image.new("RGB", (width, panel.height + bar + 8 + 17 * len(lines)), "white")
     out.paste(panel, (0, 0))
     draw = ImageDraw.Draw(out)
     top = panel.height + 6
     if scale:
-        ramp = colours(np.linspace(0.0, 1.0, PANEL - 20))[0].astype(np.uint8)
+        ramp = colours(np.linspace(0.0, 1.0, width - 20))[0].astype(np.uint8)
         out.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), (10, top))
         draw.text((10, top + 14), f"{scale[0]:.2f} (least)", fill="black", font=font)
-        draw.text((PANEL - 10, top + 14), f"(most) {scale[1]:.2f}", fill="black", font=font,
+        draw.text((width - 10, top + 14), f"(most) {scale[1]:.2f}", fill="black", font=font,
                   anchor="ra")
     for index, line in enumerate(lines):
         draw.text((4, top + bar + 17 * index), line, fill="black", font=font)
     return out
 
 
-def _sheet(panels: list[Image.Image], title: str, panel_width: int = PANEL,
+def _sheet(panels: list[Image.Image], title: str,
            note: str = GUIDE_NOTE + " Numbered boxes: the 5 most suspicious tiles.") -> Image.Image:
     """Panels side by side under a title, with a note at the bottom."""
     font = _font(14)
-    width = panel_width * len(panels) + 10 * (len(panels) + 1)
+    width = sum(panel.width for panel in panels) + 10 * (len(panels) + 1)
     note_lines = _wrap(note, font, width - 20)
     height = 30 + max(p.height for p in panels) + 10 + 18 * len(note_lines)
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((10, 8), title, fill="black", font=_font(15))
-    for index, panel in enumerate(panels):
-        sheet.paste(panel, (10 + index * (panel_width + 10), 30))
+    left = 10
+    for panel in panels:
+        sheet.paste(panel, (left, 30))
+        left += panel.width + 10
     for index, line in enumerate(note_lines):
         draw.text((10, height - 18 * (len(note_lines) - index) - 4), line, fill="black",
                   font=font)
