@@ -530,6 +530,9 @@ def test_calibrate_writes_thresholds_and_fused_default(calibrated: dict[str, Any
         groups = calibration["groups"]  # "<--real folder>, <processing>"
         assert sorted(name.rsplit(", ", 1)[1] for name in groups) == ["asis", "matched", "web"]
         assert len(calibration["real_scores"]) == 72
+        assert all(len(scores) == 24 for scores in groups.values())  # each its own photos
+        pooled = [score for scores in groups.values() for score in scores]
+        assert sorted(pooled) == sorted(calibration["real_scores"])
         flagged = {name: np.mean(np.array(scores) > calibration["threshold"])
                    for name, scores in groups.items()}
         assert max(flagged.values()) <= 0.1

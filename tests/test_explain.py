@@ -128,8 +128,11 @@ def test_heat_maps_of_any_shape_keep_tiles_visible_and_their_legend(tmp_path: Pa
     assert max(drawn) <= MAX_LONG_SIDE
     if max(shape) > 10 * min(shape):  # a panorama or strip: its tiles stay visible
         assert 64 * scale >= 8
+    panel_width = max(drawn[1], PANEL)  # the image, or its legend where it is narrower
     with Image.open(tmp_path / "map.png") as sheet:
-        assert sheet.width >= 2 * PANEL and sheet.height > drawn[0]
+        assert sheet.width == 2 * panel_width + 30 and sheet.height > drawn[0]
+        for left in (10, 10 + panel_width + 10):  # both panels whole, side by side
+            assert sum(sheet.getpixel((left + drawn[1] // 2, 30 + drawn[0] // 2))) < 200
     if max(shape) >= 3000 and min(shape) >= 3000:  # an ordinary photo: as before
         assert max(drawn) == PANEL
 

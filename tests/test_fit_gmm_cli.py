@@ -194,6 +194,7 @@ def test_detector_folder_missing_density(runner: CliRunner, fitted: dict[str, An
     ["--patches", "0"],
     ["--reg-covar", "-1"],
     ["--reg-covar", "nan"],
+    ["--reg-covar", "inf"],
 ])
 def test_bad_options_rejected(runner: CliRunner, photos: Path, tmp_path: Path,
                               bad: list[str]) -> None:

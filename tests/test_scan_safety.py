@@ -609,6 +609,7 @@ def test_a_scoring_failure_is_an_error_record_and_the_batch_goes_on(
     first, second = sorted(parse_json_stdout(result.stdout)["results"],
                            key=lambda record: record["verdict"] != "error")
     assert first["verdict"] == "error" and "failed" in first["error"]
+    assert str(failure) in first["error"] or type(failure).__name__ in first["error"]
     assert first["score"] is None
     assert second["verdict"] in ("real", "uncertain", "ai") and second["score"] is not None
     assert result.exit_code in (3, 4)

@@ -3,6 +3,7 @@ checkpoint it writes, and how bad inputs are refused."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from aigdetect.checkpoint import (
@@ -26,10 +28,12 @@ from aigdetect.checkpoint import (
 )
 from aigdetect.cli import app
 from aigdetect.cli import train as cli_train
+from aigdetect.engine import warn_changed_settings
 from aigdetect.exif import CATEGORICAL_TAGS, ORDINAL_TAGS, Vocabulary
 from aigdetect.losses import bce_ranking_loss, fidelity_ranking_loss, masked_cross_entropy
 from aigdetect.network import ExtractorConfig
 from aigdetect.training import (
+    PRETEXT_HEADS,
     PretextTask,
     majority_classes,
     pretext_losses,
@@ -344,6 +348,7 @@ def test_resume_says_each_setting_that_differs_from_the_checkpoint(trained, tmp_
     photos = Path(load_model(first)[1].training["photos"])
     fast = [*FAST]
     fast[fast.index("--max-steps") + 1] = "3"
+    fast[fast.index("--workers") + 1] = "1"
     result = run(*train_args(photos, output, *fast, "--resume", "--lr", "0.001",
                              "--head-weight", "model=0.5"))
     assert result.exit_code == 0, result.output
@@ -351,6 +356,22 @@ def test_resume_says_each_setting_that_differs_from_the_checkpoint(trained, tmp_
     assert "--resume: lr was 0.0003, now 0.001; the run goes on with the new value" in said
     assert said.count("the run goes on with the new value") == 1
     assert load_model(output)[1].training["lr"] == 0.001
+
+
+def test_resume_compares_settings_as_the_checkpoint_stores_them():
+    """Paths and tuples come back from a checkpoint as strings and lists: the same
+    setting read back is no change."""
+    console = Console(file=io.StringIO(), width=200)
+    stored = {"real": ["photos/a"], "augmentation": {"scale": [0.5, 1.0]}, "lr": 0.001}
+    warn_changed_settings(stored, {"real": [Path("photos/a")],
+                                   "augmentation": {"scale": (0.5, 1.0)}, "lr": 0.001}, console)
+    assert console.file.getvalue() == ""
+    warn_changed_settings(stored, {**stored, "lr": 0.01}, console)
+    assert "lr was 0.001, now 0.01" in console.file.getvalue()
+
+
+def test_a_zero_head_weight_turns_the_head_off():
+    assert cli_train.parse_head_weights(["model=0"], PRETEXT_HEADS) == {"model": 0.0}
 
 
 def test_resume_refuses_a_checkpoint_of_another_training(session_photo_folder, tmp_path):
