@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import sys
 import traceback
-from typing import NoReturn
 
 import typer
 
@@ -56,7 +55,7 @@ app.command("evaluate")(evaluate_command)
 app.command("explain")(explain_command)
 
 
-def run(args: list[str] | None = None) -> NoReturn:
+def run(args: list[str] | None = None) -> None:
     """The console entry point: ``app``, with exit codes a pipeline can trust.
 
     Click ends a run whose stdout reader went away, and Python one that hit a bug,
@@ -74,4 +73,3 @@ def run(args: list[str] | None = None) -> NoReturn:
         print("internal error: this is a bug in aigdetect; please report it with the "
               "traceback above", file=sys.stderr)
         sys.exit(EXIT_INTERNAL_ERROR)
-    sys.exit(0)  # not reached: the app always exits
