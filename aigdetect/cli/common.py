@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -310,6 +311,18 @@ def refuse_inside_inputs(output: Path, option: str, folders: Iterable[str | Path
     inside = input_folder_holding(output, folders)
     if inside is not None:
         fail(f"{option} {output} is inside the input folder {inside}", hint)
+
+
+def check_not_negative(option: str, value: float, hint: str) -> None:
+    """A finite number of 0 or more (NaN and infinity are refused too)."""
+    if not (math.isfinite(value) and value >= 0):
+        fail(f"{option} {value} must be a number of 0 or more", hint)
+
+
+def options_apply(options: list[str]) -> str:
+    """``--a, --b apply`` or ``--a applies``: the start of a refusal of options that
+    another mode of the command would ignore."""
+    return f"{', '.join(options)} {'apply' if len(options) > 1 else 'applies'}"
 
 
 def check_fpr(fpr: float | None, example: float) -> None:

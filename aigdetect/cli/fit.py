@@ -44,6 +44,7 @@ from .common import (
     WORKERS_OPTION,
     check_face_options,
     check_fpr,
+    check_not_negative,
     err,
     fail,
     fake_folders_option,
@@ -116,9 +117,7 @@ def fit_gmm_command(
     if components != "auto" and not (components.isdigit() and int(components) >= 1):
         fail(f"--components {components!r} is neither a number of 1 or more nor 'auto'",
              "e.g. --components auto (BIC chooses), or --components 2")
-    if not (math.isfinite(reg_covar) and reg_covar >= 0):
-        fail(f"--reg-covar {reg_covar} must be a number of 0 or more",
-             "e.g. --reg-covar 1e-3 (the default)")
+    check_not_negative("--reg-covar", reg_covar, "e.g. --reg-covar 1e-3 (the default)")
     if covariance not in ("full", "diag", "tied", "spherical"):
         fail(f"--covariance {covariance!r} is not one of full, diag, tied, spherical")
     check_fpr(fpr, 0.02)

@@ -72,6 +72,7 @@ from .common import (
     survive_any_text,
     with_faces,
 )
+from .common import interrupted as stop_interrupted  # 'interrupted' names scan's flag
 
 
 def check_scan_options(output_format: str, output: Path | None, threshold: float | None,
@@ -385,9 +386,7 @@ def save_run_file(output: Path, run: dict[str, Any], resume: bool) -> None:
 def report_scan(tally: ScanTally, quiet: bool, interrupted: bool, where: str) -> NoReturn:
     """The summary line on stderr, then exit with the documented code."""
     if interrupted:  # always said, even with --quiet: the results are incomplete
-        err.print(f"interrupted: {tally.done}/{tally.total} files done; results in {where}",
-                  markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED)
+        stop_interrupted(f"{tally.done}/{tally.total} files done; results in {where}")
     code = exit_code(tally.verdicts)
     verdicts = tally.verdicts
     skipped = f" ({tally.skipped} already recorded, skipped)" if tally.skipped else ""

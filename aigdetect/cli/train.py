@@ -22,6 +22,7 @@ from ..face_training import FaceTrainConfig, train_faces
 from ..labelled import files_from_csv
 from ..training import PRETEXT_HEADS, TrainConfig, TrainingError, train
 from .common import (
+    check_not_negative,
     err,
     fail,
     fake_folders_option,
@@ -29,6 +30,7 @@ from .common import (
     folders_holding,
     interrupted,
     labels_csv_option,
+    options_apply,
     real_folders_option,
     refuse_inside_inputs,
     warn,
@@ -146,8 +148,7 @@ def train_command(
         ("--alpha", alpha != BinaryConfig.alpha), ("--freeze-extractor", freeze_extractor))
         if given]
     if binary_only and not binary:
-        fail(f"{', '.join(binary_only)} {'apply' if len(binary_only) > 1 else 'applies'} "
-             "to --binary only",
+        fail(f"{options_apply(binary_only)} to --binary only",
              "aigdetect train --binary --real photos/ --fake generated/ -o binary.pt")
     if binary and init is not None:
         fail("--init applies to the pretext and --faces trainings; --binary starts fresh, "
@@ -209,8 +210,7 @@ def check_pretext_only(binary: bool, faces: bool, ranking_loss: str,
         ("--ranking-loss", ranking_loss != TrainConfig.ranking_loss),
         ("--min-class-count", min_class_count != TrainConfig.min_class_count)) if changed]
     if given and (binary or faces):
-        fail(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to the EXIF "
-             f"pretext only, not to "
+        fail(f"{options_apply(given)} to the EXIF pretext only, not to "
              f"{'--binary' if binary else '--faces'}",
              f"leave {' and '.join(given)} out, or train the EXIF pretext: "
              "aigdetect train photos/ -o extractor.pt")
@@ -220,9 +220,8 @@ def check_optimiser(lr: float, weight_decay: float) -> None:
     """Refused before any photo is read: AdamW would only say so after the data."""
     if not (math.isfinite(lr) and lr > 0):
         fail(f"--lr {lr} must be a number above 0", "e.g. --lr 3e-4 (the default)")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        fail(f"--weight-decay {weight_decay} must be a number of 0 or more",
-             "e.g. --weight-decay 0.05 (the default), or 0 for none")
+    check_not_negative("--weight-decay", weight_decay,
+                       "e.g. --weight-decay 0.05 (the default), or 0 for none")
 
 
 def refuse_replacing_inputs(output: Path, inputs: dict[str, Path | None]) -> None:
