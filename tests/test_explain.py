@@ -4,6 +4,7 @@ safety (never inside the evidence, never over an existing file)."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -16,21 +17,27 @@ import pytest
 import torch
 from conftest import write_image
 from helpers_images import invoke, noise_array, smooth_array, snapshot
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from rich.console import Console
 from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_USAGE, new_file
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
 from aigdetect.explain.consistency import PretextReader, rank, reliability
-from aigdetect.explain.console import print_document
+from aigdetect.explain.console import exposure_text, focal_text, print_document
 from aigdetect.explain.heatmap import (
+    FACE_COLOURS,
+    LABEL_FRACTION,
     MAX_LONG_SIDE,
+    MIN_LABEL,
     MIN_SHORT_SIDE,
     PANEL,
+    ColourScale,
     TileEvidence,
+    draw_faces,
     draw_heatmap,
     drawing_scale,
+    map_caption,
 )
 from aigdetect.patches import grid_tiles, grid_tiles_at
 
@@ -131,8 +138,10 @@ def test_heat_maps_of_any_shape_keep_tiles_visible_and_their_legend(tmp_path: Pa
     panel_width = max(drawn[1], PANEL)  # the image, or its legend where it is narrower
     with Image.open(tmp_path / "map.png") as sheet:
         assert sheet.width == 2 * panel_width + 30 and sheet.height > drawn[0]
-        for left in (10, 10 + panel_width + 10):  # both panels whole, side by side
-            assert sum(sheet.getpixel((left + drawn[1] // 2, 30 + drawn[0] // 2))) < 200
+        centre = (drawn[1] // 2, 30 + drawn[0] // 2)  # both panels whole, side by side:
+        assert sum(sheet.getpixel((10 + centre[0], centre[1]))) < 200  # the black image
+        # and the map over its dimmed copy, not the sheet's white
+        assert sum(sheet.getpixel((20 + panel_width + centre[0], centre[1]))) < 3 * 240
     if max(shape) >= 3000 and min(shape) >= 3000:  # an ordinary photo: as before
         assert max(drawn) == PANEL
 
@@ -488,3 +497,197 @@ def test_output_must_be_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     file = invoke(CliRunner(), ["explain", photo, "-o", tmp_path / "report.json", "-q"])
     assert file.exit_code == EXIT_USAGE and "is a file, not a folder" in file.stderr
     assert (tmp_path / "report.json").read_text() == "{}"
+
+
+class Drawn:
+    """What Pillow was asked to draw: each text (with its position, fill and font
+    size) and each rectangle (with its fill and outline), in order."""
+
+    def __init__(self) -> None:
+        self.texts: list[dict[str, Any]] = []
+        self.rectangles: list[dict[str, Any]] = []
+
+    def joined(self) -> str:
+        """Every text drawn, one after another (a wrapped caption reads whole again)."""
+        return " ".join(t["text"] for t in self.texts)
+
+    def backing(self, text: dict[str, Any]) -> dict[str, Any] | None:
+        """The filled rectangle drawn last under ``text``'s top-left corner."""
+        x, y = text["xy"]
+        return next((r for r in reversed(self.rectangles) if r["fill"] is not None
+                     and r["box"][0] <= x <= r["box"][2] and r["box"][1] <= y <= r["box"][3]),
+                    None)
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> Drawn:
+    """Records what the heat-map and face drawings write, to read the figure's words
+    without OCR."""
+    record = Drawn()
+    text, rectangle = ImageDraw.ImageDraw.text, ImageDraw.ImageDraw.rectangle
+
+    def recording_text(self, xy, string, *args, **kwargs):
+        record.texts.append({"xy": tuple(xy), "text": string, "fill": kwargs.get("fill"),
+                             "size": getattr(kwargs.get("font"), "size", None)})
+        return text(self, xy, string, *args, **kwargs)
+
+    def recording_rectangle(self, xy, *args, **kwargs):
+        record.rectangles.append({"box": tuple(xy), "fill": kwargs.get("fill"),
+                                  "outline": kwargs.get("outline")})
+        return rectangle(self, xy, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", recording_text)
+    monkeypatch.setattr(ImageDraw.ImageDraw, "rectangle", recording_rectangle)
+    return record
+
+
+def luma(colour: Any) -> float:
+    red, green, blue = (colour, colour, colour) if isinstance(colour, int) else colour[:3]
+    return 0.299 * red + 0.587 * green + 0.114 * blue
+
+
+def test_map_colours_are_the_maps_alone_over_a_grey_image(tmp_path: Path) -> None:
+    """The overlay mixed with the image's own colours: the most suspicious tile over
+    blue sky came out purple (mid-scale), the least suspicious over a red jacket red.
+    The map panel now lies over a dimmed greyscale copy, and the plain panel keeps
+    the image's colours."""
+    pixels = np.zeros((256, 512, 3), np.uint8)
+    pixels[:, :256, 2] = 255  # blue sky on the left
+    pixels[:, 256:, 0] = 255  # a red jacket on the right
+    evidence = TileEvidence(np.array([[0, 0], [448, 0]]), 64,
+                            {"residual": np.array([5.0, -5.0])}, 32)
+    draw_heatmap(pixels, evidence, tmp_path / "map.png", "title")
+    scale = drawing_scale(pixels.shape, PANEL)
+    side, map_left = 64 * scale, 10 + max(round(512 * scale), PANEL) + 10
+    with Image.open(tmp_path / "map.png") as sheet:
+        sheet = sheet.convert("RGB")
+        most = sheet.getpixel((round(map_left + side / 2), round(30 + side / 2)))
+        least = sheet.getpixel((round(map_left + 448 * scale + side / 2),
+                                round(30 + side / 2)))
+        unscored = sheet.getpixel((round(map_left + 200 * scale), round(30 + 200 * scale)))
+        plain = sheet.getpixel((round(10 + 100 * scale), round(30 + 100 * scale)))
+    assert most[0] > most[2] + 50  # red over the blue sky
+    assert least[2] > least[0] + 50  # blue over the red jacket
+    assert unscored[0] == unscored[1] == unscored[2]  # no colour but the map's
+    assert plain == (0, 0, 255)  # the image as stored keeps its colours
+
+
+def test_captions_say_the_colours_are_relative_and_where_the_threshold_lies() -> None:
+    """A camera photo far below the threshold still had deep-red tiles captioned "red =
+    looks more AI-generated": the caption now gives the range of this image's tiles and
+    where the whole-image threshold lies."""
+    below = map_caption("residual", ColourScale(-6.88, 1.25, 3.364))
+    assert "this image's tiles only, from -6.88 (blue) to 1.25 (red" in below
+    assert "threshold 3.36, above every tile" in below
+    assert "threshold 3.36 (black mark on the bar)" in map_caption(
+        "residual", ColourScale(-6.88, 8.27, 3.364))
+    assert "below every tile" in map_caption("binary", ColourScale(2.0, 4.0, 1.887))
+    assert "threshold" not in map_caption("oneclass", ColourScale(1.0, 2.0, None))
+
+
+def damaged_jpeg(path: Path) -> Path:
+    """A noise JPEG cut in half: decoded with the decoder's grey fill, noted damaged."""
+    from helpers_images import noise_jpeg
+    whole = noise_jpeg(path.with_name("whole.jpg"), size=(256, 192), seed=4).read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def test_the_figure_states_verdict_threshold_and_damage(tmp_path: Path,
+                                                       drawn: Drawn) -> None:
+    """The damaged note reached only the terminal and the JSON, and the figure had no
+    verdict: a decoder's grey fill was captioned "image (as stored)", its tiles shown as
+    least suspicious. The heat map now carries the verdict, the threshold of its map's
+    units and the note that caps the verdict."""
+    cut = damaged_jpeg(tmp_path / "evidence" / "cut.jpg")
+    result = invoke(CliRunner(), ["explain", cut, "-o", tmp_path / "out", "-f", "json", "-q",
+                                  "--tiles", "8"])
+    (image,) = json.loads(result.stdout)["images"]
+    note = next(n for n in image["notes"] if n.startswith("damaged:"))
+    verdict = image["verdict"]
+    words = drawn.joined()
+    assert note in [t["text"] for t in drawn.texts]  # on a line of its own, whole
+    assert "image as decoded: the file is damaged" in words
+    assert "image (as stored)" not in words
+    assert f"image verdict: {verdict['verdict']} (residual detector" in words
+    assert f"threshold {verdict['threshold']:.3f}" in words
+    values = [tile["residual_logit"] for tile in image["heatmap"]["tiles"]]
+    assert f"this image's tiles only, from {min(values):.2f} (blue)" in words
+    assert f"whole-image threshold {verdict['components']['residual']['threshold']:.2f}" \
+        in words
+
+
+def test_labels_sit_on_solid_backings_at_a_readable_size(tmp_path: Path,
+                                                        drawn: Drawn) -> None:
+    """Box numbers were black on dark-red tiles, a few pixels high on a large photo,
+    and face labels were drawn in the box colour with no backing (gone on a red
+    jacket); a long file name ran off the right edge."""
+    photo = np.full((3000, 4000, 3), (220, 30, 30), np.uint8)  # red as the ai boxes
+    positions = np.array([[x, 1024] for x in range(0, 4000 - 63, 64)])
+    evidence = TileEvidence(positions, 64, {"residual": np.arange(len(positions), 0.0, -1)},
+                            len(positions))
+    title = "aigdetect explain: " + "exhibit_17_" * 30 + "end.jpg"
+    draw_heatmap(photo, evidence, tmp_path / "map.png", title)
+    numbers = [t for t in drawn.texts if t["text"] in {"1", "2", "3", "4", "5"}]
+    drawn_short_side = round(3000 * drawing_scale(photo.shape, PANEL))
+    assert len(numbers) == 5
+    for number in numbers:
+        assert number["size"] >= max(MIN_LABEL, drawn_short_side // LABEL_FRACTION)
+        assert drawn.backing(number)["fill"] == (0, 0, 0) and luma(number["fill"]) > 200
+    boxes = [r for r in drawn.rectangles if r["outline"] == (0, 0, 0) and r["fill"] is None]
+    assert min(r["box"][2] - r["box"][0] for r in boxes) >= MIN_LABEL  # not a 6 px speck
+    shown_title = next(t["text"] for t in drawn.texts if t["text"].startswith("aigdetect"))
+    assert "…" in shown_title and shown_title.endswith("end.jpg")
+    with Image.open(tmp_path / "map.png") as sheet:
+        width = sheet.width
+    assert ImageFont.load_default(15).getlength(shown_title) <= width - 20
+
+    drawn.texts.clear()
+    faces = [{"box": [100, 100, 800, 800], "score": 0.91, "verdict": "ai"},
+             {"box": [2000, 0, 600, 600], "score": 0.45, "verdict": "uncertain"},
+             {"box": [3700, 2000, 300, 300], "score": 0.1, "verdict": "real"}]
+    draw_faces(photo, faces, tmp_path / "faces.png", "faces", "ai")
+    labels = [t for t in drawn.texts if ": 0." in t["text"]]
+    assert len(labels) == 3
+    for label, face in zip(labels, faces, strict=True):
+        backing = drawn.backing(label)
+        assert backing is not None and backing["fill"] == FACE_COLOURS[face["verdict"]]
+        assert abs(luma(label["fill"]) - luma(backing["fill"])) > 80  # contrasting text
+        assert label["size"] >= MIN_LABEL
+    assert "image's face verdict: ai" in drawn.joined()
+
+
+def test_terminal_tables_fold_instead_of_cutting_at_80_columns(run: dict[str, Any]) -> None:
+    """At 80 columns the camera table read ``exposure_…`` three times (which row
+    disagrees?) and cut values (``0.0003101…``); exposure time and focal length read
+    as photographers write them, while the JSON keeps the raw numbers."""
+    from aigdetect.explain.html import render
+    document = copy.deepcopy(run["document"])
+    tags = {row["tag"]: row for row in case({"document": document}, "&.png")
+            ["camera_traces"]["tags"]}
+    tags["exposure_time"] |= {"claimed": 0.0003101, "claimed_percentile": 2.0}
+    tags["focal_length"] |= {"claimed": 5.4, "claimed_percentile": 4.0}
+    console = Console(record=True, width=80, file=io.StringIO())
+    print_document(document, console)
+    text = console.export_text()
+    assert "…" not in text
+    assert "1/3225 s" in text and "5.4 mm" in text
+    camera = text[text.index("What the pixels say"):text.index("Each head is shown")]
+    first_cells = "".join(line.split("│")[1].strip() for line in camera.splitlines()
+                          if line.startswith("│"))
+    assert "exposure_programmetering_mode" in first_cells  # each tag whole, in order
+    assert "exposure_time" in first_cells and "exposure_mode" in first_cells
+    assert tags["exposure_time"]["claimed"] == 0.0003101  # the document is untouched
+    assert "1/3225 s" in render(document)
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (0.0003101, "1/3225 s"), (0.01, "1/100 s"), (1 / 250, "1/250 s"), (0.4, "1/2.5 s"),
+    (2.0, "2 s"), (1.0, "1 s")])
+def test_exposure_times_read_as_photographers_write_them(seconds: float, shown: str) -> None:
+    assert exposure_text(seconds) == shown
+
+
+def test_focal_lengths_to_a_tenth_of_a_millimetre() -> None:
+    assert [focal_text(v) for v in (5.4, 4.15, 50.0, 26)] == ["5.4 mm", "4.2 mm", "50 mm",
+                                                              "26 mm"]

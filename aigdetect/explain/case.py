@@ -70,12 +70,12 @@ class Explainer:
         case["verdict"] = {**self.verdict(judgement, prepared.notes),
                            "patches": len(prepared.tiles)}
         pixels = prepared.pixels  # the pixels judged, for every drawing
-        case["heatmap"] = self.where(pixels, path, heatmap)
+        case["heatmap"] = self.where(pixels, path, heatmap, case["verdict"], case["notes"])
         case["camera_traces"] = self.camera(prepared.tiles, path)
         if self.face_detector is not None:
             faces_png = heatmap.with_name(heatmap.name.replace(".heatmap.png", ".faces.png"))
             case["faces"] = faces_case(self.face_detector, pixels, path.name,
-                                       prepared.faces or [], faces_png, prepared.notes)
+                                       prepared.faces or [], faces_png, case["notes"])
         return case
 
     def verdict(self, judgement: Judgement, notes: list[str]) -> dict[str, Any]:
@@ -91,10 +91,13 @@ class Explainer:
                            for name, summary in components.items()},
         }
 
-    def where(self, pixels: np.ndarray, path: Path, heatmap: Path) -> dict[str, Any]:
-        """Per-tile evidence at native resolution, and the PNG map drawn from it."""
+    def where(self, pixels: np.ndarray, path: Path, heatmap: Path, verdict: dict[str, Any],
+              notes: list[str]) -> dict[str, Any]:
+        """Per-tile evidence at native resolution, and the PNG map drawn from it, with
+        the image's ``verdict`` and ``notes`` on it (the PNG may travel alone)."""
         evidence = tile_evidence(self.detector, pixels, self.tiles.patch_size, self.map_tiles)
-        draw_heatmap(pixels, evidence, heatmap, f"aigdetect explain: {unicode_safe(path.name)}")
+        draw_heatmap(pixels, evidence, heatmap, f"aigdetect explain: {unicode_safe(path.name)}",
+                     verdict, notes)
         return {"file": str(heatmap), **evidence.to_dict()}
 
     def camera(self, tiles: Any, path: Path) -> dict[str, Any]:
@@ -118,7 +121,8 @@ def faces_case(detector: Detector, pixels: np.ndarray, name: str, faces: list[Pr
     the boxes drawn."""
     entries = [judge_face(face, detector) for face in faces]
     verdict = face_verdict(entries, notes)
-    draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(name)}")
+    draw_faces(pixels, entries, drawing, f"aigdetect explain --faces: {unicode_safe(name)}",
+               verdict, notes)
     return {"file": str(drawing), "detector": face_decider_name(detector), "verdict": verdict,
             "faces": entries}
 

@@ -7,6 +7,7 @@ not interpreted.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -24,13 +25,51 @@ def cell(value: Any) -> Text:
     return Text("-" if value is None else printable(str(value)))
 
 
+def add_columns(table: Table, names: Sequence[str]) -> None:
+    """Columns that fold a word too long for them onto the next line instead of cutting
+    it with an ellipsis: at 80 columns three rows read ``exposure_…`` (which one
+    disagrees?) and a cut number is a wrong number."""
+    for name in names:
+        table.add_column(name, overflow="fold", no_wrap=False)
+
+
+def exposure_text(seconds: float) -> str:
+    """An exposure time as photographers write it: ``1/250 s`` below a second."""
+    if not 0 < seconds < 1:
+        return f"{seconds:g} s"
+    speed = 1 / seconds
+    return f"1/{speed:.0f} s" if speed >= 10 else f"1/{speed:.2g} s"
+
+
+def focal_text(millimetres: float) -> str:
+    """A focal length to a tenth of a millimetre (``5.4 mm``, ``50 mm``)."""
+    return f"{millimetres:.1f}".removesuffix(".0") + " mm"
+
+
+#: Claimed values shown in photographers' units (the JSON keeps the raw numbers).
+CLAIM_UNITS: dict[str, Callable[[float], str]] = {
+    "exposure_time": exposure_text, "focal_length": focal_text, "focal_length_35mm": focal_text}
+
+
+def claim_text(row: dict[str, Any]) -> str | None:
+    """The file's claim for a pretext head, for people: as ``describe_claim``, with
+    exposure time and focal length in their usual units."""
+    claimed, unit = row["claimed"], CLAIM_UNITS.get(row["tag"])
+    if claimed is None or unit is None:
+        return describe_claim(row)
+    if row.get("claimed_percentile") is None:
+        return unit(float(claimed))
+    return f"{unit(float(claimed))} (percentile {row['claimed_percentile']:.0f})"
+
+
 def print_document(document: dict[str, Any], console: Console) -> None:
     """Each image's sections in turn: file, verdict, where, camera traces, metadata."""
     console.print(Text(f"aigdetect {document['aigdetect_version']} explain, detector "
                        f"{document['detector']} of model {printable(document['model']['name'])}"
                        f", {document['analysed_at']}", style="bold"))
     for case in document["images"]:
-        console.rule(Text(printable(case["path"])))
+        console.rule()  # the path below it, whole: a rule's title is cut to fit
+        console.print(Text(printable(case["path"]), style="bold"))
         console.print(cell(file_line(case)))
         for note in case["notes"]:
             console.print(Text(f"note: {printable(note)}", style="yellow"))
@@ -62,9 +101,8 @@ def file_line(case: dict[str, Any]) -> str:
 
 def verdict_table(verdict: dict[str, Any]) -> Table:
     table = Table(title=f"How unusual ({verdict['patches']} tiles)", title_justify="left")
-    for column in ("detector", "score", "verdict", "raw score", "threshold", "uncertain band",
-                   "real pct", "calib. FPR"):
-        table.add_column(column)
+    add_columns(table, ("detector", "score", "verdict", "raw score", "threshold",
+                        "uncertain band", "real pct", "calib. FPR"))
     for name, c in verdict_rows(verdict):
         low, high = c["uncertain_band"]
         table.add_row(name, f"{c['score']:.3f}", c["verdict"], f"{c['raw_score']:.3f}",
@@ -78,8 +116,7 @@ def faces_table(faces: dict[str, Any]) -> Table:
     table = Table(title=Text(printable(f"Faces ({faces['detector']}): image verdict "
                                        f"{faces['verdict']}; boxes drawn in {faces['file']}")),
                   title_justify="left")
-    for column in ("#", "box x, y, w, h", "score", "verdict", "real pct", "tiles"):
-        table.add_column(column)
+    add_columns(table, ("#", "box x, y, w, h", "score", "verdict", "real pct", "tiles"))
     for number, face in enumerate(faces["faces"], start=1):
         table.add_row(str(number), ", ".join(map(str, face["box"])),
                       f"{face['score']:.3f}" if "score" in face else "-",
@@ -93,8 +130,7 @@ def regions_table(heatmap: dict[str, Any]) -> Table:
     table = Table(title=f"Most suspicious tiles ({heatmap['tiles_scored']} of "
                   f"{heatmap['tiles_in_grid']} scored; x, y = top-left, native pixels)",
                   title_justify="left")
-    for column in ("component", "#", "x", "y", "size", "tile value"):
-        table.add_column(column)
+    add_columns(table, ("component", "#", "x", "y", "size", "tile value"))
     for name, regions in heatmap["top_regions"].items():
         for rank, region in enumerate(regions, start=1):
             key, value = region_value(region)
@@ -108,14 +144,13 @@ def camera_table(traces: dict[str, Any]) -> Table | Text:
         return cell(traces["note"])
     table = Table(title="What the pixels say about the camera", caption=traces["note"],
                   title_justify="left", caption_justify="left")
-    for column in ("tag", "pixels suggest", "EXIF claims", "held-out", "status", "check"):
-        table.add_column(column)
+    add_columns(table, ("tag", "pixels suggest", "EXIF claims", "held-out", "status", "check"))
     for row in traces["tags"]:
         predicted = describe_prediction(row)
         check = describe_check(row).upper() if row["flag"] else describe_check(row)
         reliability = "-" if row["value"] is None else (
             f"{row['metric']} {row['value']:.2f} / chance {row['chance']:.2f}")
-        table.add_row(row["tag"], cell(predicted), cell(describe_claim(row)), reliability,
+        table.add_row(row["tag"], cell(predicted), cell(claim_text(row)), reliability,
                       row["status"], Text(check, style="bold red" if row["flag"] else ""))
     return table
 
@@ -123,7 +158,7 @@ def camera_table(traces: dict[str, Any]) -> Table | Text:
 def provenance_table(provenance: dict[str, Any]) -> Table:
     table = Table(title=f"What the metadata says ({CAVEAT})", title_justify="left",
                   show_header=False)
-    table.add_column("finding")
+    add_columns(table, ("finding",))
     for line in provenance["findings"] or ["no finding"]:
         table.add_row(cell(line))
     camera = provenance["camera_exif"]
