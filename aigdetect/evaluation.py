@@ -7,6 +7,7 @@ images; each real folder reports its false-positive rate; "overall" pools all.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,13 +54,22 @@ class GroupMetrics:
 
 
 def labelled_sets(files: Sequence[LabelledFile]) -> list[LabelledSet]:
-    """Group labelled files by (label, group), in order of first appearance."""
+    """Group labelled files by (label, group), in order of first appearance.
+
+    Results and reports name a group by its name alone, so a name given to both
+    real and AI files (a CSV's ``faces`` group for either kind) becomes two names,
+    ``faces (real)`` and ``faces (ai)``: one would otherwise replace the other.
+    """
     sets: dict[tuple[int, str], LabelledSet] = {}
     for file in files:
         key = (file.label, file.group)
         if key not in sets:
             sets[key] = LabelledSet(file.group, LABEL_NAMES[file.label], [])
         sets[key].paths.append(Path(file.path))
+    names = Counter(labelled.name for labelled in sets.values())
+    for labelled in sets.values():
+        if names[labelled.name] > 1:
+            labelled.name = f"{labelled.name} ({labelled.label})"
     return list(sets.values())
 
 

@@ -27,7 +27,7 @@ Crops are slices of the decoded array: no resampling, so camera traces survive
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -46,6 +46,10 @@ MIN_NEIGHBORS = 5
 """Overlapping raw detections needed to keep a face. 5 suppresses the isolated
 hits that texture (leaves, fabric, noise) produces; 3 (OpenCV's default) lets
 some of them through."""
+
+#: Note that caps an ``--aligned`` image's verdict at ``uncertain`` (``scanning.capped``):
+#: the face finder sees no face in what was given as a face crop.
+NO_FACE_SEEN = "no face seen:"
 
 MIN_FACE = 48
 """Smallest face kept, in native pixels (box side). Below about 48 px a face
@@ -195,13 +199,23 @@ def find_faces(pixels: np.ndarray, aligned: bool = False) -> list[Face]:
     """Frontal faces in H x W x 3 uint8 RGB ``pixels``, most supported first.
 
     ``aligned=True`` treats the whole image as one face (for inputs that are
-    already face crops): no face detection; the eye cascade still places the eyes
-    when it finds them, else the fixed proportions do.
+    already face crops); the eye cascade still places the eyes when it finds them,
+    else the fixed proportions do. Its ``neighbors`` then count the support of the
+    best face the detector finds in the image: 0 says it found none, so the image
+    may not be a face crop at all (a landscape judged "as a face" means nothing).
     """
     grey, scale = _grey(pixels)
+    faces = _detected(grey, scale)
     if aligned:
         height, width = grey.shape
-        return [_face(grey, scale, (0, 0, width, height), 0)]
+        whole = _face(grey, scale, (0, 0, width, height), 0)
+        return [replace(whole, x=0, y=0, w=pixels.shape[1], h=pixels.shape[0],
+                        neighbors=max((f.neighbors for f in faces), default=0))]
+    return faces
+
+
+def _detected(grey: np.ndarray, scale: float) -> list[Face]:
+    """The cascade's faces of at least ``MIN_FACE`` native pixels, most supported first."""
     min_side = max(20, round(MIN_FACE * scale))
     boxes, neighbors = _cascade(FACE_CASCADE).detectMultiScale2(
         grey, scaleFactor=SCALE_FACTOR, minNeighbors=MIN_NEIGHBORS, minSize=(min_side, min_side))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .faces import ENLARGE, crop_box, find_faces
+from .faces import ENLARGE, NO_FACE_SEEN, crop_box, find_faces
 from .files import file_sha256
 from .network import ExifExtractor
 from .patches import (
@@ -142,7 +142,7 @@ def prepare_image(path: str | Path, settings: TileSettings,
         if keep_pixels:
             record.pixels = pixels
         if settings.faces is not None:
-            record.faces = prepare_faces(pixels, settings.faces, settings)
+            record.faces = prepare_faces(pixels, settings.faces, settings, record.notes)
         if _processes(settings):
             pixels = apply_processing(pixels, settings.processing)
             record.notes.append(f"processed for evaluation: {settings.processing.describe()}")
@@ -181,12 +181,19 @@ def _processes(settings: TileSettings) -> bool:
     return settings.processing is not None and settings.processing != Processing()
 
 
-def prepare_faces(pixels: np.ndarray, faces: FaceSettings,
-                  settings: TileSettings) -> list[PreparedFace]:
+def prepare_faces(pixels: np.ndarray, faces: FaceSettings, settings: TileSettings,
+                  notes: list[str]) -> list[PreparedFace]:
     """Every face of ``pixels``: its native crop (processed for evaluation if asked),
-    tiled as a whole image would be."""
+    tiled as a whole image would be. An ``aligned`` image in which the face finder
+    sees no face gets a note in the image's ``notes`` that caps its verdict."""
     prepared = []
-    for face in find_faces(pixels, aligned=faces.aligned):
+    found = find_faces(pixels, aligned=faces.aligned)
+    if faces.aligned and found[0].neighbors == 0:
+        notes.append(f"{NO_FACE_SEEN} --aligned judged the whole image as one face crop, but "
+                     "the face finder sees no face in it: a face detector's verdict says "
+                     "nothing of an image that is not a face (verdict capped at uncertain; "
+                     "leave --aligned out to look for faces)")
+    for face in found:
         x0, y0, x1, y1 = crop_box(pixels.shape, face, faces.enlarge)
         crop, notes = pixels[y0:y1, x0:x1], []
         if _processes(settings):

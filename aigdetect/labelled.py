@@ -141,12 +141,14 @@ def files_from_csv(path: Path) -> list[LabelledFile]:
     """``path,label[,group]`` rows; relative paths are read from the CSV's folder.
     Without a group column each label is one group."""
     files = []
-    for number, row in _csv_rows(path):
-        if not row or row[0].strip().lower() == "path":
+    rows = [(number, row) for number, row in _csv_rows(path) if row]
+    for number, row in rows:
+        if row[0].strip().lower() == "path":
             continue
         if len(row) < 2 or row[1].strip().lower() not in _LABEL_WORDS:
-            raise ValueError(f"{path}:{number}: expected 'path,label[,group]' with label "
-                             "real or ai (also 0 / 1, fake, generated)")
+            raise ValueError(f"{path}:{number}: {_what_is_wrong(row, number == rows[0][0])}; "
+                             "expected 'path,label[,group]' with label real or ai (also 0 / 1, "
+                             "fake, generated)")
         label = _LABEL_WORDS[row[1].strip().lower()]
         file = Path(row[0].strip())
         file = file if file.is_absolute() else path.parent / file
@@ -156,6 +158,15 @@ def files_from_csv(path: Path) -> list[LabelledFile]:
         group = row[2].strip() if len(row) > 2 and row[2].strip() else LABEL_NAMES[label]
         files.append(LabelledFile(str(file), label, f"{path.name}:{group}"))
     return files
+
+
+def _what_is_wrong(row: list[str], first: bool) -> str:
+    """Why a CSV row is no labelled file, in the row's own words."""
+    if len(row) < 2:
+        return f"one column ({row[0].strip()!r})"
+    if first:
+        return f"neither the header 'path,label,group' nor a known label ({row[1].strip()!r})"
+    return f"unknown label {row[1].strip()!r}"
 
 
 def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:

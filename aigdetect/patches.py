@@ -14,6 +14,7 @@ becomes an :class:`ImageReadError` with a message an analyst can act on.
 from __future__ import annotations
 
 import io
+import math
 import os
 import sys
 import tempfile
@@ -542,6 +543,33 @@ def evenly_spread(count: int, keep: int) -> np.ndarray:
     return np.linspace(0, count - 1, keep).round().astype(int)
 
 
+def spread_over_grid(rows: int, cols: int, keep: int) -> np.ndarray:
+    """Row-major indices of ``keep`` cells of a ``rows`` x ``cols`` grid, spread over
+    both directions (all of them when there are no more than ``keep``).
+
+    Spreading the flat index instead puts the cells on a diagonal whenever the step
+    is close to a multiple of the row length: a heat map then shows a line, and the
+    score reads one stripe of the image. Here the grid is cut into a lattice of
+    equal bands with the grid's own aspect, just large enough, and the cell at the
+    centre of each band is kept: every kept tile stands for an equal share of the
+    image, the centre as much as the borders.
+    """
+    if rows * cols <= keep:
+        return np.arange(rows * cols)
+    lattice_rows = min(rows, keep, math.ceil(np.sqrt(keep * rows / cols)))
+    while lattice_rows * cols < keep:  # a short, wide grid: more rows of it
+        lattice_rows += 1
+    lattice_cols = min(cols, -(-keep // lattice_rows))
+    cells = (band_centres(rows, lattice_rows)[:, None] * cols
+             + band_centres(cols, lattice_cols)[None, :]).ravel()
+    return cells[evenly_spread(len(cells), keep)]
+
+
+def band_centres(count: int, bands: int) -> np.ndarray:
+    """The middle index of each of ``bands`` equal bands of ``count`` items."""
+    return ((np.arange(bands) + 0.5) * count / bands).astype(int)
+
+
 def grid_tiles(
     pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None
 ) -> np.ndarray:
@@ -556,17 +584,17 @@ def grid_tiles_at(
     """Non-overlapping tiles of the centre crop, as (n, 3, size, size) uint8, and
     their top-left corners as (n, 2) ``(x, y)`` pixel positions.
 
-    When the grid holds more than ``max_tiles``, an evenly spread, deterministic
-    subset is kept, so the same image always gives the same tiles and score.
-    An upscaled tiny image is noted in ``notes`` (its positions are then in the
-    upscaled grid). The positions let ``explain`` put each tile's evidence where
-    it came from.
+    When the grid holds more than ``max_tiles``, a deterministic subset spread over
+    the whole grid is kept (:func:`spread_over_grid`), so the same image always gives
+    the same tiles and score. An upscaled tiny image is noted in ``notes`` (its
+    positions are then in the upscaled grid). The positions let ``explain`` put each
+    tile's evidence where it came from.
     """
     pixels = ensure_min_size(pixels, size, notes)
     height, width = pixels.shape[:2]
     rows, cols = height // size, width // size
     top, left = (height - rows * size) // 2, (width - cols * size) // 2
-    keep = evenly_spread(rows * cols, rows * cols if max_tiles is None else max_tiles)
+    keep = spread_over_grid(rows, cols, rows * cols if max_tiles is None else max_tiles)
     positions = np.stack([left + (keep % cols) * size, top + (keep // cols) * size], axis=1)
     # copy only the kept tiles: a 12 MP grid holds ~3000, a scan typically keeps 16
     tiles = np.empty((len(keep), 3, size, size), dtype=np.uint8)

@@ -129,7 +129,7 @@ def scan_table(records: Sequence[ScanRecord], detector: str | None = None) -> Ta
         percentile = f"{r.percentile:.1f}" if r.percentile is not None else "-"
         note = r.error or "; ".join(r.notes)
         # Text, not str: a name like "a[/b].jpg" is not rich markup
-        faces = [_face_count(r), _fmt(_image_score(r))] if face_mode else []
+        faces = [_face_count(r), _whole_image(r)] if face_mode else []
         table.add_row(Text(printable(r.path)), _fmt(r.score), verdict, *parts, percentile,
                       *faces, _size(r), Text(printable(note)),
                       *([Text(printable(_provenance(r) or "-"))] if metadata else []))
@@ -143,6 +143,16 @@ def _face_count(record: ScanRecord) -> str:
 def _image_score(record: ScanRecord) -> float | None:
     """Face mode: the general detector's score of the whole image."""
     return None if record.image is None else record.image.get("score")
+
+
+def _whole_image(record: ScanRecord) -> Text:
+    """Face mode: the general detector's score and verdict of the whole image, so that
+    an image it calls ``ai`` is seen even where no face is suspicious."""
+    verdict = None if record.image is None else record.image.get("verdict")
+    if verdict is None:
+        return Text(_fmt(_image_score(record)))
+    return Text.assemble(f"{_fmt(_image_score(record))} ",
+                         (verdict, _VERDICT_STYLE.get(verdict, "")))
 
 
 def _provenance(record: ScanRecord) -> str | None:

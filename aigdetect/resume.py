@@ -149,9 +149,13 @@ def judged_otherwise(previous: Previous, identity: dict[str, str],
     """How the recorded verdicts were reached otherwise than this run would reach them
     (another model, detector or threshold), or None when alike. Appending then would
     mix two judges' verdicts in one file under one summary: evidence must not."""
-    model = json.dumps(identity, sort_keys=True)
-    if any(earlier != model for earlier in previous.models):
-        return "other weights (the records' 'model' differs from this run's)"
+    for earlier in sorted(previous.models):
+        recorded = json.loads(earlier)
+        differs = sorted(key for key in recorded.keys() | identity.keys()
+                         if recorded.get(key) != identity.get(key))
+        if differs:
+            return (f"other weights or face settings (the records' 'model' differs from "
+                    f"this run's in {', '.join(differs)})")
     for detector, threshold in sorted(previous.deciders):
         if detector not in deciders:
             return f"the {detector} detector (this run: {', '.join(sorted(deciders))})"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .detectors import Detector, Judgement
+from .faces import NO_FACE_SEEN
 from .features import PreparedFace, PreparedImage, TileSettings, prepare_stream
 from .patches import DAMAGED, TOO_SMALL
 
@@ -186,11 +187,12 @@ def _fill_scores(record: ScanRecord, judgement: Judgement, name: str) -> None:
 
 def capped(verdict: str, notes: list[str]) -> str:
     """``uncertain`` instead of ``ai`` or ``real`` for a damaged file (a ``damaged:``
-    note: its pixels are partly the decoder's filler or garbage) or one smaller than a
+    note: its pixels are partly the decoder's filler or garbage), one smaller than a
     tile (``too small:``: upscaled, so interpolation, not the file's pixel grid, is
-    read). The score is kept for what it is worth but never decides. Components keep
-    their own verdicts."""
-    if verdict in ("ai", "real") and any(note.startswith((DAMAGED, TOO_SMALL))
+    read) or an ``--aligned`` image with no face in it (``no face seen:``). The score
+    is kept for what it is worth but never decides. Components keep their own
+    verdicts."""
+    if verdict in ("ai", "real") and any(note.startswith((DAMAGED, TOO_SMALL, NO_FACE_SEEN))
                                          for note in notes):
         return "uncertain"
     return verdict

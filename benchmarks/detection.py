@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -78,7 +79,8 @@ def test_sets(root: Path, per_group: int | None, seed: int) -> list[tuple[str, s
     rows = []
     for label in ("real", "ai"):
         for group in sorted(p for p in (root / label).iterdir() if p.is_dir()):
-            files = sorted(str(f) for f in group.iterdir() if f.is_file())
+            # absolute: evaluate reads a CSV's relative paths from the CSV's own folder
+            files = sorted(os.path.abspath(f) for f in group.iterdir() if f.is_file())
             if per_group and len(files) > per_group:
                 files = sorted(random.Random(seed).sample(files, per_group))
             rows += [(f, label, group.name) for f in files]
@@ -303,7 +305,8 @@ def run_logo(args: argparse.Namespace, real_rows: list[tuple[str, str, str]]) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, help="detector folder (default: shipped)")
     parser.add_argument("--baseline", type=Path, help="a second detector folder scored on the "
                         "same images: adds each detector's paired difference in mean pair "
@@ -313,28 +316,39 @@ def main() -> None:
     parser.add_argument("--test-dir", type=Path, help="a folder with real/<set>/ and "
                         "ai/<family>/ (default: <splits>/test)")
     parser.add_argument("--per-group", type=int, default=100, help="images per group (0: all)")
-    parser.add_argument("--detectors", default=",".join(DETECTORS))
-    parser.add_argument("--conditions", default=",".join(CONDITIONS))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs/benchmark/detection.json")
+    parser.add_argument("--detectors", default=",".join(DETECTORS),
+                        help="comma-separated detectors to score")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help="comma-separated processings applied to both classes")
+    parser.add_argument("--workers", type=int, default=2, help="decoding workers of evaluate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-group sample")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/benchmark/detection.json",
+                        help="results JSON; the labelled list of the images scored is "
+                        "written beside it with the suffix .csv")
     parser.add_argument("--logo", help="comma-separated folds to retrain without, or 'all'")
     parser.add_argument("--logo-train", default="binary,residual",
                         help="supervised detectors retrained per fold: binary, residual")
-    parser.add_argument("--train-minutes", type=float, default=15.0)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-minutes", type=float, default=15.0,
+                        help="--logo: time budget of each fold's binary training")
+    parser.add_argument("--epochs", type=int, default=4,
+                        help="--logo: epochs of each fold's binary training")
     parser.add_argument("--residual-args", default="",
                         help="further options of 'aigdetect fit-residual' for the folds "
                         "(e.g. '--coding-costs')")
     parser.add_argument("--train-args", default="--patches 8 --lr 5e-4 --alpha 0.05",
                         help="further options of 'aigdetect train --binary' for the folds "
                         "(use the shipped model's)")
-    parser.add_argument("--fpr", type=float, default=0.05)
-    parser.add_argument("--work", type=Path, default=ROOT / "runs/logo")
+    parser.add_argument("--fpr", type=float, default=0.05,
+                        help="--logo: false-positive rate each fold is calibrated at")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs/logo",
+                        help="--logo: folder of each fold's training data and weights")
     parser.add_argument("--markdown", type=Path, help="also write the tables as Markdown")
     args = parser.parse_args()
     if args.per_group < 0:
         raise SystemExit(f"--per-group {args.per_group}: give a count, or 0 for every image")
+    if args.out.suffix.lower() == ".csv":  # the image list goes to <out>.csv
+        raise SystemExit(f"--out {args.out}: name the results JSON (e.g. results.json); "
+                         "the list of images scored is written beside it as .csv")
     args.detectors = args.detectors.split(",")
     args.conditions = args.conditions.split(",")
     test_dir = args.test_dir or args.splits / "test"

@@ -1,7 +1,7 @@
 """Scan throughput on 12-megapixel JPEGs, beside the decode-only floor.
 
     python benchmarks/scan_throughput.py [--images 24] [--workers 2] [--patches N]
-                                         [--detector fused|binary|oneclass] [--model DIR]
+                                         [--detector residual|fused|binary|oneclass] [--model DIR]
 
 Makes a folder of 4000x3000 camera-like JPEGs (a real photo from ../shared,
 upscaled, with sensor-like noise, saved at quality 92: the decode cost of a real

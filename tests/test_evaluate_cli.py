@@ -440,6 +440,30 @@ def test_evaluate_groups_rows() -> None:
     assert overall.auc == pytest.approx(6 / 9)
 
 
+@pytest.mark.parametrize("text, says", [
+    ("path,label\na.jpg,reel\n", "2: unknown label 'reel'"),
+    ("file,label\na.jpg,real\n", "1: neither the header 'path,label,group'"),
+    ("only-a-path\n", "1: one column ('only-a-path')")])
+def test_a_bad_csv_row_is_named_in_its_own_words(tmp_path: Path, text: str, says: str) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text(text)
+    with pytest.raises(ValueError, match="expected 'path,label") as error:
+        files_from_csv(labels)
+    assert says in str(error.value)
+
+
+def test_a_group_name_given_to_both_labels_keeps_both(tmp_path: Path) -> None:
+    """A CSV's ``faces`` group for real and for AI faces: keyed by name alone, one class
+    replaced the other and its images vanished from every number, without a word."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label,group\nr1.jpg,real,faces\na1.png,ai,faces\n"
+                      "r2.jpg,real,photos\na2.png,ai,faces\n")
+    sets = labelled_sets(files_from_csv(labels))
+    assert [(s.name, s.label, len(s.paths)) for s in sets] == [
+        ("labels.csv:faces (real)", REAL_LABEL, 1), ("labels.csv:faces (ai)", AI_LABEL, 2),
+        ("labels.csv:photos", REAL_LABEL, 1)]
+
+
 def test_read_label_csv(tmp_path: Path) -> None:
     labels = tmp_path / "labels.csv"
     labels.write_text("a.jpg,real\nsub/b.png,1\n/abs/c.jpg,FAKE\n\nd.jpg,0\ne.png,Generated\n"
@@ -623,6 +647,23 @@ def test_benchmark_counts_each_unreadable_file_once(monkeypatch: pytest.MonkeyPa
     groups = [asdict(row) for row in evaluate_groups(results)]
     summary = detection.summarise({"groups": groups, "mean_pair_auc": None, "pairs": []})
     assert summary["errors"] == 1
+
+
+def test_benchmark_lists_images_by_absolute_path(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    """The image list is a CSV that evaluate reads relative to its own folder: a relative
+    --test-dir with --out elsewhere named files that did not exist there."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    detection = load_benchmark("detection")
+    for label, group in (("real", "cams"), ("ai", "gen")):
+        (tmp_path / "td" / label / group).mkdir(parents=True)
+        (tmp_path / "td" / label / group / "x.jpg").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    rows = detection.test_sets(Path("td"), None, 0)
+    assert [(Path(path), label, group) for path, label, group in rows] == [
+        (tmp_path / "td" / "real" / "cams" / "x.jpg", "real", "cams"),
+        (tmp_path / "td" / "ai" / "gen" / "x.jpg", "ai", "gen")]
 
 
 def test_quiet_still_names_a_file_it_could_not_score(runner: CliRunner,

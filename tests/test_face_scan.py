@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from aigdetect.cli import EXIT_USAGE
 from aigdetect.density import RealPhotoDensity
 from aigdetect.detectors import DENSITY_FILE, EXTRACTOR_FILE, default_model_dir
+from aigdetect.faces import NO_FACE_SEEN
 
 EXTRACTOR = default_model_dir() / EXTRACTOR_FILE
 FAST = ["--workers", "0", "--patches", "4"]
@@ -71,8 +72,12 @@ def test_aligned_scan_judges_each_input_as_one_face(
     [face] = record["faces"]
     assert face["box"] == [0, 0, 200, 160] and face["patches"] > 0
     assert face["verdict"] in ("ai", "real", "uncertain")
-    # the image's verdict is its (only) face's; the whole image keeps the general opinion
-    assert (record["score"], record["verdict"]) == (face["score"], face["verdict"])
+    # the image's verdict is its (only) face's, but noise holds no face to see: capped
+    assert record["score"] == face["score"]
+    assert any(note.startswith(NO_FACE_SEEN) for note in record["notes"])
+    assert record["verdict"] == ("uncertain" if face["verdict"] in ("ai", "real")
+                                 else face["verdict"])
+    assert record["model"]["faces_crops"] == "aligned"
     assert record["patches"] == face["patches"] and record["image"]["patches"] > 0
     assert record["image"]["detector"] == "oneclass"
     assert record["image"]["verdict"] in ("ai", "real", "uncertain")
@@ -137,6 +142,7 @@ def test_evaluate_faces_counts_images_without_a_face(
     document = json.loads(result.stdout)  # the counts are still reported
     assert document["detector"] == "faces:oneclass"
     assert document["no_face"] == {str(real): 3, str(fake): 3}  # noise has no face
+    assert "6 image(s) hold no face" in result.stderr  # said, not only counted in the JSON
 
 
 def test_explain_faces_draws_the_boxes(runner: CliRunner, face_model: Path,
@@ -175,6 +181,39 @@ def test_scan_faces_on_real_photos_with_zero_one_and_several_faces(
             # scores saturate at 1: the raw score tells which face decided
             worst = max(record["faces"], key=lambda f: (f["score"], f["raw_score"]))
             assert (record["score"], record["raw_score"]) == (worst["score"], worst["raw_score"])
+
+
+@pytest.mark.skipif(not REAL_FACES.is_dir() or not LANDSCAPE.is_file(),
+                    reason="needs ../shared/data")
+def test_aligned_says_when_an_image_is_no_face_crop(runner: CliRunner,
+                                                    face_model: Path) -> None:
+    """--aligned judges the whole image as a face: on a landscape that verdict means
+    nothing, so the record says so and the verdict is capped; a portrait is not."""
+    _, document = scan_json(runner, face_model, "--aligned", LANDSCAPE, REAL_FACES / PORTRAIT)
+    landscape, portrait = document["results"]
+    assert any(note.startswith(NO_FACE_SEEN) for note in landscape["notes"])
+    assert landscape["verdict"] == "uncertain"
+    assert not any(note.startswith(NO_FACE_SEEN) for note in portrait["notes"])
+    [face] = landscape["faces"]
+    assert face["box"] == [0, 0, landscape["width"], landscape["height"]]
+
+
+def test_resume_refuses_to_mix_aligned_and_found_faces(runner: CliRunner, face_model: Path,
+                                                       tmp_path: Path) -> None:
+    """Whole images as faces and faces found in them are two judges: one results
+    file holds one judge's verdicts."""
+    (tmp_path / "evidence").mkdir()
+    image = noise_jpeg(tmp_path / "evidence" / "crop.jpg", size=(200, 160), seed=5)
+    results = tmp_path / "results.jsonl"
+    common = ["scan", "--faces", "--face-model", face_model, "--detector", "oneclass",
+              *FAST, "-f", "jsonl", "-o", results]
+    first = invoke(runner, [*common, "--aligned", image])
+    assert first.exit_code in (0, 1), first.stderr
+    before = results.read_bytes()
+    again = invoke(runner, [*common, "--resume", image])
+    assert again.exit_code == EXIT_USAGE
+    assert "faces_crops" in again.stderr
+    assert results.read_bytes() == before
 
 
 def test_fpr_sets_the_face_detectors_threshold(runner: CliRunner, face_model: Path,

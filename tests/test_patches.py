@@ -25,6 +25,7 @@ from aigdetect.patches import (
     load_image,
     random_crops,
     recompressed_tiles,
+    spread_over_grid,
     tile_count,
 )
 
@@ -280,6 +281,28 @@ def test_grid_tiles_subset_is_spread_and_deterministic():
     assert positions == sorted(set(positions))  # distinct, in order
     assert positions[0] == 0 and positions[-1] == len(full) - 1  # spread over the grid
     np.testing.assert_array_equal(grid_tiles(pixels, 64, max_tiles=10), full)
+
+
+@pytest.mark.parametrize("rows, cols, keep", [(16, 16, 16), (46, 62, 16), (8, 8, 16),
+                                               (1, 300, 16), (300, 1, 16), (3, 7, 5)])
+def test_the_kept_tiles_cover_both_directions_of_the_grid(rows, cols, keep):
+    """A flat-index spread put 16 of a 16 x 16 grid on its diagonal: a heat map showed a
+    line and a scan read one stripe of the photo."""
+    cells = spread_over_grid(rows, cols, keep)
+    assert len(cells) == keep == len(set(cells.tolist()))
+    kept_rows, kept_cols = set((cells // cols).tolist()), set((cells % cols).tolist())
+    assert len(kept_rows) * len(kept_cols) <= 2 * keep  # a lattice, not a diagonal
+    for kept, size in ((kept_rows, rows), (kept_cols, cols)):  # each band's middle
+        assert min(kept) < size / 2 <= max(kept) + 1 and max(kept) < size
+    if rows == cols == 16:
+        assert kept_rows == kept_cols == {2, 6, 10, 14}
+    if rows == cols == 8:
+        assert kept_rows == kept_cols == {1, 3, 5, 7}
+    np.testing.assert_array_equal(cells, spread_over_grid(rows, cols, keep))
+
+
+def test_a_grid_no_larger_than_the_budget_is_kept_whole():
+    np.testing.assert_array_equal(spread_over_grid(3, 5, 15), np.arange(15))
 
 
 def test_tiny_image_upscaled_to_one_tile():

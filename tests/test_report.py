@@ -174,6 +174,18 @@ def test_table(records: list[ScanRecord]) -> None:
     assert text.index("a.jpg") < text.index("b.jpg") < text.index("zz_broken.jpg")
 
 
+def test_face_table_shows_the_whole_images_verdict() -> None:
+    """--faces: the summary counts face verdicts, so the table must show where the general
+    detector calls the whole image ai while its face looks real."""
+    record = scored("portrait.jpg", -40.0, "real", 0.07)
+    record.faces = [{"box": [0, 0, 64, 64], "score": 0.07, "verdict": "real"}]
+    record.image = {"score": 0.501, "verdict": "ai", "detector": "residual"}
+    stream = io.StringIO()
+    write_scan([record], "table", stream)
+    row = next(line for line in stream.getvalue().splitlines() if "portrait.jpg" in line)
+    assert "0.501 ai" in row
+
+
 def test_unknown_format_rejected(records: list[ScanRecord]) -> None:
     assert set(FORMATS) == {"table", "json", "jsonl", "csv"}
     with pytest.raises(ValueError):

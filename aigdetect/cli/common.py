@@ -108,9 +108,13 @@ FACES_OPTION = flag(
     "--faces", help="Judge faces: find every frontal face, cut it out without "
     "resampling and score it with the face detector. The image takes its most suspicious "
     "face's score and verdict ('no-face' when none is found); each face has its own entry "
-    "in 'faces', and the general detector's opinion of the whole image is kept in 'image'.")
+    "in 'faces', and the general detector's opinion of the whole image is kept in 'image' "
+    "(the table's 'whole image' column): the summary and exit code count the face verdicts. "
+    "The shipped face detector ranks AI faces below real ones on the benchmark (see the "
+    "model card): read its verdicts as a lead only.")
 ALIGNED_OPTION = flag("--aligned", help="With --faces: every input is already "
-                      "one face crop (no face detection).")
+                      "one face crop (no face detection); an image in which no face is seen "
+                      "is noted 'no face seen:' and its verdict capped at uncertain.")
 FACE_MODEL_OPTION = typer.Option(
     None, "--face-model", help="With --faces: face detector folder from 'aigdetect fit-gmm "
     "--faces'. Default: the one shipped with aigdetect.")
@@ -227,7 +231,9 @@ def with_faces(loaded: LoadedDetector, face_model: Path | None, device: str,
         detector = folder.build(None, pick_device(device), batch_size)
         faces = folder.face_settings(aligned)
     identity = {**loaded.identity, **{f"faces_{key}": value
-                                      for key, value in folder.weights().items()}}
+                                      for key, value in folder.weights().items()},
+                # whole images as face crops or faces found: two judges, never one file's
+                "faces_crops": "aligned" if aligned else "detected"}
     return LoadedDetector(loaded.detector, identity, replace(loaded.tiles, faces=faces),
                           detector)
 

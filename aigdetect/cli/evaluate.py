@@ -25,7 +25,7 @@ from ..files import parse_extensions
 from ..labelled import labelled_files
 from ..patches import CONDITIONS
 from ..report import printable, write_evaluation
-from ..scanning import LoadedDetector, ScanRecord, decider_name, scan
+from ..scanning import NO_FACE, LoadedDetector, ScanRecord, decider_name, scan
 from .common import (
     ALIGNED_OPTION,
     BATCH_OPTION,
@@ -88,7 +88,8 @@ def evaluate_command(
     max_pixels: int = MAX_PIXELS_OPTION,
     max_decode_mb: int = MAX_DECODE_OPTION,
     max_scans: int = MAX_SCANS_OPTION,
-    include: str | None = typer.Option(None, help="Extensions to read, e.g. 'jpg,png'."),
+    include: str | None = typer.Option(None, help="Extensions to read from the folders, "
+                                       "e.g. 'jpg,png' (a --csv's rows are read as listed)."),
     quiet: bool = flag("--quiet", "-q", help="No progress bar on stderr."),
     faces: bool = flag(
         "--faces", help="Measure the face detector: each image counts as its most "
@@ -134,8 +135,10 @@ def evaluate_command(
              "pip install 'aigdetect[plot]', or leave out --plot")
     if plot is not None and not plot_format_known(plot):  # before minutes of scoring
         fail(f"--plot {plot}: not an image format matplotlib writes", "e.g. roc.png or roc.svg")
-    if {g.label for g in groups} != {REAL_LABEL, AI_LABEL}:
-        fail("evaluate needs real and AI images", "give --real DIR and --fake DIR (or --csv)")
+    missing = {REAL_LABEL, AI_LABEL} - {g.label for g in groups}
+    if missing:
+        fail(f"evaluate needs real and AI images, and has no {' and no '.join(sorted(missing))} "
+             "image", "give --real DIR and --fake DIR (or a --csv labelling both)")
     check_face_options(faces, aligned, face_model, None)
     if faces and baseline is not None:
         fail("--baseline compares general detectors; with --faces the face detector judges",
@@ -189,6 +192,11 @@ def report_unreadable(results: dict[str, tuple[str, list[ScanRecord]]],
         err.print(f"warning: {len(failed)} file(s) could not be scored, e.g. "
                   f"{printable(failed[0].path)}: {printable(failed[0].error or '')}",
                   markup=False, highlight=False)
+    faceless = [r for _, records in results.values() for r in records if r.verdict == NO_FACE]
+    if faceless:
+        err.print(f"warning: {len(faceless)} image(s) hold no face the face finder sees, e.g. "
+                  f"{printable(faceless[0].path)}: left out of every number (listed in the "
+                  "JSON's 'no_face')", markup=False, highlight=False)
     if not overall.n_real or not overall.n_ai:
         fail("no real or no AI image could be scored: nothing was measured",
              code=EXIT_UNREADABLE)

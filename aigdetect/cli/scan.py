@@ -128,11 +128,11 @@ def check_output(output: Path, searched: list[Path], files: list[Path], beside: 
                  force: bool, overwrite: bool, resume: bool) -> None:
     """One output file: see :func:`check_outputs`; ``beside``: the scanned files' folders."""
     target = Path(os.path.abspath(output))
+    identity = file_identity(target)  # never, not even with --force: output never replaces input
+    if identity is not None and any(file_identity(file) == identity for file in files):
+        fail(f"--output {output} is one of the input files: writing it would destroy "
+             "evidence", "choose a results path that is not an input file")
     if not force:
-        identity = file_identity(target)
-        if identity is not None and any(file_identity(file) == identity for file in files):
-            fail(f"--output {output} is one of the input files: writing it would destroy "
-                 "evidence", "choose a results path outside the inputs (or --force)")
         refuse_inside_inputs(output, "--output", searched, OUTSIDE_THE_EVIDENCE)
         refuse_beside_inputs(output, "--output", beside, OUTSIDE_THE_EVIDENCE)
     try:  # only a regular file holds earlier results: /dev/null or a pipe loses nothing
@@ -210,8 +210,8 @@ def scan_command(
         "already records with the same path, size and modification time."),
     verify_hash: bool = flag("--verify-hash", help="With --resume: also "
                              "re-hash skipped files; rescan any whose sha256 changed."),
-    force: bool = flag("--force", help="Allow --output to be an input file "
-                       "or to lie inside an input folder."),
+    force: bool = flag("--force", help="Allow --output to lie inside an input folder "
+                       "or beside a scanned file (never to be an input file)."),
     null: bool = flag("--null", "-0", help="Paths on stdin ('-') are "
                       "separated by NUL bytes, as find -print0 writes them."),
     include: str | None = typer.Option(
