@@ -45,7 +45,7 @@ from .detectors import (
 )
 from .exif import read_labels
 from .features import FeatureExtractor, TileSettings, prepare_stream
-from .files import atomic_write
+from .files import atomic_write, file_sha256_or_none
 from .patches import CONDITIONS
 
 
@@ -106,6 +106,7 @@ def calibrate_folder(
     folder.require_oneclass()  # before anything is written into it
     refuse_face_folder(folder)
     require_real(len(real_paths))  # before minutes of scoring
+    refuse_trained_on(folder, [*real_paths, *fake_paths])
     if fake_paths:
         require_fake(len(fake_paths))
     # a failed run leaves the folder as it was, the binary weights it brought included
@@ -124,6 +125,27 @@ def refuse_face_folder(folder: DetectorFolder) -> None:
                             "thresholds of general detector folders. Set a face folder's "
                             "threshold with 'aigdetect fit-gmm PHOTOS --faces --extractor "
                             "FACES.pt -o FOLDER --fpr RATE' on real faces")
+
+
+def refuse_trained_on(folder: DetectorFolder, paths: Sequence[Path]) -> None:
+    """Refuse calibration images that a detector of the folder was fitted on.
+
+    It scores its own training images as it learned them: a threshold set on them
+    promises fewer false alarms than new photos get, and fusion weights learned on
+    them favour it. Only weights that record their training files can be checked.
+    """
+    trained = folder.trained_on()
+    if not trained:
+        return
+    hashes = dict(zip(paths, map(file_sha256_or_none, paths), strict=True))
+    for name, fitted_on in trained.items():
+        seen = [path for path, digest in hashes.items() if digest in fitted_on]
+        if seen:
+            raise DetectorError(
+                f"{len(seen)} of the calibration images were fitted on by the {name} "
+                f"detector, e.g. {seen[0]}: thresholds set on them would promise fewer false "
+                "alarms than new photos get; calibrate on images no detector of the folder "
+                "was trained on")
 
 
 @contextmanager

@@ -425,6 +425,15 @@ class DetectorFolder:
             return self._binary(device, batch_size, uncalibrated_ok)
         return self._residual(uncalibrated_ok)
 
+    def trained_on(self) -> dict[str, set[str]]:
+        """Detector name -> SHA-256 of the files it was fitted on, for those whose
+        weights record them (the residual detector's): images to keep out of
+        calibration and evaluation."""
+        if not (self.path / RESIDUAL_FILE).is_file():
+            return {}
+        hashes = ResidualClassifier.load(self.path / RESIDUAL_FILE).trained_on()
+        return {"residual": hashes} if hashes else {}
+
     def _residual(self, uncalibrated_ok: bool) -> ResidualDetector:
         if not (self.path / RESIDUAL_FILE).is_file():
             raise DetectorError(f"{self.path} has no {RESIDUAL_FILE} (fit one with "

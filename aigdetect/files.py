@@ -210,6 +210,14 @@ def file_sha256(path: str | Path, limit: int | None = None) -> str:
     return digest.hexdigest()
 
 
+def file_sha256_or_none(path: str | Path, limit: int | None = None) -> str | None:
+    """:func:`file_sha256`, or None when the file cannot be read (a batch goes on)."""
+    try:
+        return file_sha256(path, limit)
+    except OSError:
+        return None
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place on success.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
 
-from .files import IMAGE_EXTENSIONS, file_identity, file_sha256, walk_folder
+from .files import IMAGE_EXTENSIONS, file_identity, file_sha256_or_none, walk_folder
 
 REAL, AI = 0, 1
 LABEL_NAMES = {REAL: "real", AI: "ai"}
@@ -88,10 +88,10 @@ def _byte_identical_groups(paths: Sequence[str]) -> dict[str, str]:
     placeholders are not one image)."""
     sizes = {path: size for path in paths if (size := _regular_size(path))}
     same_size = Counter(sizes.values())
-    prefixes = {path: (size, _digest(path, PREFIX_BYTES)) for path, size in sizes.items()
-                if same_size[size] > 1}
+    prefixes = {path: (size, file_sha256_or_none(path, PREFIX_BYTES))
+                for path, size in sizes.items() if same_size[size] > 1}
     same_prefix = Counter(prefixes.values())
-    digests = {path: _digest(path) for path, key in prefixes.items()
+    digests = {path: file_sha256_or_none(path) for path, key in prefixes.items()
                if key[1] is not None and same_prefix[key] > 1}
     return {path: digest for path, digest in digests.items() if digest is not None}
 
@@ -127,14 +127,6 @@ def _regular_size(path: str) -> int:
     except OSError:
         return 0
     return stat.st_size if S_ISREG(stat.st_mode) else 0
-
-
-def _digest(path: str, limit: int | None = None) -> str | None:
-    """SHA-256 of the file (its first ``limit`` bytes); None when it cannot be read."""
-    try:
-        return file_sha256(path, limit)
-    except OSError:
-        return None
 
 
 def files_from_csv(path: Path) -> list[LabelledFile]:

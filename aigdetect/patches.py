@@ -548,11 +548,10 @@ def spread_over_grid(rows: int, cols: int, keep: int) -> np.ndarray:
     both directions (all of them when there are no more than ``keep``).
 
     Spreading the flat index instead puts the cells on a diagonal whenever the step
-    is close to a multiple of the row length: a heat map then shows a line, and the
-    score reads one stripe of the image. Here the grid is cut into a lattice of
-    equal bands with the grid's own aspect, just large enough, and the cell at the
-    centre of each band is kept: every kept tile stands for an equal share of the
-    image, the centre as much as the borders.
+    is close to a multiple of the row length: a heat map then shows a line. Here the
+    grid is cut into a lattice of equal bands with the grid's own aspect, just large
+    enough, and the cell at the centre of each band is kept: every kept tile stands
+    for an equal share of the image, the centre as much as the borders.
     """
     if rows * cols <= keep:
         return np.arange(rows * cols)
@@ -579,22 +578,28 @@ def grid_tiles(
 
 
 def grid_tiles_at(
-    pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None
+    pixels: np.ndarray, size: int, max_tiles: int | None = None, notes: list[str] | None = None,
+    over_grid: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping tiles of the centre crop, as (n, 3, size, size) uint8, and
     their top-left corners as (n, 2) ``(x, y)`` pixel positions.
 
-    When the grid holds more than ``max_tiles``, a deterministic subset spread over
-    the whole grid is kept (:func:`spread_over_grid`), so the same image always gives
-    the same tiles and score. An upscaled tiny image is noted in ``notes`` (its
-    positions are then in the upscaled grid). The positions let ``explain`` put each
-    tile's evidence where it came from.
+    When the grid holds more than ``max_tiles``, a deterministic subset is kept, so
+    the same image always gives the same tiles and score: evenly spread over the
+    grid's row-major order for a score (the subset every detector was fitted,
+    selected and calibrated on; a lattice measured no better, see the model card),
+    or ``over_grid`` (:func:`spread_over_grid`) for a map, where that order can
+    draw a diagonal. An upscaled tiny image is noted in ``notes`` (its positions are
+    then in the upscaled grid). The positions let ``explain`` put each tile's
+    evidence where it came from.
     """
     pixels = ensure_min_size(pixels, size, notes)
     height, width = pixels.shape[:2]
     rows, cols = height // size, width // size
     top, left = (height - rows * size) // 2, (width - cols * size) // 2
-    keep = spread_over_grid(rows, cols, rows * cols if max_tiles is None else max_tiles)
+    budget = rows * cols if max_tiles is None else max_tiles
+    keep = (spread_over_grid(rows, cols, budget) if over_grid
+            else evenly_spread(rows * cols, budget))
     positions = np.stack([left + (keep % cols) * size, top + (keep // cols) * size], axis=1)
     # copy only the kept tiles: a 12 MP grid holds ~3000, a scan typically keeps 16
     tiles = np.empty((len(keep), 3, size, size), dtype=np.uint8)

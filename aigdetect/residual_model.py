@@ -25,7 +25,7 @@ scikit-learn.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 from . import __version__
 from .binary_data import Augmentation, split_for_validation, usable_files
 from .coding_cost import COUNTS_SHAPE, COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
-from .files import atomic_write
+from .files import atomic_write, file_sha256
 from .labelled import AI, REAL, LabelledFile
 from .patches import (
     CONDITIONS,
@@ -134,6 +134,9 @@ class ResidualClassifier:
     coef_: np.ndarray | None = None
     intercept_: float = 0.0
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: (n, 32) uint8 SHA-256 digests of the files it was fitted on, sorted (None: not
+    #: recorded, as in older files): ``calibrate`` and ``evaluate`` check it
+    trained_sha256_: np.ndarray | None = None
 
     @property
     def input_dim(self) -> int:
@@ -170,6 +173,12 @@ class ResidualClassifier:
     def _standardise(self, features: np.ndarray) -> np.ndarray:
         return (np.nan_to_num(features) - self.mean_) / self.scale_
 
+    def trained_on(self) -> set[str]:
+        """Hex SHA-256 of every file it was fitted on (empty when not recorded)."""
+        if self.trained_sha256_ is None:
+            return set()
+        return {bytes(row).hex() for row in self.trained_sha256_}
+
     def save(self, path: str | Path) -> None:
         """Plain arrays + a JSON header in one ``.npz``, written atomically."""
         if self.coef_ is None:
@@ -177,6 +186,8 @@ class ResidualClassifier:
         arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_}
         if self.coding_ is not None:
             arrays.update(coding_bits=self.coding_.bits_, coding_entropy=self.coding_.entropy_)
+        if self.trained_sha256_ is not None:  # an extra array: older readers skip it
+            arrays["trained_sha256"] = self.trained_sha256_
         version = 1 if self.inputs == LEGACY_INPUTS else FORMAT_VERSION  # old readers read 1
         header = {"format": FORMAT, "format_version": version,
                   "inputs": asdict(self.inputs), "regularisation": self.regularisation,
@@ -207,7 +218,8 @@ class ResidualClassifier:
                            coding_=coding,
                            mean_=arrays["mean"], scale_=arrays["scale"], coef_=arrays["coef"],
                            intercept_=float(header["intercept"]),
-                           provenance=header["provenance"])
+                           provenance=header["provenance"],
+                           trained_sha256_=_digests(arrays.get("trained_sha256")))
         except FileNotFoundError:
             raise ResidualModelError(f"{path}: no such file") from None
         except ResidualModelError:
@@ -255,6 +267,8 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
     require_both_classes(labels, f"readable training images ({len(unreadable)} unreadable)")
     model = ResidualClassifier(config.regularisation, config.inputs)
     model.fit(features, labels, group_weights(labels, groups))
+    model.trained_sha256_ = digest_array(file_sha256(f.path) for f in train
+                                         if f.path not in failed)
     model.provenance = {
         "aigdetect_version": __version__, "config": vars(config).copy(),
         "train_images": len(train) - len(failed), "unreadable": len(unreadable),
@@ -262,6 +276,22 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
         "groups": {g: int(np.sum(groups == g)) // config.variants for g in sorted(set(groups))},
         "validation": validate(model, held_out, config, on_image)}
     return model
+
+
+def digest_array(hex_digests: Iterable[str]) -> np.ndarray:
+    """Hex SHA-256 digests as a sorted (n, 32) uint8 array: plain numbers in an ``.npz``
+    (no pickled strings), half the size of the hex text."""
+    rows = sorted(bytes.fromhex(digest) for digest in hex_digests)
+    return np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), 32)
+
+
+def _digests(stored: np.ndarray | None) -> np.ndarray | None:
+    """A stored digest array, checked (a damaged file must not read as other hashes)."""
+    if stored is None:
+        return None
+    if stored.dtype != np.uint8 or stored.ndim != 2 or stored.shape[1] != 32:
+        raise ValueError("its training-file digests have the wrong shape")
+    return stored
 
 
 def require_both_classes(labels: Sequence[int] | np.ndarray, what: str) -> None:

@@ -22,6 +22,7 @@ from aigdetect.patches import (
     apply_processing,
     ensure_min_size,
     grid_tiles,
+    grid_tiles_at,
     load_image,
     random_crops,
     recompressed_tiles,
@@ -299,6 +300,16 @@ def test_the_kept_tiles_cover_both_directions_of_the_grid(rows, cols, keep):
     if rows == cols == 8:
         assert kept_rows == kept_cols == {1, 3, 5, 7}
     np.testing.assert_array_equal(cells, spread_over_grid(rows, cols, keep))
+
+
+def test_a_map_spreads_its_tiles_over_the_grid_and_a_score_keeps_its_subset():
+    """explain's map of 16 tiles of a 1024 px image showed its diagonal; the scored subset
+    stays the one the detectors were fitted and calibrated on."""
+    pixels = random_rgb(1024, 1024)
+    _, mapped = grid_tiles_at(pixels, 64, 16, over_grid=True)
+    assert set(mapped[:, 0] // 64) == set(mapped[:, 1] // 64) == {2, 6, 10, 14}
+    _, scored = grid_tiles_at(pixels, 64, 16)
+    np.testing.assert_array_equal(scored[:, 0] // 64, scored[:, 1] // 64)  # row-major spread
 
 
 def test_a_grid_no_larger_than_the_budget_is_kept_whole():

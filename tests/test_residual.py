@@ -21,6 +21,7 @@ from helpers_images import (
     noise_array,
     noise_jpeg,
     smooth_png,
+    tree_snapshot,
 )
 from rich.console import Console
 from typer.testing import CliRunner
@@ -298,6 +299,48 @@ def test_fit_residual_writes_a_model_with_its_provenance(folder: dict[str, Any])
     assert provenance["config"]["variants"] == 2
     assert sum(provenance["groups"].values()) == provenance["train_images"]
     assert provenance["validation"]["images"] > 0
+    # the files it was fitted on are recorded, as plain digests: the training share only
+    fitted_on = model.trained_on()
+    assert len(fitted_on) == provenance["train_images"]
+    inputs = {file_sha256(f) for f in [*folder["real"].rglob("*"), *folder["fake"].iterdir()]
+              if f.is_file()}
+    assert fitted_on < inputs
+
+
+def test_calibrate_refuses_images_the_residual_detector_was_fitted_on(
+    runner: CliRunner, folder: dict[str, Any], tmp_path: Path
+) -> None:
+    """Thresholds set on training images promise fewer false alarms than new photos get."""
+    copy = tmp_path / "detector"
+    shutil.copytree(folder["folder"], copy)
+    before = tree_snapshot(copy)
+    result = invoke(runner, ["calibrate", copy, "--real", folder["work"] / "held_real",
+                             "--real", folder["real"], "--workers", "0"])
+    assert result.exit_code == EXIT_USAGE
+    assert "were fitted on by the residual detector" in " ".join(result.stderr.split())
+    assert tree_snapshot(copy) == before
+
+
+def test_evaluate_warns_when_it_measures_training_images(runner: CliRunner,
+                                                         folder: dict[str, Any]) -> None:
+    result = invoke(runner, ["evaluate", "--model", folder["folder"], "--real", folder["real"],
+                             "--fake", folder["fake"], "-f", "json", "-q", "--workers", "0",
+                             "--detector", "residual"])
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "were fitted on by the residual detector" in said and "flatter it" in said
+    held_out = invoke(runner, ["evaluate", "--model", folder["folder"], "--real",
+                               folder["work"] / "held_real", "--fake", folder["work"] /
+                               "held_fake", "-f", "json", "-q", "--workers", "0"])
+    assert held_out.exit_code == 0 and "fitted on" not in held_out.stderr
+
+
+def test_a_residual_file_without_a_training_record_checks_nothing(tmp_path: Path) -> None:
+    """Files written before the record existed (the shipped one of 0.1.0) still load."""
+    features = np.random.default_rng(0).normal(size=(20, 3))
+    labels = np.array([REAL, AI] * 10)
+    ResidualClassifier(inputs=LEGACY_INPUTS).fit(features, labels).save(tmp_path / "r.npz")
+    assert ResidualClassifier.load(tmp_path / "r.npz").trained_on() == set()
 
 
 def test_calibrate_weights_every_component(folder: dict[str, Any]) -> None:

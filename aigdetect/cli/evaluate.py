@@ -158,6 +158,7 @@ def evaluate_command(
         results = score_groups(groups, loaded, workers, timeout, advance)
         baseline_results = None if compared is None else score_groups(
             groups, compared, workers, timeout, advance)
+    warn_trained_on(loaded.trained_on, results)
     rows = evaluate_groups(results)
     calibration = judge.calibration
     name = decider_name(loaded.detector, loaded.face_detector)
@@ -200,6 +201,19 @@ def report_unreadable(results: dict[str, tuple[str, list[ScanRecord]]],
     if not overall.n_real or not overall.n_ai:
         fail("no real or no AI image could be scored: nothing was measured",
              code=EXIT_UNREADABLE)
+
+
+def warn_trained_on(trained_on: dict[str, set[str]],
+                    results: dict[str, tuple[str, list[ScanRecord]]]) -> None:
+    """Say when images a detector was fitted on are among those measured: its numbers
+    on them flatter it, and a benchmark must hold them out."""
+    for name, hashes in trained_on.items():
+        seen = [r for _, records in results.values() for r in records if r.sha256 in hashes]
+        if seen:
+            err.print(f"warning: {len(seen)} of the images measured were fitted on by the "
+                      f"{name} detector, e.g. {printable(seen[0].path)}: its numbers on them "
+                      "flatter it (hold them out to measure it)", markup=False,
+                      highlight=False)
 
 
 def score_groups(groups: list[LabelledSet], loaded: LoadedDetector, workers: int,

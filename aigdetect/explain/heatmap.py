@@ -118,7 +118,7 @@ def _tile_fields(name: str, raw: float) -> dict[str, float]:
 def tile_evidence(detector: Detector, pixels: np.ndarray, size: int,
                   max_tiles: int) -> TileEvidence:
     """Score every kept tile alone with each component of ``detector``."""
-    tiles, positions = grid_tiles_at(pixels, size, max_tiles)
+    tiles, positions = grid_tiles_at(pixels, size, max_tiles, over_grid=True)
     parts = detector.parts or [detector]
     return TileEvidence(positions, size, {p.name: np.asarray(p.tile_raw(tiles)) for p in parts},
                         tile_count(pixels.shape[0], pixels.shape[1], size))
