@@ -182,14 +182,14 @@ def _processes(settings: TileSettings) -> bool:
 
 
 def prepare_faces(pixels: np.ndarray, faces: FaceSettings, settings: TileSettings,
-                  notes: list[str]) -> list[PreparedFace]:
+                  image_notes: list[str]) -> list[PreparedFace]:
     """Every face of ``pixels``: its native crop (processed for evaluation if asked),
     tiled as a whole image would be. An ``aligned`` image in which the face finder
-    sees no face gets a note in the image's ``notes`` that caps its verdict."""
+    sees no face gets a note in ``image_notes`` that caps its verdict."""
     prepared = []
     found = find_faces(pixels, aligned=faces.aligned)
     if faces.aligned and found[0].neighbors == 0:
-        notes.append(f"{NO_FACE_SEEN} --aligned judged the whole image as one face crop, but "
+        image_notes.append(f"{NO_FACE_SEEN} --aligned judged the whole image as one face crop, but "
                      "the face finder sees no face in it: a face detector's verdict says "
                      "nothing of an image that is not a face (verdict capped at uncertain; "
                      "leave --aligned out to look for faces)")
