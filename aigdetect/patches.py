@@ -179,12 +179,19 @@ def load_image(path: str | Path, limits: DecodeLimits | None = None) -> DecodedI
 
 
 def _open(handle: BinaryIO) -> Image.Image:
-    """``Image.open`` restricted to :func:`image_formats`; other formats are named."""
+    """``Image.open`` restricted to :func:`image_formats`; other formats are named. A
+    file that ends inside its header (a large metadata segment, say) holds no pixel
+    to recover, and is told apart from one cut inside its pixel data."""
     try:
         return Image.open(handle, formats=image_formats())
     except UnidentifiedImageError:
         handle.seek(0)
         raise ImageReadError(unsupported_format(handle.read(64))) from None
+    except OSError as error:
+        if "truncated" not in str(error).lower():
+            raise
+        raise ImageReadError(f"the file ends inside its header or metadata, before any "
+                             f"pixel data ({error})") from None
 
 
 def check_file_size(size: int, limits: DecodeLimits) -> None:

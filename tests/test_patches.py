@@ -193,7 +193,7 @@ def test_truncated_jpeg(tmp_path, make_jpeg):
         assert digest(path) == before
     headers_only = tmp_path / "headers.jpg"
     headers_only.write_bytes(whole[:300])
-    with pytest.raises(ImageReadError, match="truncated"):
+    with pytest.raises(ImageReadError, match="ends inside its header or metadata"):
         load_image(headers_only)
 
 
@@ -314,6 +314,17 @@ def test_a_map_spreads_its_tiles_over_the_grid_and_a_score_keeps_its_subset():
 
 def test_a_grid_no_larger_than_the_budget_is_kept_whole():
     np.testing.assert_array_equal(spread_over_grid(3, 5, 15), np.arange(15))
+
+
+def test_a_file_cut_inside_its_metadata_says_no_pixel_is_left(tmp_path: Path) -> None:
+    """A camera JPEG with a large metadata segment (maker notes, a preview) cut short
+    inside it: no pixel data to recover, said as such."""
+    buffer = io.BytesIO()
+    Image.fromarray(random_rgb(64, 64)).save(buffer, "JPEG", exif=b"Exif\x00\x00" + bytes(60_000))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buffer.getvalue()[:30_000])
+    with pytest.raises(ImageReadError, match="ends inside its header or metadata"):
+        load_image(cut)
 
 
 def test_tiny_image_upscaled_to_one_tile():
