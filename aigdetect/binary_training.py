@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .binary_data import Augmentation, BinaryDataset, split_for_validation, usable_files
-from .checkpoint import BINARY, PRETEXT, ModelMeta, load_model
+from .checkpoint import BINARY, PRETEXT, TRAINED_SHA256, ModelMeta, load_model
 from .engine import EngineConfig, TrainingError, run_training
 from .files import file_sha256
 from .labelled import AI, REAL, LabelledFile, labelled_files
@@ -152,7 +152,8 @@ class BinaryTask:
             return groups
 
         return {"train_files": count(self.train_files), "val_files": count(self.val_files),
-                "teacher_sha256": file_sha256(self.config.teacher)}
+                "teacher_sha256": file_sha256(self.config.teacher),
+                TRAINED_SHA256: sorted(file_sha256(f.path) for f in self.train_files)}
 
     def describe(self) -> str:
         real = sum(f.label == REAL for f in self.train_files)

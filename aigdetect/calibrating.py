@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .calibration import Calibration
-from .checkpoint import BINARY, PRETEXT, load_model, save_checkpoint
+from .checkpoint import BINARY, PRETEXT, load_model, save_checkpoint, trained_on
 from .detectors import (
     BINARY_FILE,
     EXTRACTOR_FILE,
@@ -106,7 +106,8 @@ def calibrate_folder(
     folder.require_oneclass()  # before anything is written into it
     refuse_face_folder(folder)
     require_real(len(real_paths))  # before minutes of scoring
-    refuse_trained_on(folder, [*real_paths, *fake_paths])
+    trained = folder.trained_on() | ({"binary": trained_on(binary)} if binary else {})
+    refuse_trained_on(trained, [*real_paths, *fake_paths])
     if fake_paths:
         require_fake(len(fake_paths))
     # a failed run leaves the folder as it was, the binary weights it brought included
@@ -127,15 +128,15 @@ def refuse_face_folder(folder: DetectorFolder) -> None:
                             "FACES.pt -o FOLDER --fpr RATE' on real faces")
 
 
-def refuse_trained_on(folder: DetectorFolder, paths: Sequence[Path]) -> None:
-    """Refuse calibration images that a detector of the folder was fitted on.
+def refuse_trained_on(trained: dict[str, set[str]], paths: Sequence[Path]) -> None:
+    """Refuse calibration images that a detector was fitted on (``trained``: detector
+    name -> SHA-256 of its training files).
 
     It scores its own training images as it learned them: a threshold set on them
     promises fewer false alarms than new photos get, and fusion weights learned on
     them favour it. Only weights that record their training files can be checked.
     """
-    trained = folder.trained_on()
-    if not trained:
+    if not any(trained.values()):
         return
     hashes = dict(zip(paths, map(file_sha256_or_none, paths), strict=True))
     for name, fitted_on in trained.items():

@@ -132,6 +132,17 @@ def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:
                               f"({type(error).__name__}: {error})") from None
 
 
+#: The ``training`` entry of a binary checkpoint listing the SHA-256 of its training files.
+TRAINED_SHA256 = "train_sha256"
+
+
+def trained_on(path: str | Path) -> set[str]:
+    """SHA-256 of the files a checkpoint was trained on, where it records them (binary
+    detectors trained since the record exists); empty otherwise."""
+    meta, _ = read_checkpoint(path)
+    return set(meta.training.get(TRAINED_SHA256, []))
+
+
 def load_model(
     path: str | Path, task: str | None = None
 ) -> tuple[ExifPretextModel | BinaryClassifier, ModelMeta]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -37,6 +37,7 @@ import torch
 from . import __version__
 from .calibration import Calibration
 from .checkpoint import BINARY, FACES, PRETEXT, CheckpointError, load_model
+from .checkpoint import trained_on as checkpoint_trained_on
 from .density import DensityError, RealPhotoDensity
 from .faces import ENLARGE
 from .features import MAX_TILES, FaceSettings, FeatureExtractor, TileSettings
@@ -425,14 +426,14 @@ class DetectorFolder:
             return self._binary(device, batch_size, uncalibrated_ok)
         return self._residual(uncalibrated_ok)
 
-    def trained_on(self) -> dict[str, set[str]]:
-        """Detector name -> SHA-256 of the files it was fitted on, for those whose
-        weights record them (the residual detector's): images to keep out of
-        calibration and evaluation."""
-        if not (self.path / RESIDUAL_FILE).is_file():
-            return {}
-        hashes = ResidualClassifier.load(self.path / RESIDUAL_FILE).trained_on()
-        return {"residual": hashes} if hashes else {}
+    def trained_on(self, names: Collection[str] = ("binary", "residual")) -> dict[str, set[str]]:
+        """Detector name -> SHA-256 of the files it was fitted on, for those of ``names``
+        whose weights record them: images to keep out of calibration and evaluation."""
+        readers = {"residual": lambda path: ResidualClassifier.load(path).trained_on(),
+                   "binary": checkpoint_trained_on}
+        records = {name: readers[name](self.path / SUPERVISED[name]) for name in names
+                   if name in SUPERVISED and (self.path / SUPERVISED[name]).is_file()}
+        return {name: hashes for name, hashes in records.items() if hashes}
 
     def _residual(self, uncalibrated_ok: bool) -> ResidualDetector:
         if not (self.path / RESIDUAL_FILE).is_file():

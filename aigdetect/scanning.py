@@ -213,8 +213,6 @@ class LoadedDetector:
     tiles: TileSettings
     #: ``--faces``: the detector that judges each face (``tiles.faces`` says how they are cut)
     face_detector: Detector | None = None
-    #: detector name -> SHA-256 of the files it was fitted on, where its weights say
-    trained_on: dict[str, set[str]] = field(default_factory=dict)
 
 
 def scan(

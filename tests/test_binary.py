@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_image
-from helpers_images import assert_scored_by, invoke, noise_jpeg, smooth_png
+from helpers_images import assert_scored_by, invoke, noise_jpeg, smooth_png, tree_snapshot
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,6 +34,7 @@ from aigdetect.detectors import (
     Judgement,
     fuse,
 )
+from aigdetect.files import file_sha256
 from aigdetect.labelled import AI, REAL, LabelledFile, files_from_csv
 from aigdetect.losses import feature_distillation_loss
 from aigdetect.network import BinaryClassifier, ExifExtractor, ExtractorConfig, stage_features
@@ -337,6 +338,12 @@ def test_train_binary_writes_a_binary_checkpoint(binary_run: dict[str, Any]) -> 
     assert meta.task == BINARY and meta.step == 2
     assert isinstance(model, BinaryClassifier)
     assert set(meta.training["train_files"]) and meta.training["teacher_sha256"]
+    # the files it trained on, by content: calibrate and evaluate keep them out
+    trained = set(meta.training["train_sha256"])
+    assert len(trained) == sum(meta.training["train_files"].values())
+    inputs = {file_sha256(f) for f in [*binary_run["real"].rglob("*"),
+                                       *binary_run["fake"].iterdir()] if f.is_file()}
+    assert trained < inputs
     log = [json.loads(line) for line in
            binary_run["output"].with_name("binary.pt.log.jsonl").read_text().splitlines()]
     assert {"ce", "distill"} <= set(log[-1]["train_loss"])
@@ -456,6 +463,23 @@ def calibrated(runner: CliRunner, binary_run: dict[str, Any]) -> dict[str, Any]:
     result = invoke(runner, ["calibrate", folder, "--binary", binary_run["output"], "--real",
                              held_out, "--fpr", "0.1", "--workers", "0"])
     return {"result": result, "folder": folder}
+
+
+def test_calibrate_refuses_images_the_binary_detector_trained_on(
+    runner: CliRunner, calibrated: dict[str, Any], binary_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """As --binary or already in the folder: thresholds set on its training images would
+    promise fewer false alarms than new photos get."""
+    folder = tmp_path / "again"
+    shutil.copytree(calibrated["folder"], folder)
+    before = tree_snapshot(folder)
+    held_out = binary_run["work"] / "held_out"
+    for extra in ([], ["--binary", binary_run["output"]]):
+        result = invoke(runner, ["calibrate", folder, *extra, "--real", held_out, "--real",
+                                 binary_run["real"], "--workers", "0"])
+        assert result.exit_code == EXIT_USAGE
+        assert "fitted on by the binary detector" in " ".join(result.stderr.split())
+        assert tree_snapshot(folder) == before
 
 
 def test_calibrate_with_held_out_ai_weights_the_fusion(

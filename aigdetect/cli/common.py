@@ -214,8 +214,7 @@ def load_detector(model: Path | None, name: str | None, device: str, patches: st
         detector = folder.build(name, torch_device, batch_size)
         settings = folder.tiles(tiles, limits=limits or DecodeLimits(),
                                 processing=CONDITIONS[condition])
-    return LoadedDetector(detector, folder.identity(), settings,
-                          trained_on=folder.trained_on())
+    return LoadedDetector(detector, folder.identity(), settings)
 
 
 def with_faces(loaded: LoadedDetector, face_model: Path | None, device: str,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from ..detectors import Detector, DetectorFolder
 from ..evaluation import (
     AI_LABEL,
     REAL_LABEL,
@@ -43,6 +44,7 @@ from .common import (
     check_face_options,
     check_new_file,
     decode_limits,
+    detector_errors,
     err,
     fail,
     flag,
@@ -158,7 +160,7 @@ def evaluate_command(
         results = score_groups(groups, loaded, workers, timeout, advance)
         baseline_results = None if compared is None else score_groups(
             groups, compared, workers, timeout, advance)
-    warn_trained_on(loaded.trained_on, results)
+    warn_trained_on(trained_on(model, loaded.detector), results)
     rows = evaluate_groups(results)
     calibration = judge.calibration
     name = decider_name(loaded.detector, loaded.face_detector)
@@ -201,6 +203,13 @@ def report_unreadable(results: dict[str, tuple[str, list[ScanRecord]]],
     if not overall.n_real or not overall.n_ai:
         fail("no real or no AI image could be scored: nothing was measured",
              code=EXIT_UNREADABLE)
+
+
+def trained_on(model: Path | None, detector: Detector) -> dict[str, set[str]]:
+    """What the measured detector's components were fitted on, where their weights say."""
+    with detector_errors(model):
+        names = [part.name for part in (detector.parts or [detector])]
+        return DetectorFolder.open(model).trained_on(names)
 
 
 def warn_trained_on(trained_on: dict[str, set[str]],
