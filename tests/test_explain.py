@@ -210,6 +210,8 @@ def test_terminal_report_names_the_detector_and_model(run: dict[str, Any]) -> No
     assert lines[0].startswith("aigdetect ") and "detector fused of model default" in lines[0]
     text = "\n".join(lines)
     assert "gen.png" in text and "empty.jpg" in text
+    # a pooled percentile beside a per-kind verdict looks like a contradiction unless said
+    assert "every kind pooled" in text
 
 
 def test_html_report_is_self_contained(run: dict[str, Any]) -> None:

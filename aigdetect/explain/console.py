@@ -100,7 +100,14 @@ def file_line(case: dict[str, Any]) -> str:
 
 
 def verdict_table(verdict: dict[str, Any]) -> Table:
-    table = Table(title=f"How unusual ({verdict['patches']} tiles)", title_justify="left")
+    """Each detector's numbers; the caption says why 'real pct' and the verdict can
+    seem to disagree (the percentile pools every kind of real photo, the threshold
+    holds for each kind)."""
+    table = Table(title=f"How unusual ({verdict['patches']} tiles)", title_justify="left",
+                  caption="real pct: share of all calibration photos at least this "
+                  "suspicious (every kind pooled); the threshold holds for each kind "
+                  "(camera, processed, ...) alone, so a low real pct can still be 'real'.",
+                  caption_justify="left")
     add_columns(table, ("detector", "score", "verdict", "raw score", "threshold",
                         "uncertain band", "real pct", "calib. FPR"))
     for name, c in verdict_rows(verdict):
