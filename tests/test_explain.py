@@ -23,8 +23,14 @@ from typer.testing import CliRunner
 
 from aigdetect.cli import EXIT_USAGE, new_file
 from aigdetect.detectors import EXTRACTOR_FILE, DetectorFolder, default_model_dir
-from aigdetect.explain.consistency import PretextReader, rank, reliability
-from aigdetect.explain.console import exposure_text, focal_text, print_document
+from aigdetect.explain.consistency import (
+    PretextReader,
+    exposure_text,
+    focal_text,
+    rank,
+    reliability,
+)
+from aigdetect.explain.console import print_document
 from aigdetect.explain.heatmap import (
     FACE_COLOURS,
     LABEL_FRACTION,

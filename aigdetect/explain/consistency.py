@@ -12,6 +12,7 @@ disagrees with the claim.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,8 +145,34 @@ def describe_check(row: dict[str, Any]) -> str:
     return "" if row["agrees"] is None else "agrees" if row["agrees"] else "differs"
 
 
+def exposure_text(seconds: float) -> str:
+    """An exposure time as photographers write it: ``1/250 s`` below a second."""
+    if not 0 < seconds < 1:
+        return f"{seconds:g} s"
+    speed = 1 / seconds
+    return f"1/{speed:.0f} s" if speed >= 10 else f"1/{speed:.2g} s"
+
+
+def focal_text(millimetres: float) -> str:
+    """A focal length to a tenth of a millimetre (``5.4 mm``, ``50 mm``)."""
+    return f"{millimetres:.1f}".removesuffix(".0") + " mm"
+
+
+#: Claimed values shown in photographers' units (the JSON keeps the raw numbers).
+CLAIM_UNITS: dict[str, Callable[[float], str]] = {
+    "exposure_time": exposure_text, "focal_length": focal_text, "focal_length_35mm": focal_text}
+
+
 def describe_claim(row: dict[str, Any]) -> str | None:
-    """The file's claim, with its percentile among the calibration photos' own EXIF."""
-    if row["claimed"] is None or row.get("claimed_percentile") is None:
-        return None if row["claimed"] is None else str(row["claimed"])
-    return f"{row['claimed']:g} (percentile {row['claimed_percentile']:.0f})"
+    """The file's claim, exposure time and focal length in photographers' units, with
+    its percentile among the calibration photos' own EXIF (the JSON keeps the raw
+    numbers)."""
+    claimed, percentile = row["claimed"], row.get("claimed_percentile")
+    if claimed is None:
+        return None
+    unit = CLAIM_UNITS.get(row["tag"])
+    if unit is not None:
+        shown = unit(float(claimed))
+    else:
+        shown = str(claimed) if percentile is None else f"{claimed:g}"
+    return shown if percentile is None else f"{shown} (percentile {percentile:.0f})"

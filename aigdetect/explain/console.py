@@ -7,7 +7,7 @@ not interpreted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -31,35 +31,6 @@ def add_columns(table: Table, names: Sequence[str]) -> None:
     disagrees?) and a cut number is a wrong number."""
     for name in names:
         table.add_column(name, overflow="fold", no_wrap=False)
-
-
-def exposure_text(seconds: float) -> str:
-    """An exposure time as photographers write it: ``1/250 s`` below a second."""
-    if not 0 < seconds < 1:
-        return f"{seconds:g} s"
-    speed = 1 / seconds
-    return f"1/{speed:.0f} s" if speed >= 10 else f"1/{speed:.2g} s"
-
-
-def focal_text(millimetres: float) -> str:
-    """A focal length to a tenth of a millimetre (``5.4 mm``, ``50 mm``)."""
-    return f"{millimetres:.1f}".removesuffix(".0") + " mm"
-
-
-#: Claimed values shown in photographers' units (the JSON keeps the raw numbers).
-CLAIM_UNITS: dict[str, Callable[[float], str]] = {
-    "exposure_time": exposure_text, "focal_length": focal_text, "focal_length_35mm": focal_text}
-
-
-def claim_text(row: dict[str, Any]) -> str | None:
-    """The file's claim for a pretext head, for people: as ``describe_claim``, with
-    exposure time and focal length in their usual units."""
-    claimed, unit = row["claimed"], CLAIM_UNITS.get(row["tag"])
-    if claimed is None or unit is None:
-        return describe_claim(row)
-    if row.get("claimed_percentile") is None:
-        return unit(float(claimed))
-    return f"{unit(float(claimed))} (percentile {row['claimed_percentile']:.0f})"
 
 
 def print_document(document: dict[str, Any], console: Console) -> None:
@@ -157,7 +128,7 @@ def camera_table(traces: dict[str, Any]) -> Table | Text:
         check = describe_check(row).upper() if row["flag"] else describe_check(row)
         reliability = "-" if row["value"] is None else (
             f"{row['metric']} {row['value']:.2f} / chance {row['chance']:.2f}")
-        table.add_row(row["tag"], cell(predicted), cell(claim_text(row)), reliability,
+        table.add_row(row["tag"], cell(predicted), cell(describe_claim(row)), reliability,
                       row["status"], Text(check, style="bold red" if row["flag"] else ""))
     return table
 

@@ -18,8 +18,7 @@ from typing import Any
 from ..provenance import CAVEAT
 from ..report import printable
 from .case import deciding_verdict, verdict_rows
-from .consistency import describe_check, describe_prediction
-from .console import claim_text
+from .consistency import describe_check, describe_claim, describe_prediction
 from .heatmap import region_value
 
 STYLE = """
@@ -171,7 +170,7 @@ def _camera(traces: dict[str, Any]) -> str:
         predicted = describe_prediction(row)
         flag = (f"<span class=\"flag\">{describe_check(row)}</span>" if row["flag"]
                 else describe_check(row))
-        rows.append((text(row["tag"]), text(predicted), text(claim_text(row)),
+        rows.append((text(row["tag"]), text(predicted), text(describe_claim(row)),
                      text(f"{row['metric']} {_number(row['value'])} vs chance "
                           f"{_number(row['chance'])}"), text(row["status"]), flag))
     return ("<h3>What the pixels say about the camera (EXIF-pretext heads)</h3>"
