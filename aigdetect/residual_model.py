@@ -9,11 +9,14 @@ fusion needs.
 
 What it reads of a tile set (:class:`ResidualInputs`): the tiles re-encoded as one
 JPEG at q90 (so that every image reaches it through the same last compression,
-whatever its file was), then the residual statistics of :mod:`aigdetect.residuals`
-and, when fitted with ``coding_costs`` (``fit-residual --coding-costs``; off for the
-shipped model), the luma's prediction-error counts, which a first stage, a
-real-photo coding-cost model (:mod:`aigdetect.coding_cost`, fitted on the real
-training photos), turns into bits spent against bits expected.
+whatever its file was), then the residual statistics of :mod:`aigdetect.residuals`;
+when fitted with ``pretrained_features`` (``fit-residual --pretrained-features``), the
+pooled features of a pretrained ImageNet network of the same tiles
+(:mod:`aigdetect.backbone`); and, when fitted with ``coding_costs``
+(``fit-residual --coding-costs``; off for the shipped model), the luma's
+prediction-error counts, which a first stage, a real-photo coding-cost model
+(:mod:`aigdetect.coding_cost`, fitted on the real training photos), turns into bits
+spent against bits expected.
 
 Training follows the binary detector's rules (:mod:`aigdetect.binary_data`):
 both classes augmented alike, each group weighted by the square root of its
@@ -32,10 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from . import __version__
+from .backbone import backbone_features
 from .binary_data import Augmentation, split_for_validation, usable_files
 from .coding_cost import COUNTS_SHAPE, COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
 from .files import atomic_write, file_sha256
@@ -56,11 +61,14 @@ from .residuals import residual_statistics
 DEFAULT_REGULARISATION = 0.03
 FORMAT = "aigdetect.residual-detector"
 #: 1: statistics of the tiles as decoded; 2: the header says how the tiles are read
-#: (``inputs``), with the coding-cost model's tables when it has one. A model is written
-#: in the lowest version that holds it, so older aigdetects still read what they can score.
-FORMAT_VERSION = 2
+#: (``inputs``), with the coding-cost model's tables when it has one; 3: the inputs may
+#: hold pretrained features. A model is written in the lowest version that holds it, so
+#: older aigdetects still read what they can score and refuse what they cannot.
+FORMAT_VERSION = 3
 #: JPEG quality of the re-encoding before the statistics (``ResidualInputs``), for new fits
 DEFAULT_RECOMPRESS_QUALITY = 90
+#: whether new fits read the pretrained backbone's features (``ResidualInputs``)
+DEFAULT_PRETRAINED_FEATURES = False
 
 
 class ResidualModelError(Exception):
@@ -78,28 +86,34 @@ class ResidualInputs:
     instead of at JPEG q90 moved the scores of held-out real photos by -0.5 to -0.9
     log-odds and of AI images by -0.9 to -1.8 without it, by 0.0 with it; selection
     mean AUC 0.873 -> 0.881 and 0.885 -> 0.890 (two augmentation draws).
-    ``coding_costs``: the luma's prediction-error counts follow the statistics, for the
+    ``pretrained_features``: the pretrained backbone's pooled features of the same tiles
+    (:mod:`aigdetect.backbone`) follow the statistics.
+    ``coding_costs``: the luma's prediction-error counts come last, for the
     classifier's coding-cost model (:mod:`aigdetect.coding_cost`).
     """
 
     recompress_quality: int | None = None
     coding_costs: bool = False
+    pretrained_features: bool = False
 
     def __post_init__(self) -> None:
         quality = self.recompress_quality
         if quality is not None and (type(quality) is not int or not 1 <= quality <= 100):
             raise ValueError(f"recompress_quality must be 1-100 or None, not {quality!r}")
-        if type(self.coding_costs) is not bool:
-            raise ValueError(f"coding_costs must be true or false, not {self.coding_costs!r}")
+        for name in ("coding_costs", "pretrained_features"):
+            if type(getattr(self, name)) is not bool:
+                raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         tiles = tiles[evenly_spread(len(tiles), MAX_POOLED_TILES)]
         if self.recompress_quality is not None:
             tiles = recompressed_tiles(tiles, self.recompress_quality)
-        statistics = residual_statistics(tiles)
-        if not self.coding_costs:
-            return statistics
-        return np.concatenate([statistics, error_counts(tiles).ravel()]).astype(np.float32)
+        parts = [residual_statistics(tiles)]
+        if self.pretrained_features:
+            parts.append(backbone_features(tiles))
+        if self.coding_costs:
+            parts.append(error_counts(tiles).ravel())
+        return np.concatenate(parts).astype(np.float32)
 
     def dim(self, patch_size: int) -> int:
         """Length of the vector for tiles of ``patch_size``."""
@@ -188,8 +202,7 @@ class ResidualClassifier:
             arrays.update(coding_bits=self.coding_.bits_, coding_entropy=self.coding_.entropy_)
         if self.trained_sha256_ is not None:  # an extra array: older readers skip it
             arrays["trained_sha256"] = self.trained_sha256_
-        version = 1 if self.inputs == LEGACY_INPUTS else FORMAT_VERSION  # old readers read 1
-        header = {"format": FORMAT, "format_version": version,
+        header = {"format": FORMAT, "format_version": _format_version(self.inputs),
                   "inputs": asdict(self.inputs), "regularisation": self.regularisation,
                   "intercept": self.intercept_, "provenance": self.provenance}
         with atomic_write(Path(path)) as temporary, open(temporary, "wb") as handle:
@@ -244,10 +257,13 @@ class ResidualFitConfig:
     recompress_quality: int | None = DEFAULT_RECOMPRESS_QUALITY
     #: add the coding costs (:mod:`aigdetect.coding_cost`) to the statistics
     coding_costs: bool = False
+    #: add the pretrained backbone's features (:mod:`aigdetect.backbone`)
+    pretrained_features: bool = DEFAULT_PRETRAINED_FEATURES
 
     @property
     def inputs(self) -> ResidualInputs:
-        return ResidualInputs(self.recompress_quality, self.coding_costs)
+        return ResidualInputs(self.recompress_quality, self.coding_costs,
+                              self.pretrained_features)
 
 
 def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
@@ -276,6 +292,13 @@ def fit_residual(files: Sequence[LabelledFile], config: ResidualFitConfig,
         "groups": {g: int(np.sum(groups == g)) // config.variants for g in sorted(set(groups))},
         "validation": validate(model, held_out, config, on_image)}
     return model
+
+
+def _format_version(inputs: ResidualInputs) -> int:
+    """The lowest file format that holds ``inputs``."""
+    if inputs == LEGACY_INPUTS:
+        return 1
+    return 3 if inputs.pretrained_features else 2
 
 
 def digest_array(hex_digests: Iterable[str]) -> np.ndarray:
@@ -354,8 +377,13 @@ def _map(function, jobs: list, workers: int, on_image: Callable[[int], None] | N
     if workers == 0:
         yield from _counted(map(function, jobs), on_image)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=one_torch_thread) as pool:
         yield from _counted(pool.map(function, jobs, chunksize=4), on_image)
+
+
+def one_torch_thread() -> None:
+    """Each worker process runs the backbone on one thread: the workers share the cores."""
+    torch.set_num_threads(1)
 
 
 def _counted(results, on_image: Callable[[int], None] | None):

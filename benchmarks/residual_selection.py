@@ -15,11 +15,12 @@ AI images are often upscaled).
 
     python benchmarks/residual_selection.py --regularisation 0.03,0.1
     python benchmarks/residual_selection.py --coding-costs   # fit-residual --coding-costs
+    python benchmarks/residual_selection.py --pretrained-features   # ... --pretrained-features
     python benchmarks/residual_selection.py --recompress-quality 0   # tiles as decoded
 
 Prints the mean AUC per processing (AI positive) over the 3 x 3 folds; about
-5 minutes on 2 CPU cores (the statistics are computed once, then every fold is
-a logistic regression).
+5 minutes on 2 CPU cores, 15 with the pretrained features (the inputs are computed
+once, then every fold is a logistic regression).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from aigdetect.residual_model import (
     ResidualFitConfig,
     ResidualInputs,
     group_weights,
+    one_torch_thread,
     training_features,
 )
 
@@ -142,6 +144,9 @@ def main() -> None:
                         help="as 'fit-residual --recompress-quality' (0: tiles as decoded)")
     parser.add_argument("--coding-costs", action="store_true",
                         help="add the coding costs, as 'fit-residual --coding-costs' does")
+    parser.add_argument("--pretrained-features", action="store_true",
+                        help="add the pretrained backbone's features, as "
+                        "'fit-residual --pretrained-features' does")
     parser.add_argument("--tiles", type=int, default=CONFIG.tiles,
                         help="64 px tiles per image, in training and scoring alike")
     parser.add_argument("--workers", type=int, default=2)
@@ -151,11 +156,12 @@ def main() -> None:
         raise SystemExit(f"{args.manifest} not found: this selection needs ../shared/data")
     files = shippable_files(args.manifest)
     config = replace(CONFIG, workers=args.workers, coding_costs=args.coding_costs,
-                     recompress_quality=args.recompress_quality or None, tiles=args.tiles)
+                     recompress_quality=args.recompress_quality or None, tiles=args.tiles,
+                     pretrained_features=args.pretrained_features)
     dim = config.inputs.dim(config.patch_size)
     print(f"{len(files)} files, {dim} inputs each",
           file=sys.stderr)
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=one_torch_thread) as pool:
         computed = list(pool.map(partial(processed_inputs, config=config),
                                  [f.path for f in files], chunksize=4))
     readable = [f for f, c in zip(files, computed, strict=True) if c is not None]

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from aigdetect import residual_model
 from aigdetect import weights as shipped_weights
+from aigdetect.backbone import FEATURE_DIM, backbone_features
 from aigdetect.binary_data import split_for_validation
 from aigdetect.binary_training import present
 from aigdetect.cli import EXIT_USAGE
@@ -143,7 +144,8 @@ def test_group_weights_balance_classes_and_shrink_big_groups() -> None:
 
 
 @pytest.mark.parametrize("inputs", [LEGACY_INPUTS, ResidualInputs(90, coding_costs=False),
-                                    ResidualInputs(90, coding_costs=True)])
+                                    ResidualInputs(90, coding_costs=True),
+                                    ResidualInputs(90, pretrained_features=True)])
 def test_classifier_learns_saves_and_loads(tmp_path: Path, inputs: ResidualInputs) -> None:
     rng = np.random.default_rng(5)
     shift = np.array([2.0, 0, 0, 0, 0, 0])
@@ -161,15 +163,19 @@ def test_classifier_learns_saves_and_loads(tmp_path: Path, inputs: ResidualInput
     np.testing.assert_allclose(loaded.decision_function(features), scores)
     assert loaded.provenance == {"note": "test"} and loaded.input_dim == features.shape[1]
     assert loaded.inputs == inputs
-    # tiles read as decoded, without coding costs: format 1, which older aigdetects read
+    # the lowest format that holds the inputs: tiles read as decoded, without coding
+    # costs, stay format 1, which older aigdetects read; pretrained features need 3, which
+    # aigdetects that cannot compute them refuse as "newer"
     with np.load(tmp_path / "residual.npz") as stored:
         version = json.loads(str(stored["header"]))["format_version"]
-    assert version == (1 if inputs == LEGACY_INPUTS else 2)
+    expected = 3 if inputs.pretrained_features else 1 if inputs == LEGACY_INPUTS else 2
+    assert version == expected
 
 
 @pytest.mark.parametrize("inputs", [{"recompress_quality": "90"},
                                     {"recompress_quality": 0, "coding_costs": False},
-                                    {"coding_costs": "yes"}, {"unknown": 1}])
+                                    {"coding_costs": "yes"}, {"pretrained_features": 1},
+                                    {"unknown": 1}])
 def test_a_residual_file_that_says_nonsense_about_its_inputs_is_refused(
         tmp_path: Path, inputs: dict[str, Any]) -> None:
     header = {"format": "aigdetect.residual-detector", "format_version": 2, "inputs": inputs,
@@ -199,6 +205,17 @@ def test_recompression_makes_the_last_storage_matter_less() -> None:
     for_reading = {read: np.linalg.norm(read(tiles) - read(stored_as_jpeg))
                    for read in (ResidualInputs(None), ResidualInputs(90))}
     assert for_reading[ResidualInputs(90)] < 0.5 * for_reading[ResidualInputs(None)]
+
+
+def test_pretrained_features_follow_the_statistics_of_the_same_re_encoded_tiles() -> None:
+    tiles = tiles_of(noise_array((256, 256), 4))
+    inputs = ResidualInputs(90, pretrained_features=True)
+    row = inputs(tiles)
+    statistics = ResidualInputs(90)(tiles)
+    assert len(row) == inputs.dim(64) == len(statistics) + FEATURE_DIM
+    np.testing.assert_array_equal(row[:len(statistics)], statistics)
+    np.testing.assert_allclose(row[len(statistics):],
+                               backbone_features(recompressed_tiles(tiles, 90)), rtol=1e-6)
 
 
 def test_classifier_refuses_what_is_not_its_file(tmp_path: Path) -> None:
@@ -418,22 +435,25 @@ def test_a_calibrated_weight_file_gone_is_named_missing(
     assert f"{RESIDUAL_FILE} is missing" in " ".join(result.stderr.split())
 
 
+@pytest.mark.parametrize("reads", ["coding_costs", "pretrained_features"])
 def test_refit_then_calibrate_again(runner: CliRunner, folder: dict[str, Any],
-                                    tmp_path: Path) -> None:
-    """After a refit (here with the coding costs) the stored thresholds are stale: scan
-    refuses the folder until 'calibrate' runs again, and calibrate itself accepts it (it
-    replaces them); then scan and explain read the refitted model."""
+                                    tmp_path: Path, reads: str) -> None:
+    """After a refit (here with the coding costs, or the pretrained features) the stored
+    thresholds are stale: scan refuses the folder until 'calibrate' runs again, and
+    calibrate itself accepts it (it replaces them); then scan and explain read the
+    refitted model."""
     copy = tmp_path / "copy"
     shutil.copytree(folder["folder"], copy)
     before = json.loads((copy / "calibration.json").read_text())["weights"]["residual_sha256"]
     args = ["fit-residual", copy, "--real", folder["real"], "--fake", folder["fake"],
-            "--val-fraction", "0", "--c", "1", "--coding-costs", "--workers", "0"]
+            "--val-fraction", "0", "--c", "1", f"--{reads.replace('_', '-')}",
+            "--workers", "0"]
     refused = invoke(runner, args)  # an existing model is never replaced by accident
     assert refused.exit_code == EXIT_USAGE and "--overwrite" in refused.stderr
     assert file_sha256(copy / RESIDUAL_FILE) == before
     refit = invoke(runner, [*args, "--overwrite"])
     assert refit.exit_code == 0, refit.stderr
-    assert ResidualClassifier.load(copy / RESIDUAL_FILE).inputs.coding_costs
+    assert getattr(ResidualClassifier.load(copy / RESIDUAL_FILE).inputs, reads)
     stale = invoke(runner, ["scan", folder["fake"] / "f0.png", "--model", copy, "-q"])
     assert stale.exit_code == EXIT_USAGE and "calibrate" in stale.stderr
     again = invoke(runner, ["calibrate", copy, "--real", folder["work"] / "held_real",
