@@ -9,7 +9,8 @@ AI-like, and judges it with its :class:`~aigdetect.calibration.Calibration`
   typical real photo's, either way (``extractor.pt`` + ``density.npz``).
 * ``binary``: the binary detector's logit, AI minus real (``binary.pt``).
 * ``residual``: the log-odds of AI of a linear classifier on hand-crafted residual
-  statistics (``residual.npz``, see :mod:`aigdetect.residual_model`).
+  statistics, and optionally a pretrained network's pooled features
+  (``residual.npz``, see :mod:`aigdetect.residual_model`).
 * ``fused``: the weighted mean of its components' raw statistics (the one-class
   detector and every supervised one the folder holds), each standardised by its
   own real-photo median and spread: it rises with every component, so none can

@@ -68,7 +68,7 @@ FORMAT_VERSION = 3
 #: JPEG quality of the re-encoding before the statistics (``ResidualInputs``), for new fits
 DEFAULT_RECOMPRESS_QUALITY = 90
 #: whether new fits read the pretrained backbone's features (``ResidualInputs``)
-DEFAULT_PRETRAINED_FEATURES = False
+DEFAULT_PRETRAINED_FEATURES = True
 
 
 class ResidualModelError(Exception):

@@ -550,7 +550,7 @@ def test_a_residual_model_of_another_statistics_count_is_refused(
                              "residual", "-q"])
     assert result.exit_code == EXIT_USAGE, result.stderr
     said = " ".join(result.stderr.split())
-    assert f"{LEGACY_INPUTS.dim(64) + 1} residual inputs" in said
+    assert f"{model.input_dim} residual inputs" in said
     assert "fit-residual" in said
 
 
@@ -571,10 +571,11 @@ def test_selection_deals_whole_repositories_into_balanced_folds() -> None:
     assert sizes == [4, 5, 5]
 
 
-@pytest.mark.parametrize("coding_costs", [False, True])
+@pytest.mark.parametrize(("coding_costs", "pretrained"), [(False, True), (True, False)])
 def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[str, str],
-                                           coding_costs: bool) -> None:
-    """Held-out repositories and families through the script, end to end."""
+                                           coding_costs: bool, pretrained: bool) -> None:
+    """Held-out repositories and families through the script, end to end (the default
+    inputs, then the statistics with coding costs alone)."""
     rows = []
     for repo in range(3):
         for i in range(3):
@@ -589,13 +590,16 @@ def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[
     out = tmp_path / "selection.json"
     done = subprocess.run([sys.executable, SELECTION, "--manifest", tmp_path / "manifest.csv",
                            "--regularisation", "0.1,1", "--workers", "1", "--out", out,
-                           *(["--coding-costs"] if coding_costs else [])],
+                           *(["--coding-costs"] if coding_costs else []),
+                           *([] if pretrained else ["--no-pretrained-features"])],
                           capture_output=True, text=True, env=subprocess_env, timeout=600)
     assert done.returncode == 0, done.stderr
     stored = json.loads(out.read_text())
-    assert stored["read"] == {"recompress_quality": 90, "coding_costs": coding_costs}
+    assert stored["read"] == {"recompress_quality": 90, "coding_costs": coding_costs,
+                              "pretrained_features": pretrained}
     assert stored["files"] == 15
-    assert stored["inputs"] == LEGACY_INPUTS.dim(64) + (COUNTS_SIZE if coding_costs else 0)
+    assert stored["inputs"] == (LEGACY_INPUTS.dim(64) + (COUNTS_SIZE if coding_costs else 0)
+                                + (FEATURE_DIM if pretrained else 0))
     for result in stored["results"].values():
         assert set(result) == {"matched", "web", "small-web", "mean"}
         assert all(0.0 <= value <= 1.0 for value in result.values())

@@ -23,8 +23,8 @@ app = typer.Typer(
         "An extractor learns camera traces by predicting real photos' EXIF tags from their "
         "pixels. Detectors: a one-class model of those traces (images that fit no camera), "
         "a binary real/AI classifier regularised by the same extractor, a linear classifier "
-        "on hand-crafted residual statistics (the shipped default: it ranks "
-        "unseen generators best), and their fusion."
+        "on hand-crafted residual statistics and a pretrained network's features (the "
+        "shipped default: it ranks unseen generators best), and their fusion."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",

@@ -252,12 +252,14 @@ def scan_command(
     above the one at 4 x FPR, or a damaged file), real, or error
     (unreadable, or over a limit). **real pct** is the
     share of held-out real photos that score at least as suspicious. The shipped default
-    detector is **residual** (hand-crafted noise statistics; no network, so it is fast);
-    --detector fused adds the binary and the one-class (camera-trace) detectors, each
-    record keeping every component's score. On generators and cameras it never saw it
-    ranks AI images only a little better than chance in some conditions; its thresholds
-    call few real photos ai (1-4 % in the model card's benchmark) and few of the AI images
-    of generators it never saw (0-9 %): read weights/MODEL_CARD.md before relying on a
+    detector is **residual** (hand-crafted noise statistics and a pretrained ImageNet
+    network's features, read by a linear classifier); --detector fused adds the binary
+    and the one-class (camera-trace) detectors, each record keeping every component's
+    score. On generators and cameras it never saw it ranks AI images well above chance
+    but far from reliably (mean AUC 0.70-0.73 in the model card's benchmark); its
+    thresholds call 0-4 % of unseen camera and processed photos ai, but **14-25 % of
+    real photos of faces**, and catch 12-29 % of the images of diffusion generators it
+    never saw (0-53 % of GAN faces): read weights/MODEL_CARD.md before relying on a
     verdict.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;

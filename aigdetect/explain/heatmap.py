@@ -29,7 +29,7 @@ GUIDE_NOTE = ("The verdict comes from the whole tile set; this map scores each t
 #: What each component's per-tile value is, and what its high end (red) means.
 UNITS = {
     "binary": "binary logit per tile (AI minus real)",
-    "residual": "residual classifier's log-odds of AI per tile (its noise statistics alone)",
+    "residual": "residual classifier's log-odds of AI per tile (what that tile alone shows)",
     "oneclass": "one-class strangeness per tile (distance of its log-likelihood from real "
                 "photos' typical one)",
 }
