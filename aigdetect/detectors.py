@@ -197,7 +197,7 @@ class ResidualDetector(SingleDetector):
         return float(self.model.decision_function(self.model.inputs(tiles)[None])[0]), {}
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
-        """The log-odds of each tile's own statistics."""
+        """The log-odds of each tile read alone (its statistics and features)."""
         return self.model.decision_function(
             np.stack([self.model.inputs(tiles[i : i + 1]) for i in range(len(tiles))]))
 
