@@ -23,6 +23,7 @@ classifier layer left out; ``weights/BACKBONE_LICENSE.md`` says where they come 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,8 @@ MOSAIC_SIDE = 4
 #: mosaics averaged at most, evenly spread over a larger tile set (the features are
 #: averages, so more only costs time)
 MAX_MOSAICS = 16
+#: mosaics per forward pass
+BATCH = 32
 
 
 class BackboneError(Exception):
@@ -169,11 +172,30 @@ def mosaics(tiles: np.ndarray, side: int = MOSAIC_SIDE) -> np.ndarray:
     return grid.transpose(0, 3, 1, 4, 2, 5).reshape(count, channels, side * size, side * size)
 
 
-@torch.no_grad()
 def backbone_features(tiles: np.ndarray) -> np.ndarray:
     """``FEATURE_DIM`` floats for an (N, 3, P, P) uint8 tile set: the mean and spread of
     every channel of each pooled map, averaged over the set's mosaics."""
-    images = torch.from_numpy(np.ascontiguousarray(mosaics(tiles))).float() / 255
+    return features_of_sets([tiles])[0]
+
+
+@torch.no_grad()
+def features_of_sets(tile_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """(S, ``FEATURE_DIM``): :func:`backbone_features` of each tile set, with the
+    mosaics of all sets run through the network ``BATCH`` at a time (on a CPU, one
+    mosaic per call took four times as long as 32 in one batch; ``explain`` reads each
+    tile alone)."""
+    laid_out = [mosaics(tiles) for tiles in tile_sets]
+    images = np.concatenate(laid_out)
+    pooled = torch.cat([_pooled(torch.from_numpy(images[start:start + BATCH]).float() / 255)
+                        for start in range(0, len(images), BATCH)])
+    owner = torch.from_numpy(np.repeat(np.arange(len(laid_out)), [len(m) for m in laid_out]))
+    sums = torch.zeros(len(laid_out), FEATURE_DIM).index_add_(0, owner, pooled)
+    counts = torch.bincount(owner, minlength=len(laid_out)).unsqueeze(1)
+    return (sums / counts).numpy().astype(np.float32)
+
+
+def _pooled(images: torch.Tensor) -> torch.Tensor:
+    """(M, ``FEATURE_DIM``): each image's per-channel mean and spread of every map."""
     maps = load_backbone().feature_maps(images)
-    pooled = [m.mean(dim=(2, 3)) for m in maps] + [m.std(dim=(2, 3), correction=0) for m in maps]
-    return torch.cat(pooled, dim=1).mean(dim=0).numpy().astype(np.float32)
+    return torch.cat([m.mean(dim=(2, 3)) for m in maps]
+                     + [m.std(dim=(2, 3), correction=0) for m in maps], dim=1)

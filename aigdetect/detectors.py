@@ -198,8 +198,7 @@ class ResidualDetector(SingleDetector):
 
     def tile_raw(self, tiles: np.ndarray) -> np.ndarray:
         """The log-odds of each tile read alone (its statistics and features)."""
-        return self.model.decision_function(
-            np.stack([self.model.inputs(tiles[i : i + 1]) for i in range(len(tiles))]))
+        return self.model.decision_function(self.model.inputs.each_tile(tiles))
 
 
 @dataclass

@@ -40,7 +40,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from . import __version__
-from .backbone import backbone_features
+from .backbone import features_of_sets
 from .binary_data import Augmentation, split_for_validation, usable_files
 from .coding_cost import COUNTS_SHAPE, COUNTS_SIZE, STATISTICS, CodingCostModel, error_counts
 from .files import atomic_write, file_sha256
@@ -105,15 +105,25 @@ class ResidualInputs:
                 raise ValueError(f"{name} must be true or false, not {getattr(self, name)!r}")
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        tiles = tiles[evenly_spread(len(tiles), MAX_POOLED_TILES)]
+        """The row of one tile set (at most ``MAX_POOLED_TILES`` of it, evenly spread)."""
+        return self.rows([tiles[evenly_spread(len(tiles), MAX_POOLED_TILES)]])[0]
+
+    def each_tile(self, tiles: np.ndarray) -> np.ndarray:
+        """(N, dim): each tile read alone, as ``self(tiles[i:i + 1])`` reads it (the heat
+        map's per-tile scores)."""
+        return self.rows([tiles[i:i + 1] for i in range(len(tiles))])
+
+    def rows(self, tile_sets: Sequence[np.ndarray]) -> np.ndarray:
+        """One row per tile set; the backbone sees every set's mosaics in batches."""
         if self.recompress_quality is not None:
-            tiles = recompressed_tiles(tiles, self.recompress_quality)
-        parts = [residual_statistics(tiles)]
+            tile_sets = [recompressed_tiles(tiles, self.recompress_quality)
+                         for tiles in tile_sets]
+        parts = [np.stack([residual_statistics(tiles) for tiles in tile_sets])]
         if self.pretrained_features:
-            parts.append(backbone_features(tiles))
+            parts.append(features_of_sets(tile_sets))
         if self.coding_costs:
-            parts.append(error_counts(tiles).ravel())
-        return np.concatenate(parts).astype(np.float32)
+            parts.append(np.stack([error_counts(tiles).ravel() for tiles in tile_sets]))
+        return np.concatenate(parts, axis=1).astype(np.float32)
 
     def dim(self, patch_size: int) -> int:
         """Length of the vector for tiles of ``patch_size``."""

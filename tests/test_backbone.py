@@ -18,6 +18,7 @@ from aigdetect.backbone import (
     BackboneError,
     EfficientNetLite0,
     backbone_features,
+    features_of_sets,
     load_backbone,
     mosaics,
 )
@@ -92,6 +93,19 @@ def test_features_have_a_fixed_length_and_tell_textures_apart() -> None:
     # one tile of the same noise reads closer to the noise than the smooth image does
     apart = np.linalg.norm(features["noise"] - features["smooth"])
     assert apart > 2 * np.linalg.norm(features["noise"] - features["one tile"])
+
+
+def test_sets_read_together_give_each_set_s_own_features(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batching mosaics of several sets (across batch boundaries, sets of one and of
+    several mosaics) changes no set's features beyond float rounding."""
+    monkeypatch.setattr(backbone, "BATCH", 2)
+    tiles = tiles_of(noise_array((256, 512), 3))  # 32 tiles: two mosaics
+    sets = [tiles[:1], tiles, tiles[5:9], tiles[::-1]]
+    together = features_of_sets(sets)
+    assert together.shape == (len(sets), FEATURE_DIM) and together.dtype == np.float32
+    for row, tile_set in zip(together, sets, strict=True):
+        np.testing.assert_allclose(row, backbone_features(tile_set), rtol=1e-4, atol=1e-5)
 
 
 def test_pretrained_features_differ_from_an_untrained_network_s() -> None:

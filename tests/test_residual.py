@@ -218,6 +218,18 @@ def test_pretrained_features_follow_the_statistics_of_the_same_re_encoded_tiles(
                                backbone_features(recompressed_tiles(tiles, 90)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("inputs", [ResidualInputs(90, pretrained_features=True),
+                                    ResidualInputs(None, coding_costs=True)])
+def test_each_tile_reads_every_tile_alone(inputs: ResidualInputs) -> None:
+    """The heat map's rows: each tile as if it were the whole set, in one batched call."""
+    tiles = tiles_of(noise_array((128, 192), 5))
+    each = inputs.each_tile(tiles)
+    assert each.shape == (len(tiles), inputs.dim(64))
+    np.testing.assert_allclose(each, np.stack([inputs(tiles[i:i + 1])
+                                               for i in range(len(tiles))]),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_classifier_refuses_what_is_not_its_file(tmp_path: Path) -> None:
     np.savez(tmp_path / "other.npz", header=np.array("{}"))
     (tmp_path / "text.npz").write_text("not an archive")
