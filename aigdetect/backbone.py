@@ -188,10 +188,8 @@ def features_of_sets(tile_sets: Sequence[np.ndarray]) -> np.ndarray:
     images = np.concatenate(laid_out)
     pooled = torch.cat([_pooled(torch.from_numpy(images[start:start + BATCH]).float() / 255)
                         for start in range(0, len(images), BATCH)])
-    owner = torch.from_numpy(np.repeat(np.arange(len(laid_out)), [len(m) for m in laid_out]))
-    sums = torch.zeros(len(laid_out), FEATURE_DIM).index_add_(0, owner, pooled)
-    counts = torch.bincount(owner, minlength=len(laid_out)).unsqueeze(1)
-    return (sums / counts).numpy().astype(np.float32)
+    per_set = pooled.split([len(m) for m in laid_out])
+    return torch.stack([rows.mean(dim=0) for rows in per_set]).numpy().astype(np.float32)
 
 
 def _pooled(images: torch.Tensor) -> torch.Tensor:

@@ -189,10 +189,10 @@ def prepare_faces(pixels: np.ndarray, faces: FaceSettings, settings: TileSetting
     prepared = []
     found = find_faces(pixels, aligned=faces.aligned)
     if faces.aligned and found[0].neighbors == 0:
-        image_notes.append(f"{NO_FACE_SEEN} --aligned judged the whole image as one face crop, but "
-                     "the face finder sees no face in it: a face detector's verdict says "
-                     "nothing of an image that is not a face (verdict capped at uncertain; "
-                     "leave --aligned out to look for faces)")
+        image_notes.append(f"{NO_FACE_SEEN} --aligned judged the whole image as one face crop, "
+                           "but the face finder sees no face in it: a face detector's verdict "
+                           "says nothing of an image that is not a face (verdict capped at "
+                           "uncertain; leave --aligned out to look for faces)")
     for face in found:
         x0, y0, x1, y1 = crop_box(pixels.shape, face, faces.enlarge)
         crop, notes = pixels[y0:y1, x0:x1], []
