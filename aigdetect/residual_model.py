@@ -94,6 +94,8 @@ class ResidualInputs:
 
     recompress_quality: int | None = None
     coding_costs: bool = False
+    #: False here, whatever new fits default to (``ResidualFitConfig``): the headers of
+    #: format-2 files, written before the features existed, leave it out
     pretrained_features: bool = False
 
     def __post_init__(self) -> None:
