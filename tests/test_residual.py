@@ -576,44 +576,59 @@ SELECTION = BENCHMARKS / "residual_selection.py"
 def test_selection_deals_whole_repositories_into_balanced_folds() -> None:
     selection = load_benchmark("residual_selection")
     sources = ["real:a"] * 5 + ["real:b"] * 4 + ["real:c"] * 3 + ["real:d"] * 2 + ["ai:x"] * 9
-    folds = selection.real_folds(sources, 3)
+    folds = selection.real_folds(sources + ["face:e"] * 2, 3)
     assert sorted(set().union(*folds)) == ["real:a", "real:b", "real:c", "real:d"]
     assert sum(len(f) for f in folds) == 4  # each repository in exactly one fold
     sizes = sorted(sum(sources.count(s) for s in fold) for fold in folds)
     assert sizes == [4, 5, 5]
+    assert selection.real_folds(sources + ["face:e"] * 2, 3, "face") == [{"face:e"}, set(), set()]
 
 
 @pytest.mark.parametrize(("coding_costs", "pretrained"), [(False, True), (True, False)])
 def test_selection_runs_on_a_tiny_manifest(tmp_path: Path, subprocess_env: dict[str, str],
                                            coding_costs: bool, pretrained: bool) -> None:
     """Held-out repositories and families through the script, end to end (the default
-    inputs, then the statistics with coding costs alone)."""
+    inputs with the face photos trained on, then the statistics with coding costs
+    alone); a second run with the same --cache reads the inputs instead of computing
+    them, and says the same."""
     rows = []
     for repo in range(3):
         for i in range(3):
             path = noise_jpeg(tmp_path / "photos" / f"r{repo}_{i}.jpg", seed=40 * repo + i)
             rows.append([path.relative_to(tmp_path), "real", f"repo{repo}", ""])
+        path = noise_jpeg(tmp_path / "faces" / "real" / f"f{repo}.jpg", seed=70 + repo)
+        rows.append([path.relative_to(tmp_path), "real", f"faces{repo}", ""])
     for family in ("sd-1.x", "sd-1.5-finetunes"):
         for i in range(3):
             path = smooth_png(tmp_path / "ai" / f"{family}_{i}.png", seed=900 + i)
             rows.append([path.relative_to(tmp_path), "ai", "gen", family])
     (tmp_path / "manifest.csv").write_text("path,kind,source_repo,family,ship_ok\n" + "".join(
         f"{p},{k},{r},{f},yes\n" for p, k, r, f in rows))
-    out = tmp_path / "selection.json"
-    done = subprocess.run([sys.executable, SELECTION, "--manifest", tmp_path / "manifest.csv",
-                           "--regularisation", "0.1,1", "--workers", "1", "--out", out,
-                           *(["--coding-costs"] if coding_costs else []),
-                           *([] if pretrained else ["--no-pretrained-features"])],
-                          capture_output=True, text=True, env=subprocess_env, timeout=600)
-    assert done.returncode == 0, done.stderr
-    stored = json.loads(out.read_text())
-    assert stored["read"] == {"recompress_quality": 90, "coding_costs": coding_costs,
-                              "pretrained_features": pretrained}
-    assert stored["files"] == 15
-    assert stored["inputs"] == (LEGACY_INPUTS.dim(64) + (COUNTS_SIZE if coding_costs else 0)
-                                + (FEATURE_DIM if pretrained else 0))
-    for result in stored["results"].values():
-        assert set(result) == {"matched", "web", "small-web", "mean"}
+    out, cache = tmp_path / "selection.json", tmp_path / "inputs.npz"
+    command = [sys.executable, SELECTION, "--manifest", tmp_path / "manifest.csv",
+               "--regularisation", "0.1,1", "--workers", "1", "--out", out, "--cache", cache,
+               *(["--coding-costs"] if coding_costs else []),
+               *(["--train-faces"] if pretrained else ["--no-pretrained-features"])]
+
+    def selection() -> dict:
+        done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        return json.loads(out.read_text())
+
+    stored = [selection()]
+    written = cache.stat().st_mtime_ns
+    stored.append(selection())
+    assert cache.stat().st_mtime_ns == written  # read, not computed and written again
+    assert stored[0] == stored[1]
+    assert stored[0]["read"] == {"recompress_quality": 90, "coding_costs": coding_costs,
+                                 "pretrained_features": pretrained}
+    assert stored[0]["files"] == 18
+    assert stored[0]["train_faces"] is pretrained
+    assert stored[0]["inputs"] == (LEGACY_INPUTS.dim(64) + (COUNTS_SIZE if coding_costs else 0)
+                                   + (FEATURE_DIM if pretrained else 0))
+    for result in stored[0]["results"].values():
+        assert set(result) == {"matched", "web", "small-web", "faces", "faces-fpr", "mean"}
         assert all(0.0 <= value <= 1.0 for value in result.values())
 
 
