@@ -2,9 +2,12 @@
 
 Writes, under ``--out`` (symlinks only: the shared images stay where they are):
 
-* ``train.csv`` (``path,label,group``): what the shipped binary detector trains
-  on: ``ship_ok`` camera photos and processed photos (real) and ``ship_ok`` AI
-  images grouped by generator family, minus the calibration share.
+* ``train.csv`` (``path,label,group``): what the shipped detectors train on:
+  ``ship_ok`` camera photos, processed photos and face photos (real; the faces a group
+  of their own, so that a portrait does not read as AI: every AI family here shows
+  people, the camera photos seldom do) and ``ship_ok`` AI images grouped by generator
+  family, minus the calibration share. (The shipped binary detector was trained before
+  the faces were added: the rows it read are the same but for them.)
 * ``calibration/photos``, ``calibration/processed``: ``ship_ok`` real photos
   never trained on (whole camera models; whole source repositories of processed
   photos, so that the threshold meets processing pipelines it never trained on,
@@ -16,12 +19,13 @@ Writes, under ``--out`` (symlinks only: the shared images stay where they are):
 * ``pretext_photos/``: the ``ship_ok`` camera photos but the calibration cameras (the
   EXIF pretext: a calibration photo seen by the extractor would make the one-class
   threshold too lenient; the shipped v0.1.0 extractor was trained before this rule).
-* ``train_real/``: the real side of ``train.csv`` (camera and processed photos):
-  the one-class density is fitted on it.
+* ``train_real/``: the camera and processed photos of ``train.csv``: the one-class
+  density is fitted on them.
 * ``test/real/<set>`` and ``test/ai/<family>``: what the shipped model never
   saw in training or model selection: camera photos of camera models absent
-  from every ``ship_ok`` photo, the non-``ship_ok`` processed photos, all real
-  faces; AI families absent from the ``ship_ok`` files.
+  from every ``ship_ok`` photo, the non-``ship_ok`` processed photos and face
+  photos (the ``ship_ok`` faces are trained on); AI families absent from the
+  ``ship_ok`` files.
 
     python benchmarks/shared_splits.py --out runs/splits   # a new (or empty) folder
 """
@@ -106,6 +110,7 @@ def main() -> None:
     ship = [r for r in rows if r["ship_ok"] == "yes"]
     photos = [r for r in ship if r["path"].startswith("photos/")]
     processed = [r for r in ship if r["path"].startswith("processed/")]
+    faces = [r for r in ship if r["path"].startswith("faces/real/")]
     ai = [r for r in ship if r["kind"] == "ai"]
 
     calibration_cameras = held_out(photos, camera, CALIBRATION_SHARE, args.seed)
@@ -122,6 +127,8 @@ def main() -> None:
             if row["path"] not in held:
                 group = "camera" if row in photos else "processed"
                 writer.writerow([SHARED / row["path"], "real", group])
+        for row in faces:
+            writer.writerow([SHARED / row["path"], "real", "faces"])
         for row in ai:
             writer.writerow([SHARED / row["path"], "ai", row["family"]])
     link_binary_validation(args.out / "train.csv", args.out / "fusion" / "ai", args.seed)
@@ -137,7 +144,7 @@ def main() -> None:
               and camera(r) not in shipped_cameras], args.out / "test/real/unseen-cameras")
     link_all([r for r in not_shipped if r["path"].startswith("processed/")],
              args.out / "test/real/processed")
-    link_all([r for r in rows if r["path"].startswith("faces/real/")],
+    link_all([r for r in not_shipped if r["path"].startswith("faces/real/")],
              args.out / "test/real/faces")
     for family in sorted({r["family"] for r in rows if r["kind"] == "ai"} - shipped_families):
         link_all([r for r in rows if r["family"] == family], args.out / "test/ai" / family)
