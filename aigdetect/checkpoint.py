@@ -9,6 +9,7 @@ is renamed into place, so an interrupted run never leaves a broken checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,12 +103,19 @@ def save_checkpoint(
     meta: ModelMeta,
     training_state: dict[str, Any] | None = None,
 ) -> None:
-    """Atomically write model weights, metadata and (optionally) optimiser state."""
+    """Atomically write model weights, metadata and (optionally) optimiser state.
+
+    Serialised in memory first: ``torch.save`` names the archive inside the file after
+    the file, and the temporary name differs per process, so the same weights written
+    twice (``calibrate`` copying a binary detector) would get another SHA-256 each time,
+    and every hash recorded of them (model card, ``calibration.json``) with it."""
     payload = {"meta": meta.to_json(), "model": model.state_dict()}
     if training_state:
         payload["training_state"] = training_state
+    serialised = io.BytesIO()
+    torch.save(payload, serialised)
     with atomic_write(path) as temporary:
-        torch.save(payload, temporary)
+        temporary.write_bytes(serialised.getvalue())
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelMeta, dict[str, Any]]:

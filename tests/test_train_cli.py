@@ -505,6 +505,17 @@ def test_checkpoint_round_trip(tmp_path):
     assert "training_state" not in read_checkpoint(tmp_path / "m.pt")[1]
 
 
+def test_the_same_weights_are_written_as_the_same_bytes(tmp_path):
+    """Wherever and by whichever process: the hashes recorded of shipped weights hold
+    when ``calibrate`` copies them into a folder."""
+    meta = small_meta()
+    model = meta.build_model()
+    first, second = tmp_path / "m.pt", tmp_path / "elsewhere" / "other name.pt"
+    save_checkpoint(first, model, meta)
+    save_checkpoint(second, model, meta)
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_garbage_checkpoint_raises(tmp_path):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint" * 10)
@@ -661,15 +672,15 @@ def test_max_minutes_stops_on_the_clock(session_photo_folder, tmp_path, monkeypa
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     """A full disk mid-write must not leave half a checkpoint where the last one was."""
-    import aigdetect.checkpoint as checkpoint
     path = tmp_path / "m.pt"
     path.write_bytes(b"previous epoch")
 
-    def half_written(payload, file):
-        Path(file).write_bytes(b"half")
+    def half_written(file: Path, data: bytes) -> None:
+        with open(file, "wb") as handle:
+            handle.write(data[:4])
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.torch, "save", half_written)
+    monkeypatch.setattr(Path, "write_bytes", half_written)
     with pytest.raises(OSError):
         save_checkpoint(path, torch.nn.Linear(1, 1), ModelMeta(config=ExtractorConfig()))
     assert path.read_bytes() == b"previous epoch"
