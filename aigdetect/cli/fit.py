@@ -314,11 +314,11 @@ def fit_residual_command(
     pretrained_features: bool = typer.Option(
         DEFAULT_PRETRAINED_FEATURES, "--pretrained-features/--no-pretrained-features",
         metavar="", help="Read the pooled features of a pretrained ImageNet network "
-        "(EfficientNet-lite0, shipped) beside the statistics: on unseen generators the "
-        "shipped model ranks better with them (mean AUC matched 0.73 against 0.60, web "
-        "0.70 against 0.61) but calls far more real photos of faces AI (14-25 % against "
-        "2-3 %; weights/MODEL_CARD.md). Slower: a scan of 12 MP JPEGs on 2 cores runs at "
-        "6 images/s instead of 18."),
+        "(EfficientNet-lite0, shipped) beside the statistics: on unseen generators they "
+        "ranked better (mean AUC matched 0.73 against 0.60, web 0.70 against 0.61). They "
+        "read content too: give the real side the content of the AI side (without real "
+        "portraits, 14-25 % of real face photos were called AI; weights/MODEL_CARD.md). "
+        "Slower: a scan of 12 MP JPEGs on 2 cores runs at 6 images/s instead of 18."),
     workers: int = WORKERS_OPTION,
     overwrite: bool = OVERWRITE_MODEL_OPTION,
 ) -> None:

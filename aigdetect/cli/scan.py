@@ -255,12 +255,11 @@ def scan_command(
     detector is **residual** (hand-crafted noise statistics and a pretrained ImageNet
     network's features, read by a linear classifier); --detector fused adds the binary
     and the one-class (camera-trace) detectors, each record keeping every component's
-    score. On generators and cameras it never saw it ranks AI images well above chance
-    but far from reliably (mean AUC 0.70-0.73 in the model card's benchmark); its
-    thresholds call 0-4 % of unseen camera and processed photos ai, but **14-25 % of
-    real photos of faces**, and catch 12-29 % of the images of diffusion generators it
-    never saw (0-53 % of GAN faces): read weights/MODEL_CARD.md before relying on a
-    verdict.
+    score. On generators and cameras it never saw it ranks AI images above chance but
+    far from reliably (mean AUC 0.64-0.67 in the model card's benchmark); its
+    thresholds call 0-2 % of unseen camera, processed and face photos ai, and catch
+    16-27 % of the images of diffusion generators it never saw and no GAN face: read
+    weights/MODEL_CARD.md before relying on a verdict.
 
     Exit codes: 0 nothing flagged; 1 at least one image flagged 'ai'; 2 usage error;
     3 some files could not be read (none flagged); 4 flagged and some unreadable;
