@@ -31,8 +31,10 @@ for alpha in 0.05 0; do
 done
 wait
 
-# 4. the residual detector on the same files and validation split (about 1 min; its
-#    statistics were chosen by benchmarks/residual_selection.py)
+# 4. the residual detector on the same files and validation split, real faces included
+#    (train.csv's "faces" group; about 2 min with the pretrained features; its inputs and
+#    the faces were chosen by benchmarks/residual_selection.py --train-faces). The shipped
+#    binary.pt was trained on train.csv before the faces group was added to it.
 aigdetect fit-residual runs/shipped --csv "$SPLITS/train.csv" --workers 2 --overwrite
 
 # 5. thresholds at 5 % FPR on held-out ship_ok cameras (whole camera models) and processed
